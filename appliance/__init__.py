@@ -1,0 +1,1 @@
+"""The appliance: composition root, config, API, client, CLI, lab."""

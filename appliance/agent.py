@@ -1,0 +1,198 @@
+"""`raftlb agent`: the composition root of one appliance node.
+
+`run_agent` builds the object graph in one place (Raft cluster, metrics, API) and runs the loops
+of this node: the HTTP API, the periodic member report, and the one-time apply of the pools and
+services written in the config file. SIGTERM or SIGINT stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import time
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from typing import Any
+
+from aiohttp import web
+
+from appliance.api.app import ApiContext, build_app
+from appliance.config import AgentConfig, check_files, read_secret, split_host_port
+from appliance.metrics import Metrics
+from appliance.model import MemberReport, format_field_errors
+from raft.cluster import RaftCluster, RaftSettings, SubmitError
+
+log = logging.getLogger("raftlb.agent")
+
+
+def package_version() -> str:
+    try:
+        return dist_version("raftlb")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class AgentStartError(Exception):
+    """The agent cannot start; the message says what to fix."""
+
+
+def raft_settings(config: AgentConfig) -> RaftSettings:
+    return RaftSettings(
+        node_id=config.node_id,
+        address=config.raft.address,
+        bind_address=config.raft.bind,
+        peers=config.peer_map(),
+        password=read_secret(config.raft.password_file),
+        data_dir=config.data_dir / "raft",
+        timing=config.timing_profile(),
+        log_compaction_entries=config.raft.log_compaction_entries,
+    )
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
+    if config.api.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(config.api.tls.cert_file), str(config.api.tls.key_file))
+    return context
+
+
+def static_commands(config: AgentConfig) -> list[dict[str, Any]]:
+    """The config's pools and services as commands, applied together at start."""
+    commands = [
+        {"v": 1, "type": "pool.put", "pool": p.model_dump(mode="json")} for p in config.pools
+    ]
+    commands += [
+        {"v": 1, "type": "service.put", "service": s.model_dump(mode="json")}
+        for s in config.services
+    ]
+    return commands
+
+
+async def _report_loop(config: AgentConfig, metrics: Metrics, started_at: float) -> None:
+    """Commit this node's report (API URL, version) periodically; warn once per outage."""
+    period = config.timing_profile().report_period
+    failing = False
+    while True:
+        report = MemberReport(
+            node=config.node_id,
+            raft_address=config.raft.address,
+            api_url=config.api.public_url(),
+            version=package_version(),
+            started_at=started_at,
+            reported_at=time.time(),
+        )
+        try:
+            await metrics.submit(
+                {"v": 1, "type": "member.report", "report": report.model_dump(mode="json")},
+                timeout=max(period, 1.0),
+            )
+            if failing:
+                log.info("member report committed again: quorum is back")
+            failing = False
+        except SubmitError as exc:
+            if not failing:
+                log.warning("cannot commit member report: %s", exc.message)
+            failing = True
+        await asyncio.sleep(period)
+
+
+async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
+    """Apply the config file's pools and services once, retrying until there is a quorum."""
+    commands = static_commands(config)
+    if not commands:
+        return
+    delay = 0.5
+    while True:
+        try:
+            result = await metrics.submit(
+                {"v": 1, "type": "batch", "commands": commands}, config.api.write_timeout
+            )
+        except SubmitError as exc:
+            log.info("static config waits for quorum (%s); retrying in %.1fs", exc.code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        if result.get("ok"):
+            log.info(
+                "applied %d pool(s) and %d service(s) from the config file",
+                len(config.pools),
+                len(config.services),
+            )
+        else:
+            err = result.get("error", {})
+            log.error(
+                "the pools/services in the config file were refused, nothing of them applied: "
+                "%s %s; fix the config (or the conflicting objects in the API) and restart",
+                err.get("message"),
+                err.get("details") or "",
+            )
+        return
+
+
+async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
+    """Run the API and the node's loops until SIGTERM/SIGINT."""
+    metrics = Metrics(cluster)
+    ctx = ApiContext(
+        cluster=cluster,
+        metrics=metrics,
+        token=token,
+        peers=config.peer_map(),
+        version=package_version(),
+        write_timeout=config.api.write_timeout,
+    )
+    runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = split_host_port(config.api.listen)
+    site = web.TCPSite(runner, host, port, ssl_context=tls_context(config), reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise AgentStartError(
+            f"api.listen {config.api.listen}: {exc.strerror}; is another agent running?"
+        ) from None
+    log.info("API listening on %s (%s)", config.api.listen, config.api.public_url())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    tasks = [
+        asyncio.create_task(_report_loop(config, metrics, time.time()), name="member-report"),
+        asyncio.create_task(_apply_static(config, metrics), name="static-config"),
+    ]
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+
+
+def run_agent(config: AgentConfig) -> None:
+    """Start the agent from a validated config; raise AgentStartError if it cannot run."""
+    problems = check_files(config)
+    if problems:
+        raise AgentStartError("refusing to start:\n  " + "\n  ".join(format_field_errors(problems)))
+    token = read_secret(config.api.token_file)
+    settings = raft_settings(config)
+    log.info(
+        "node %s: raft %s, peers %s, timing %s, data %s",
+        config.node_id,
+        config.raft.address,
+        ", ".join(f"{k}={v}" for k, v in sorted(settings.peers.items())),
+        config.timing,
+        settings.data_dir,
+    )
+    # Created on the main thread: pysyncobj's tick thread stops when its creator exits.
+    cluster = RaftCluster(settings)
+    try:
+        asyncio.run(serve(config, cluster, token))
+    finally:
+        cluster.close()
+        log.info("stopped")

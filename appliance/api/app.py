@@ -1,0 +1,328 @@
+"""The agent's HTTP API (aiohttp): JSON under /v1/, bearer-token auth, Prometheus /metrics.
+
+Every agent serves it; reads come from the local replica, writes become Raft commands that
+pysyncobj forwards to the leader. A write fails with 503 within the configured write timeout
+when there is no quorum. Bodies are parsed once into model values; a bad body gets 400 (not
+JSON) or 422 with one entry per bad field, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from appliance.api.openapi import openapi_document
+from appliance.api.views import nodes_view, status_view, vips_view
+from appliance.metrics import Metrics
+from appliance.model import AllocationRequest, Pool, ServiceSpec, field_errors
+from raft.cluster import Cluster, SubmitError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS_BY_CODE = {
+    "invalid": 422,
+    "unsupported": 422,
+    "not_found": 404,
+    "conflict": 409,
+    "exhausted": 409,
+    "no_quorum": 503,
+    "timeout": 503,
+    "failed": 500,
+}
+_POOLS: TypeAdapter[list[Pool]] = TypeAdapter(list[Pool])
+_SERVICES: TypeAdapter[list[ServiceSpec]] = TypeAdapter(list[ServiceSpec])
+M = TypeVar("M", bound=BaseModel)
+MAX_BODY = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    cluster: Cluster
+    metrics: Metrics
+    token: str
+    peers: dict[str, str]
+    version: str
+    write_timeout: float
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields
+
+
+def error_response(
+    status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return web.json_response({"error": body}, status=status, headers=headers)
+
+
+@web.middleware
+async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx: ApiContext = request.app["ctx"]
+    if request.path != "/healthz":
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), ctx.token.encode()
+        ):
+            response = error_response(
+                401, "unauthorized", "missing or wrong bearer token (see --token-file)"
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="raftlb"'
+            return response
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.fields)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        raise
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json(loads=json.loads)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from None
+
+
+def _parse(model: type[M], data: Any, prefix: str = "") -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid", "invalid body", field_errors(exc, prefix)) from None
+
+
+async def _commit(ctx: ApiContext, command: dict[str, Any]) -> Any:
+    """Submit a command; translate refusals into API errors; return the command's value."""
+    try:
+        result = await ctx.metrics.submit(command, ctx.write_timeout)
+    except SubmitError as exc:
+        raise ApiError(_STATUS_BY_CODE.get(exc.code, 503), exc.code, exc.message) from None
+    if not result.get("ok"):
+        err = result.get("error", {})
+        code = str(err.get("code", "failed"))
+        fields = err.get("details")
+        if fields is None and err.get("field"):
+            fields = [{"field": err["field"], "value": None, "message": err.get("message")}]
+        raise ApiError(
+            _STATUS_BY_CODE.get(code, 500), code, str(err.get("message", "refused")), fields
+        )
+    return result.get("value")
+
+
+def _ctx(request: web.Request) -> ApiContext:
+    ctx: ApiContext = request.app["ctx"]
+    return ctx
+
+
+# -- handlers -------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    status = _ctx(request).cluster.status()
+    return web.json_response({"ok": True, "node": status.node_id, "role": status.role})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=_ctx(request).metrics.render(), content_type="text/plain")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(_ctx(request).version))
+
+
+async def get_status(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    view = status_view(
+        ctx.cluster.view(), ctx.cluster.status(), ctx.peers, ctx.version, time.time()
+    )
+    return web.json_response(view)
+
+
+async def get_nodes(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    nodes = nodes_view(ctx.cluster.view(), ctx.cluster.status(), ctx.peers, time.time())
+    return web.json_response([n.model_dump(mode="json") for n in nodes])
+
+
+async def list_pools(request: web.Request) -> web.Response:
+    state = _ctx(request).cluster.view()
+    return web.json_response([p.model_dump(mode="json") for _, p in sorted(state.pools.items())])
+
+
+async def get_pool(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    pool = _ctx(request).cluster.view().pools.get(name)
+    if pool is None:
+        raise ApiError(404, "not_found", f"pool {name!r} does not exist")
+    return web.json_response(pool.model_dump(mode="json"))
+
+
+async def put_pool(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await _json_body(request)
+    if isinstance(body, dict):
+        body.setdefault("name", name)
+        if body["name"] != name:
+            raise ApiError(
+                422,
+                "invalid",
+                "name in body differs from the URL",
+                [{"field": "name", "value": body["name"], "message": f"expected {name!r}"}],
+            )
+    pool = _parse(Pool, body)
+    value = await _commit(
+        _ctx(request), {"v": 1, "type": "pool.put", "pool": pool.model_dump(mode="json")}
+    )
+    return web.json_response(value["pool"])
+
+
+async def delete_pool(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    value = await _commit(_ctx(request), {"v": 1, "type": "pool.delete", "name": name})
+    return web.json_response(value)
+
+
+async def list_services(request: web.Request) -> web.Response:
+    state = _ctx(request).cluster.view()
+    return web.json_response([s.model_dump(mode="json") for _, s in sorted(state.services.items())])
+
+
+async def get_service(request: web.Request) -> web.Response:
+    service_id = request.match_info["id"]
+    service = _ctx(request).cluster.view().services.get(service_id)
+    if service is None:
+        raise ApiError(404, "not_found", f"service {service_id!r} does not exist")
+    return web.json_response(service.model_dump(mode="json"))
+
+
+async def put_service(request: web.Request) -> web.Response:
+    service_id = request.match_info["id"]
+    body = await _json_body(request)
+    if isinstance(body, dict):
+        body.setdefault("id", service_id)
+        if body["id"] != service_id:
+            raise ApiError(
+                422,
+                "invalid",
+                "id in body differs from the URL",
+                [{"field": "id", "value": body["id"], "message": f"expected {service_id!r}"}],
+            )
+    spec = _parse(ServiceSpec, body)
+    command = {"v": 1, "type": "service.put", "service": spec.model_dump(mode="json")}
+    value = await _commit(_ctx(request), command)
+    return web.json_response(value["service"])
+
+
+async def delete_service(request: web.Request) -> web.Response:
+    service_id = request.match_info["id"]
+    value = await _commit(_ctx(request), {"v": 1, "type": "service.delete", "id": service_id})
+    return web.json_response(value)
+
+
+async def list_allocations(request: web.Request) -> web.Response:
+    state = _ctx(request).cluster.view()
+    return web.json_response(
+        [a.model_dump(mode="json") for _, a in sorted(state.allocations.items())]
+    )
+
+
+async def create_allocation(request: web.Request) -> web.Response:
+    req = _parse(AllocationRequest, await _json_body(request))
+    command = {"v": 1, "type": "allocation.create", "request": req.model_dump(mode="json")}
+    value = await _commit(_ctx(request), command)
+    return web.json_response(value["allocation"])
+
+
+async def delete_allocation(request: web.Request) -> web.Response:
+    owner = request.match_info["owner"]
+    value = await _commit(_ctx(request), {"v": 1, "type": "allocation.delete", "owner": owner})
+    return web.json_response(value)
+
+
+async def get_vips(request: web.Request) -> web.Response:
+    return web.json_response(vips_view(_ctx(request).cluster.view()))
+
+
+async def apply_batch(request: web.Request) -> web.Response:
+    """Apply pools and services (and deletions) all or nothing: `raftlb ... apply -f`."""
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid", "the body must be an object with pools and/or services")
+    unknown = sorted(set(body) - {"pools", "services", "delete_services"})
+    if unknown:
+        raise ApiError(
+            422,
+            "invalid",
+            "unknown keys",
+            [{"field": k, "value": None, "message": "unknown key"} for k in unknown],
+        )
+    try:
+        pools = _POOLS.validate_python(body.get("pools", []))
+    except ValidationError as exc:
+        raise ApiError(422, "invalid", "invalid pools", field_errors(exc, "pools")) from None
+    try:
+        services = _SERVICES.validate_python(body.get("services", []))
+    except ValidationError as exc:
+        raise ApiError(422, "invalid", "invalid services", field_errors(exc, "services")) from None
+    deletes = body.get("delete_services", [])
+    if not isinstance(deletes, list) or not all(isinstance(d, str) for d in deletes):
+        raise ApiError(422, "invalid", "delete_services must be a list of ids")
+    commands: list[dict[str, Any]] = [
+        {"v": 1, "type": "pool.put", "pool": p.model_dump(mode="json")} for p in pools
+    ]
+    commands += [
+        {"v": 1, "type": "service.put", "service": s.model_dump(mode="json")} for s in services
+    ]
+    commands += [{"v": 1, "type": "service.delete", "id": d} for d in deletes]
+    if not commands:
+        raise ApiError(422, "invalid", "nothing to apply: give pools, services or delete_services")
+    value = await _commit(_ctx(request), {"v": 1, "type": "batch", "commands": commands})
+    return web.json_response(value)
+
+
+def build_app(ctx: ApiContext) -> web.Application:
+    app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_BODY)
+    app["ctx"] = ctx
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/metrics", metrics),
+            web.get("/v1/openapi.json", openapi),
+            web.get("/v1/status", get_status),
+            web.get("/v1/nodes", get_nodes),
+            web.get("/v1/pools", list_pools),
+            web.get("/v1/pools/{name}", get_pool),
+            web.put("/v1/pools/{name}", put_pool),
+            web.delete("/v1/pools/{name}", delete_pool),
+            web.get("/v1/services", list_services),
+            web.get("/v1/services/{id:.+}", get_service),
+            web.put("/v1/services/{id:.+}", put_service),
+            web.delete("/v1/services/{id:.+}", delete_service),
+            web.get("/v1/allocations", list_allocations),
+            web.post("/v1/allocations", create_allocation),
+            web.delete("/v1/allocations/{owner:.+}", delete_allocation),
+            web.get("/v1/vips", get_vips),
+            web.post("/v1/apply", apply_batch),
+        ]
+    )
+    return app

@@ -1,0 +1,186 @@
+"""The OpenAPI 3.1 description of the agent API, built from the same models that parse bodies."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from appliance.model import (
+    Allocation,
+    AllocationRequest,
+    NodeInfo,
+    Pool,
+    Service,
+    ServiceSpec,
+)
+
+_MODELS: list[type[BaseModel]] = [
+    Pool,
+    ServiceSpec,
+    Service,
+    AllocationRequest,
+    Allocation,
+    NodeInfo,
+]
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "fields": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "field": {"type": "string"},
+                            "value": {},
+                            "message": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Body is not JSON",
+        401: "Missing or wrong bearer token",
+        404: "Unknown id",
+        409: "Conflict (address taken, pool exhausted or in use, overlap)",
+        422: "Invalid body; one entry per bad field",
+        503: "No quorum: not committed within the write timeout",
+    }
+    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+def _op(summary: str, ok: dict[str, Any], *codes: int, body: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(401, *codes)}}
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    return op
+
+
+def _param(name: str, description: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": description,
+        }
+    ]
+
+
+@cache
+def openapi_document(version: str) -> dict[str, Any]:
+    _, defs = models_json_schema(
+        [(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}"
+    )
+    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    schemas["Error"] = _ERROR
+    schemas["ApplyBody"] = {
+        "type": "object",
+        "properties": {
+            "pools": {"type": "array", "items": _ref("Pool")},
+            "services": {"type": "array", "items": _ref("ServiceSpec")},
+            "delete_services": {"type": "array", "items": {"type": "string"}},
+        },
+        "additionalProperties": False,
+    }
+    obj = {"type": "object"}
+    writes = (400, 409, 422, 503)
+    paths: dict[str, Any] = {
+        "/healthz": {
+            "get": {
+                "summary": "Liveness (no auth)",
+                "security": [],
+                "responses": {"200": _json(obj)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "text exposition format"}, **_errors(401)},
+            }
+        },
+        "/v1/status": {"get": _op("This node's view of the cluster", _json(obj))},
+        "/v1/nodes": {"get": _op("Members", _json({"type": "array", "items": _ref("NodeInfo")}))},
+        "/v1/pools": {"get": _op("List pools", _json({"type": "array", "items": _ref("Pool")}))},
+        "/v1/pools/{name}": {
+            "parameters": _param("name", "pool name"),
+            "get": _op("Get a pool", _json(_ref("Pool")), 404),
+            "put": _op("Create or replace a pool", _json(_ref("Pool")), *writes, body="Pool"),
+            "delete": _op("Delete an unused pool", _json(obj), 404, 409, 503),
+        },
+        "/v1/services": {
+            "get": _op("List services", _json({"type": "array", "items": _ref("Service")}))
+        },
+        "/v1/services/{id}": {
+            "parameters": _param("id", "service id, e.g. cluster/namespace/name"),
+            "get": _op("Get a service", _json(_ref("Service")), 404),
+            "put": _op(
+                "Create or replace a service; allocates its VIP",
+                _json(_ref("Service")),
+                *writes,
+                body="ServiceSpec",
+            ),
+            "delete": _op("Delete a service and release its VIP", _json(obj), 404, 503),
+        },
+        "/v1/allocations": {
+            "get": _op("List allocations", _json({"type": "array", "items": _ref("Allocation")})),
+            "post": _op(
+                "Allocate an address (idempotent by owner)",
+                _json(_ref("Allocation")),
+                *writes,
+                404,
+                body="AllocationRequest",
+            ),
+        },
+        "/v1/allocations/{owner}": {
+            "parameters": _param("owner", "allocation owner key"),
+            "delete": _op("Release an allocation", _json(obj), 404, 409, 503),
+        },
+        "/v1/vips": {"get": _op("Allocated addresses", _json({"type": "array", "items": obj}))},
+        "/v1/apply": {
+            "post": _op(
+                "Apply pools and services all or nothing",
+                _json(obj),
+                *writes,
+                404,
+                body="ApplyBody",
+            )
+        },
+        "/v1/openapi.json": {"get": _op("This document", _json(obj))},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "raftlb appliance API", "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }

@@ -1,0 +1,84 @@
+"""Read-side views of the cluster: pure functions from (state, raft status, peers) to JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.model import NodeInfo
+from raft.cluster import RaftStatus
+from raft.state import ClusterState
+
+
+def nodes_view(
+    state: ClusterState, status: RaftStatus, peers: dict[str, str], now: float
+) -> list[NodeInfo]:
+    """Every configured member, with what this node knows of it."""
+    out = []
+    for node_id, address in sorted(peers.items()):
+        report = state.members.get(node_id)
+        if node_id == status.leader:
+            role = "leader"
+        elif node_id == status.node_id:
+            role = status.role
+        else:
+            role = "follower" if status.leader and status.connected.get(node_id) else "unknown"
+        out.append(
+            NodeInfo(
+                id=node_id,
+                raft_address=address,
+                api_url=report.api_url if report else None,
+                version=report.version if report else None,
+                role=role,
+                connected=bool(status.connected.get(node_id, node_id == status.node_id)),
+                last_report_age=round(max(0.0, now - report.reported_at), 3) if report else None,
+            )
+        )
+    return out
+
+
+def vips_view(state: ClusterState) -> list[dict[str, Any]]:
+    """One entry per allocated address: pool, mode, owners, services and their ports."""
+    out = []
+    for address in sorted(state.by_address, key=lambda a: (a.version, int(a))):
+        owners = sorted(state.by_address[address])
+        allocations = [state.allocations[o] for o in owners]
+        pool = state.pools.get(allocations[0].pool)
+        ports = sorted(
+            {str(p) for a in allocations for p in a.ports},
+            key=lambda text: (text.split("/")[1], int(text.split("/")[0])),
+        )
+        out.append(
+            {
+                "address": str(address),
+                "pool": allocations[0].pool,
+                "announce": str(pool.announce) if pool else None,
+                "owners": owners,
+                "services": [o for o in owners if o in state.services],
+                "sharing_key": allocations[0].sharing_key,
+                "ports": ports,
+                # Filled by the ownership work: which node answers for the VIP, and its epoch.
+                "node": None,
+                "epoch": None,
+            }
+        )
+    return out
+
+
+def status_view(
+    state: ClusterState, status: RaftStatus, peers: dict[str, str], version: str, now: float
+) -> dict[str, Any]:
+    nodes = nodes_view(state, status, peers, now)
+    leader_api = next((n.api_url for n in nodes if n.id == status.leader), None)
+    return {
+        "node": status.node_id,
+        "version": version,
+        "raft": status.to_dict(),
+        "leader_api_url": leader_api,
+        "members": len(peers),
+        "members_connected": sum(1 for n in nodes if n.connected),
+        "pools": len(state.pools),
+        "services": len(state.services),
+        "allocations": len(state.allocations),
+        "vips": len(state.by_address),
+        "revision": state.revision,
+    }

@@ -1,0 +1,260 @@
+"""Agent configuration: one YAML file parsed into a checked `AgentConfig`, or every error at once.
+
+Errors name the field (dotted path) and the value. Files the config points at (Raft password,
+API token, TLS) are checked by `check_files`, which both `raftlb config check` and the agent run,
+so the agent refuses to start with a missing or weak Raft password.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from appliance.model import Name, Pool, ServiceSpec, field_errors
+from raft.timing import PROFILES, TimingProfile
+
+MIN_SECRET_LENGTH = 16
+
+
+def _check_host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not host:port")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: port must be 1-65535")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"{value!r}: unbalanced brackets")
+        ipaddress.IPv6Address(host[1:-1])
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write IPv6 addresses as [addr]:port")
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_check_host_port)]
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PeerConfig(_Strict):
+    id: Name
+    address: HostPort
+
+
+class RaftConfig(_Strict):
+    address: HostPort = Field(description="host:port the other nodes reach this node's Raft at")
+    bind: HostPort | None = Field(default=None, description="listen address if not `address`")
+    peers: list[PeerConfig] = Field(min_length=1, description="every member, this node included")
+    password_file: Path = Field(description="shared secret; the Raft port accepts pickles")
+    log_compaction_entries: int = Field(
+        default=5000,
+        ge=10,
+        le=10_000_000,
+        description="journal entries after which the state is dumped and the journal cut",
+    )
+
+
+class TlsConfig(_Strict):
+    cert_file: Path
+    key_file: Path
+
+
+class ApiConfig(_Strict):
+    listen: HostPort
+    token_file: Path
+    tls: TlsConfig | None = None
+    url: str | None = Field(default=None, description="URL other nodes and the CLI use")
+    write_timeout: float = Field(default=5.0, ge=0.2, le=120, description="seconds")
+
+    def public_url(self) -> str:
+        if self.url:
+            return self.url.rstrip("/")
+        host, port = split_host_port(self.listen)
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+
+class AgentConfig(_Strict):
+    """One agent's settings. Build it with `parse_config`/`load_config`, which add the checks
+    that span several fields (`cross_checks`)."""
+
+    node_id: Name
+    raft: RaftConfig
+    data_dir: Path
+    api: ApiConfig
+    data_interface: str | None = Field(default=None, max_length=15)
+    announce: Literal["none"] = "none"
+    timing: Literal["fast", "safe"] = "fast"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    pools: list[Pool] = Field(default_factory=list)
+    services: list[ServiceSpec] = Field(default_factory=list)
+
+    def timing_profile(self) -> TimingProfile:
+        return PROFILES[self.timing]
+
+    def peer_map(self) -> dict[str, str]:
+        return {p.id: p.address for p in self.raft.peers}
+
+
+def _err(field: str, value: Any, message: str) -> dict[str, Any]:
+    return {"field": field, "value": value, "message": message}
+
+
+def cross_checks(config: AgentConfig) -> list[dict[str, Any]]:
+    """Problems that involve several fields, each named by its field and value, all at once."""
+    errors = []
+    for attr in ("id", "address"):
+        seen: set[str] = set()
+        for i, peer in enumerate(config.raft.peers):
+            value = getattr(peer, attr)
+            if value in seen:
+                errors.append(
+                    _err(f"raft.peers.{i}.{attr}", value, f"peer {attr} {value!r} appears twice")
+                )
+            seen.add(value)
+    me = [p for p in config.raft.peers if p.id == config.node_id]
+    if not me:
+        errors.append(
+            _err("node_id", config.node_id, f"node_id {config.node_id!r} is not among raft.peers")
+        )
+    elif me[0].address != config.raft.address:
+        errors.append(
+            _err(
+                "raft.address",
+                config.raft.address,
+                f"raft.address {config.raft.address!r} differs from this node's peer entry "
+                f"{me[0].address!r}",
+            )
+        )
+    seen_pools: set[str] = set()
+    for i, pool in enumerate(config.pools):
+        if pool.name in seen_pools:
+            errors.append(_err(f"pools.{i}.name", pool.name, f"pool {pool.name!r} appears twice"))
+        seen_pools.add(pool.name)
+        for j, text in enumerate(pool.addresses):
+            block = Pool(name=pool.name, addresses=[text])
+            for other in config.pools[:i]:
+                overlap = block.overlaps(other)
+                if overlap:
+                    errors.append(
+                        _err(f"pools.{i}.addresses.{j}", text, f"pool {pool.name!r}: {overlap}")
+                    )
+    seen_ids: set[str] = set()
+    for i, service in enumerate(config.services):
+        if service.id in seen_ids:
+            errors.append(
+                _err(f"services.{i}.id", service.id, f"service id {service.id!r} appears twice")
+            )
+        seen_ids.add(service.id)
+    for problem in config.timing_profile().problems():
+        errors.append(_err("timing", config.timing, problem))
+    return errors
+
+
+class ConfigError(Exception):
+    """Every problem found in a config, each as {field, value, message}."""
+
+    def __init__(self, path: Path | str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{path}: {len(errors)} error(s)")
+        self.path = path
+        self.errors = errors
+
+
+def parse_config(data: Any, source: Path | str = "<config>") -> AgentConfig:
+    """Validate already-loaded YAML data."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source,
+            [{"field": "(root)", "value": type(data).__name__, "message": "must be a mapping"}],
+        )
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, field_errors(exc)) from None
+    errors = cross_checks(config)
+    if errors:
+        raise ConfigError(source, errors)
+    return config
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate a YAML config file; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            path, [{"field": "(file)", "value": str(path), "message": exc.strerror or str(exc)}]
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            path, [{"field": "(file)", "value": str(path), "message": f"not valid YAML: {exc}"}]
+        ) from None
+    config = parse_config(data, path)
+    return config
+
+
+def read_secret(path: Path) -> str:
+    """Read a secret file (password or token), stripped of surrounding whitespace."""
+    return path.read_text().strip()
+
+
+def check_files(config: AgentConfig) -> list[dict[str, Any]]:
+    """Problems with the files the config names: missing, unreadable, empty or weak secrets."""
+    errors: list[dict[str, Any]] = []
+    secrets = [
+        ("raft.password_file", config.raft.password_file),
+        ("api.token_file", config.api.token_file),
+    ]
+    for field, path in secrets:
+        try:
+            secret = read_secret(path)
+        except OSError as exc:
+            errors.append({"field": field, "value": str(path), "message": exc.strerror or str(exc)})
+            continue
+        if len(secret) < MIN_SECRET_LENGTH:
+            errors.append(
+                {
+                    "field": field,
+                    "value": str(path),
+                    "message": f"the secret must be at least {MIN_SECRET_LENGTH} characters "
+                    "(generate one with `openssl rand -hex 32`)",
+                }
+            )
+    if config.api.tls is not None:
+        for field, path in (
+            ("api.tls.cert_file", config.api.tls.cert_file),
+            ("api.tls.key_file", config.api.tls.key_file),
+        ):
+            if not path.is_file():
+                errors.append({"field": field, "value": str(path), "message": "file not found"})
+    return errors
+
+
+def summary(config: AgentConfig) -> list[str]:
+    """Human lines describing a valid config, for `raftlb config check`."""
+    timing = config.timing_profile()
+    return [
+        f"node {config.node_id}: raft {config.raft.address}, "
+        f"{len(config.raft.peers)} member(s) ({', '.join(p.id for p in config.raft.peers)})",
+        f"api {config.api.listen} ({'TLS' if config.api.tls else 'plain HTTP'}), "
+        f"data dir {config.data_dir}",
+        f"announce {config.announce}, timing {timing.name} "
+        f"(election {timing.raft_min_timeout:g}-{timing.raft_max_timeout:g}s)",
+        f"{len(config.pools)} static pool(s), {len(config.services)} static service(s)",
+    ]

@@ -1,0 +1,1 @@
+"""The lab: raftlb clusters on one machine (loopback now; network namespaces later)."""

@@ -1,0 +1,105 @@
+"""Prometheus metrics of an agent: Raft health, state sizes and commit latency.
+
+Gauges are read from the cluster at scrape time (a custom collector), so they are never stale;
+the commit-latency histogram is fed by `Metrics.submit`, the one path every write takes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from raft.cluster import Cluster, SubmitError
+
+
+class _ClusterCollector(Collector):
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self._cluster.status()
+        state = self._cluster.view()
+        yield GaugeMetricFamily("raftlb_raft_term", "Current Raft term", value=status.term)
+        yield GaugeMetricFamily(
+            "raftlb_raft_commit_index", "Raft commit index", value=status.commit_index
+        )
+        yield GaugeMetricFamily(
+            "raftlb_raft_last_applied", "Last Raft entry applied here", value=status.last_applied
+        )
+        yield GaugeMetricFamily(
+            "raftlb_raft_is_leader",
+            "1 if this node is the Raft leader",
+            value=1 if status.role == "leader" else 0,
+        )
+        yield GaugeMetricFamily(
+            "raftlb_raft_has_leader",
+            "1 if this node knows a Raft leader",
+            value=1 if status.leader else 0,
+        )
+        yield GaugeMetricFamily(
+            "raftlb_raft_has_quorum",
+            "1 if this node reaches a majority",
+            value=1 if status.has_quorum else 0,
+        )
+        leader = GaugeMetricFamily(
+            "raftlb_raft_leader", "1 for the node this node believes leads", labels=["node"]
+        )
+        if status.leader:
+            leader.add_metric([status.leader], 1)
+        yield leader
+        members = GaugeMetricFamily(
+            "raftlb_members_connected",
+            "Raft connection to each member (1 up, 0 down)",
+            labels=["node"],
+        )
+        for node, up in sorted(status.connected.items()):
+            members.add_metric([node], 1 if up else 0)
+        yield members
+        yield GaugeMetricFamily("raftlb_members", "Configured members", value=len(status.connected))
+        yield GaugeMetricFamily("raftlb_pools", "Address pools", value=len(state.pools))
+        yield GaugeMetricFamily("raftlb_services", "Services", value=len(state.services))
+        yield GaugeMetricFamily(
+            "raftlb_allocations", "Address allocations", value=len(state.allocations)
+        )
+        yield GaugeMetricFamily(
+            "raftlb_vips", "Distinct allocated addresses", value=len(state.by_address)
+        )
+
+
+class Metrics:
+    """The registry of one agent and the write path that records commit latency."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.registry = CollectorRegistry()
+        self._cluster = cluster
+        self.registry.register(_ClusterCollector(cluster))
+        self.commit_seconds = Histogram(
+            "raftlb_commit_seconds",
+            "Time from submitting a command to its commit being seen here",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
+        self.submit_failures = Counter(
+            "raftlb_submit_failures_total",
+            "Commands not committed, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            result = await self._cluster.submit(command, timeout)
+        except SubmitError as exc:
+            self.submit_failures.labels(exc.code).inc()
+            raise
+        self.commit_seconds.observe(time.monotonic() - started)
+        return result
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,405 @@
+"""The vocabulary of raftlb: pools, services, ports, backends, allocations, nodes, assignments.
+
+Every value that crosses a process boundary (config file, HTTP body, Raft command, Kubernetes
+translation) is parsed into one of these models once, at the edge. The models are frozen and
+round-trip through JSON (`model_dump(mode="json")` / `model_validate`). Validation errors name
+the field and the value: see `field_errors`.
+
+This module imports nothing of the project so that every package may use it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import re
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# The same union as a pydantic field type: one clear error ("not a valid IPv4 or IPv6 address")
+# for a bad value instead of one per member of the union.
+AnyIP = IPvAnyAddress
+
+# A pool or node name: short, DNS-label-like, safe in URLs, file names and nft identifiers.
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$"),
+]
+# A service id or allocation owner, e.g. "prod-k8s/default/web": the cluster name comes first so
+# that several Kubernetes clusters can share one appliance cluster without collisions.
+ObjectId = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_./:-]*[A-Za-z0-9])?$"
+    ),
+]
+SharingKey = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^\S+$")]
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AnnounceMode(StrEnum):
+    """How the owner of a VIP makes it reachable."""
+
+    L2 = "l2"
+    BGP = "bgp"
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class IPFamily(StrEnum):
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+
+class TrafficPolicy(StrEnum):
+    """Like Kubernetes' externalTrafficPolicy: `local` only uses nodes that run a pod."""
+
+    CLUSTER = "cluster"
+    LOCAL = "local"
+
+
+class Affinity(StrEnum):
+    """How a VIP spreads connections: per connection, or sticky per client address."""
+
+    NONE = "none"
+    SOURCE = "source"
+
+
+class HealthCheckType(StrEnum):
+    TCP = "tcp"
+    HTTP = "http"
+    NONE = "none"
+
+
+def family_of(address: IPAddress) -> IPFamily:
+    return IPFamily.IPV4 if address.version == 4 else IPFamily.IPV6
+
+
+_RANGE_RE = re.compile(r"^\s*(?P<start>[^\s-]+)\s*-\s*(?P<end>[^\s-]+)\s*$")
+
+
+def parse_address_block(text: str) -> tuple[IPAddress, IPAddress]:
+    """Parse "192.0.2.0/28", "192.0.2.10-192.0.2.20" or a single address into (first, last).
+
+    Raises ValueError with a message naming the text.
+    """
+    match = _RANGE_RE.match(text)
+    try:
+        if match:
+            start = ipaddress.ip_address(match["start"])
+            end = ipaddress.ip_address(match["end"])
+        elif "/" in text:
+            net = ipaddress.ip_network(text.strip(), strict=True)
+            start, end = net[0], net[-1]
+        else:
+            start = end = ipaddress.ip_address(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a CIDR, a range A-B or an address: {exc}") from None
+    if start.version != end.version:
+        raise ValueError(f"{text!r} mixes IPv4 and IPv6")
+    if int(end) < int(start):
+        raise ValueError(f"{text!r}: the range ends before it starts")
+    return start, end
+
+
+class Pool(_Frozen):
+    """A named set of addresses the appliance hands out as VIPs."""
+
+    name: Name
+    addresses: list[str] = Field(min_length=1, description="CIDRs, ranges A-B, or addresses")
+    announce: AnnounceMode = AnnounceMode.L2
+    default: bool = Field(
+        default=False, description="Used when an allocation names no pool (one default per family)"
+    )
+    avoid_buggy_ips: bool = Field(
+        default=False, description="Skip IPv4 addresses ending in .0 and .255"
+    )
+
+    @field_validator("addresses")
+    @classmethod
+    def _blocks_parse_and_do_not_overlap(cls, value: list[str]) -> list[str]:
+        blocks = [parse_address_block(text) for text in value]
+        ordered = sorted(zip(blocks, value, strict=True), key=lambda b: (b[0][0].version, b[0][0]))
+        for (prev, prev_text), (cur, cur_text) in itertools.pairwise(ordered):
+            if prev[0].version == cur[0].version and int(cur[0]) <= int(prev[1]):
+                raise ValueError(f"{prev_text!r} and {cur_text!r} overlap")
+        return value
+
+    def blocks(self) -> list[tuple[IPAddress, IPAddress]]:
+        """The address blocks as (first, last) pairs, in the order written."""
+        return [parse_address_block(text) for text in self.addresses]
+
+    def families(self) -> set[IPFamily]:
+        return {family_of(first) for first, _ in self.blocks()}
+
+    def contains(self, address: IPAddress) -> bool:
+        return any(
+            first.version == address.version and int(first) <= int(address) <= int(last)
+            for first, last in self.blocks()
+        )
+
+    def usable(self, address: IPAddress) -> bool:
+        if not self.contains(address):
+            return False
+        return not (
+            self.avoid_buggy_ips and address.version == 4 and int(address) % 256 in (0, 255)
+        )
+
+    def size(self, family: IPFamily) -> int:
+        return sum(
+            int(last) - int(first) + 1
+            for first, last in self.blocks()
+            if family_of(first) == family
+        )
+
+    def overlaps(self, other: Pool) -> str | None:
+        """Return a description of the first overlap with another pool, or None."""
+        for first, last in self.blocks():
+            for ofirst, olast in other.blocks():
+                if first.version != ofirst.version:
+                    continue
+                if int(first) <= int(olast) and int(ofirst) <= int(last):
+                    return f"{first}-{last} overlaps {ofirst}-{olast} of pool {other.name!r}"
+        return None
+
+
+class PortKey(_Frozen):
+    """A (protocol, port) pair: the unit of conflict when services share an address."""
+
+    protocol: Protocol = Protocol.TCP
+    port: PortNumber
+
+    def __str__(self) -> str:
+        return f"{self.port}/{self.protocol}"
+
+
+class Backend(_Frozen):
+    """Where traffic for one service port goes: a node's NodePort or a pod's port."""
+
+    address: AnyIP
+    port: PortNumber
+    weight: int = Field(default=1, ge=1, le=1000)
+    node: str | None = Field(default=None, description="Kubernetes node that hosts the backend")
+
+
+class Port(_Frozen):
+    """A port the VIP listens on, with the backends that serve it."""
+
+    name: str | None = Field(default=None, max_length=63)
+    port: PortNumber
+    protocol: Protocol = Protocol.TCP
+    backends: list[Backend] = Field(default_factory=list)
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_backends(cls, value: list[Backend]) -> list[Backend]:
+        seen: set[tuple[IPAddress, int]] = set()
+        for backend in value:
+            key = (backend.address, backend.port)
+            if key in seen:
+                raise ValueError(f"backend {backend.address} port {backend.port} is listed twice")
+            seen.add(key)
+        return value
+
+    def key(self) -> PortKey:
+        return PortKey(protocol=self.protocol, port=self.port)
+
+
+class HealthCheck(_Frozen):
+    """How each agent probes the backends of a service."""
+
+    type: HealthCheckType = HealthCheckType.TCP
+    path: str = Field(default="/", pattern=r"^/\S*$")
+    expected_status: int = Field(default=200, ge=100, le=599)
+    interval: float = Field(default=1.0, ge=0.05, le=3600, description="seconds")
+    timeout: float = Field(default=0.5, ge=0.01, le=60, description="seconds")
+    rise: int = Field(default=2, ge=1, le=100)
+    fall: int = Field(default=2, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _timeout_fits_interval(self) -> HealthCheck:
+        if self.timeout > self.interval:
+            raise ValueError(f"timeout {self.timeout} must not exceed interval {self.interval}")
+        return self
+
+
+class ServiceSpec(_Frozen):
+    """A load-balanced service: a VIP (given, or allocated from a pool) and its ports."""
+
+    id: ObjectId
+    vip: AnyIP | None = Field(default=None, description="A specific address; else allocated")
+    pool: Name | None = Field(default=None, description="Pool to allocate from; else the default")
+    ip_family: IPFamily | None = Field(
+        default=None, description="Family to allocate when no vip is given (default ipv4)"
+    )
+    sharing_key: SharingKey | None = Field(
+        default=None, description="Services with the same key and disjoint ports share a VIP"
+    )
+    ports: list[Port] = Field(min_length=1)
+    traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
+    health_check_node_port: PortNumber | None = None
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    affinity: Affinity = Affinity.NONE
+    nodes: list[Name] | None = Field(
+        default=None, description="Appliance nodes allowed to own the VIP (default: any)"
+    )
+
+    @field_validator("ports")
+    @classmethod
+    def _unique_ports(cls, value: list[Port]) -> list[Port]:
+        seen: set[PortKey] = set()
+        for port in value:
+            if port.key() in seen:
+                raise ValueError(f"port {port.key()} is listed twice")
+            seen.add(port.key())
+        return value
+
+    @model_validator(mode="after")
+    def _family_matches_vip(self) -> ServiceSpec:
+        if self.vip is not None and self.ip_family not in (None, family_of(self.vip)):
+            raise ValueError(f"ip_family {self.ip_family} does not match vip {self.vip}")
+        return self
+
+    def family(self) -> IPFamily:
+        if self.vip is not None:
+            return family_of(self.vip)
+        return self.ip_family or IPFamily.IPV4
+
+    def port_keys(self) -> list[PortKey]:
+        return [port.key() for port in self.ports]
+
+
+class AllocationRequest(_Frozen):
+    """Ask for an address for `owner`; asking again for the same owner returns the same one."""
+
+    owner: ObjectId
+    pool: Name | None = None
+    address: AnyIP | None = None
+    ip_family: IPFamily | None = None
+    sharing_key: SharingKey | None = None
+    ports: list[PortKey] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _family_matches_address(self) -> AllocationRequest:
+        if self.address is not None and self.ip_family not in (None, family_of(self.address)):
+            raise ValueError(f"ip_family {self.ip_family} does not match address {self.address}")
+        return self
+
+    def family(self) -> IPFamily:
+        if self.address is not None:
+            return family_of(self.address)
+        return self.ip_family or IPFamily.IPV4
+
+    @classmethod
+    def for_service(cls, spec: ServiceSpec) -> AllocationRequest:
+        return cls(
+            owner=spec.id,
+            pool=spec.pool,
+            address=spec.vip,
+            ip_family=spec.family(),
+            sharing_key=spec.sharing_key,
+            ports=spec.port_keys(),
+        )
+
+
+class Allocation(_Frozen):
+    """An address held by one owner (several owners may hold one address under a sharing key)."""
+
+    owner: ObjectId
+    address: AnyIP
+    pool: Name
+    sharing_key: SharingKey | None = None
+    ports: list[PortKey] = Field(default_factory=list)
+
+
+class Service(_Frozen):
+    """A service as stored: its spec and the address it was given."""
+
+    spec: ServiceSpec
+    address: AnyIP
+
+
+class MemberReport(_Frozen):
+    """What an agent says about itself, committed through Raft so every node can show it."""
+
+    node: Name
+    raft_address: str
+    api_url: str | None = None
+    version: str
+    started_at: float = Field(description="unix time the agent started, by its own clock")
+    reported_at: float = Field(description="unix time of this report, by the node's own clock")
+
+
+class NodeInfo(_Frozen):
+    """One appliance node as `raftlb nodes` shows it."""
+
+    id: Name
+    raft_address: str
+    api_url: str | None = None
+    version: str | None = None
+    role: str = Field(description="leader, follower, candidate or unknown")
+    connected: bool = Field(description="this node has a Raft connection to it (or it is self)")
+    last_report_age: float | None = Field(default=None, description="seconds since its report")
+    drained: bool = False
+
+
+class Assignment(_Frozen):
+    """Which node owns a VIP, and the epoch raised on every change of owner."""
+
+    vip: AnyIP
+    node: Name | None
+    epoch: int = Field(ge=0)
+
+
+def field_errors(
+    exc: ValidationError, prefix: str = "", tags: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """Turn a pydantic error into [{field, value, message}] with dotted field paths.
+
+    Location parts that are not fields are left out: union members pydantic names like
+    `function-plain[...]`, and discriminator values given in `tags` (e.g. command types).
+    """
+    out = []
+    for err in exc.errors(include_url=False):
+        parts = [
+            str(part)
+            for part in err["loc"]
+            if not (isinstance(part, str) and ("[" in part or part in tags))
+        ]
+        loc = ".".join(parts)
+        field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "(root)")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        out.append({"field": field, "value": _short(err.get("input")), "message": message})
+    return out
+
+
+def format_field_errors(errors: list[dict[str, Any]]) -> Iterator[str]:
+    for err in errors:
+        yield f"{err['field']}: {err['message']} (got {err['value']!r})"
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,1 @@
+"""Kubernetes sync sidecar: Services and pod placement in, VIPs out (later issue)."""

@@ -1,0 +1,1 @@
+"""Replicated cluster state on pysyncobj: pools, allocations, services, members."""

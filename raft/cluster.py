@@ -1,0 +1,266 @@
+"""The Raft cluster of one agent: pysyncobj wired to the replicated state and to asyncio.
+
+`RaftCluster` is the only place that touches pysyncobj. It exposes the narrow `Cluster`
+interface the API and the agent use: a read-only view of the state, a status, and an async
+`submit` that commits a command (forwarded to the leader by pysyncobj) or fails within a bounded
+time with `SubmitError`; a request never hangs on a lost quorum.
+
+Threads: pysyncobj applies entries and runs callbacks on its own tick thread. The state is
+guarded by a lock; readers get a copy that is rebuilt only when the state changed. Callbacks hand
+their result to asyncio with `call_soon_threadsafe` and never block the tick thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from raft.state import ClusterState
+from raft.timing import TimingProfile
+
+log = logging.getLogger(__name__)
+
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+_RETRYABLE = frozenset(
+    {
+        FAIL_REASON.QUEUE_FULL,
+        FAIL_REASON.MISSING_LEADER,
+        FAIL_REASON.DISCARDED,
+        FAIL_REASON.NOT_LEADER,
+        FAIL_REASON.LEADER_CHANGED,
+    }
+)
+_FAIL_NAMES = {value: name.lower() for name, value in vars(FAIL_REASON).items() if name.isupper()}
+
+
+class SubmitError(Exception):
+    """A command that was not committed: `code` is no_quorum, timeout or failed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RaftSettings:
+    node_id: str
+    address: str  # host:port other nodes reach this one at; pysyncobj's identity of the node
+    peers: dict[str, str]  # node id -> Raft address, every member including this node
+    password: str
+    data_dir: Path
+    timing: TimingProfile
+    bind_address: str | None = None
+    log_compaction_entries: int = 5000
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    node_id: str
+    role: str
+    leader: str | None
+    term: int
+    commit_index: int
+    last_applied: int
+    has_quorum: bool
+    ready: bool
+    connected: dict[str, bool] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node_id,
+            "role": self.role,
+            "leader": self.leader,
+            "term": self.term,
+            "commit_index": self.commit_index,
+            "last_applied": self.last_applied,
+            "has_quorum": self.has_quorum,
+            "ready": self.ready,
+            "connected": dict(self.connected),
+        }
+
+
+class Cluster(Protocol):
+    """What the API and the agent need from the replicated state."""
+
+    node_id: str
+
+    def view(self) -> ClusterState: ...
+
+    def status(self) -> RaftStatus: ...
+
+    async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+
+
+class ReplicatedState(SyncObjConsumer):  # type: ignore[misc]
+    """The pysyncobj consumer: one replicated entry point, a JSON-able full dump."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._state = ClusterState()
+        self._view: ClusterState | None = None
+        self.on_change: Callable[[], None] | None = None
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply(self, command: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            result = self._state.apply(command)
+            self._view = None
+        if self.on_change is not None:
+            self.on_change()
+        return result
+
+    def view(self) -> ClusterState:
+        with self._lock:
+            if self._view is None:
+                self._view = self._state.copy()
+            return self._view
+
+    # pysyncobj pickles what these return into its full dump; a plain dict keeps dumps readable
+    # by later versions whatever our classes look like.
+    def _serialize(self) -> dict[str, Any]:
+        with self._lock:
+            return {"state": self._state.to_data()}
+
+    def _deserialize(self, data: dict[str, Any]) -> None:
+        state = ClusterState.from_data(data["state"])
+        with self._lock:
+            self._state = state
+            self._view = None
+        if self.on_change is not None:
+            self.on_change()
+
+
+def syncobj_conf(settings: RaftSettings) -> SyncObjConf:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SyncObjConf(
+        password=settings.password,
+        # Batching costs 100-200 ms per commit (FACTS.md); commits must be immediate.
+        appendEntriesUseBatch=False,
+        journalFile=str(settings.data_dir / "raft.journal"),
+        fullDumpFile=str(settings.data_dir / "raft.dump"),
+        bindAddress=settings.bind_address,
+        dynamicMembershipChange=False,
+        logCompactionMinEntries=settings.log_compaction_entries,
+        **settings.timing.syncobj_kwargs(),
+    )
+
+
+class RaftCluster:
+    """One node of the replicated state. Create it on the thread that lives as long as it."""
+
+    def __init__(self, settings: RaftSettings) -> None:
+        self.node_id = settings.node_id
+        self._settings = settings
+        self._id_by_address = {addr: node for node, addr in settings.peers.items()}
+        others = [addr for node, addr in sorted(settings.peers.items()) if node != self.node_id]
+        self.state = ReplicatedState()
+        self._syncobj = SyncObj(
+            settings.address, others, conf=syncobj_conf(settings), consumers=[self.state]
+        )
+
+    def view(self) -> ClusterState:
+        return self.state.view()
+
+    def status(self) -> RaftStatus:
+        obj = self._syncobj
+        leader = obj._getLeader()
+        role_value = getattr(obj, "_SyncObj__raftState", None)
+        connected = {self.node_id: True}
+        for node in obj.otherNodes:
+            connected[self._id_by_address.get(node.id, node.id)] = bool(obj.isNodeConnected(node))
+        return RaftStatus(
+            node_id=self.node_id,
+            role=_ROLES.get(role_value, "unknown") if role_value is not None else "unknown",
+            leader=self._id_by_address.get(leader.id, leader.id) if leader is not None else None,
+            term=int(obj.raftCurrentTerm),
+            commit_index=int(obj.raftCommitIndex),
+            last_applied=int(obj.raftLastApplied),
+            has_quorum=bool(obj.hasQuorum),
+            ready=bool(obj.isReady()),
+            connected=connected,
+        )
+
+    async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Commit `command` and return its result, or raise SubmitError within `timeout` s.
+
+        When the leader is lost in flight the command is sent again (to the next leader) until
+        the deadline: every command is idempotent (puts, owner-keyed allocations, reports), so
+        a command that did commit before its acknowledgement was lost is harmless to repeat.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last_reason = "no leader"
+        while True:
+            await self._wait_for_leader(deadline, timeout)
+            result, error = await self._send_once(command, deadline, timeout)
+            if error == FAIL_REASON.SUCCESS:
+                if not isinstance(result, dict):
+                    raise SubmitError("failed", f"unexpected result {result!r}")
+                return result
+            last_reason = _FAIL_NAMES.get(error, str(error))
+            if error not in _RETRYABLE:
+                raise SubmitError("failed", f"not committed: {last_reason}")
+            if loop.time() + 0.02 >= deadline:
+                raise SubmitError(
+                    "no_quorum",
+                    f"not committed within {timeout:g}s: {last_reason} (the leader changed or "
+                    "was lost); retrying is safe",
+                )
+            await asyncio.sleep(0.02)
+
+    async def _wait_for_leader(self, deadline: float, timeout: float) -> None:
+        # pysyncobj queues commands while no leader is known and commits them whenever one is
+        # elected, perhaps long after the client gave up. Wait for a leader here instead, so a
+        # command we report as failed for lack of quorum was never handed to Raft.
+        loop = asyncio.get_running_loop()
+        while self._syncobj._getLeader() is None:
+            if loop.time() >= deadline:
+                raise SubmitError(
+                    "no_quorum",
+                    f"no Raft leader within {timeout:g}s: fewer than a majority of the "
+                    f"{len(self._settings.peers)} nodes are reachable; check `raftlb nodes` "
+                    "on each node",
+                )
+            await asyncio.sleep(0.01)
+
+    async def _send_once(
+        self, command: dict[str, Any], deadline: float, timeout: float
+    ) -> tuple[Any, int]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, int]] = loop.create_future()
+
+        def on_commit(result: Any, error: int) -> None:  # runs on the tick thread
+            def settle() -> None:
+                if not future.done():
+                    future.set_result((result, error))
+
+            # RuntimeError: the loop closed while the command was in flight.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle)
+
+        self.state.apply(command, callback=on_commit)
+        try:
+            return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise SubmitError(
+                "timeout",
+                f"not committed within {timeout:g}s (no quorum, or the leader is unreachable); "
+                "the command may still be applied later, and retrying it is safe",
+            ) from None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the tick thread and close connections and the journal."""
+        self._syncobj.destroy()
+        thread = getattr(self._syncobj, "_SyncObj__thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)

@@ -1,0 +1,146 @@
+"""Replicated commands: versioned, JSON-able values with a type.
+
+A command travels as a plain dict `{"v": 1, "type": "...", ...}` through the single replicated
+entry point. Every node parses it with `parse_command`; a type or version this node does not know
+is refused the same way everywhere, so a cluster in the middle of a rolling upgrade never diverges
+on state (the newer node's command simply fails with `unsupported`). Commands carry everything
+they need (timestamps included): applying one never reads a clock, a random source or the disk.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from appliance.model import (
+    AllocationRequest,
+    MemberReport,
+    Name,
+    ObjectId,
+    Pool,
+    ServiceSpec,
+    field_errors,
+)
+
+COMMAND_VERSION = 1
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+
+
+class PutPool(_Command):
+    type: Literal["pool.put"] = "pool.put"
+    pool: Pool
+
+
+class DeletePool(_Command):
+    type: Literal["pool.delete"] = "pool.delete"
+    name: Name
+
+
+class PutService(_Command):
+    type: Literal["service.put"] = "service.put"
+    service: ServiceSpec
+
+
+class DeleteService(_Command):
+    type: Literal["service.delete"] = "service.delete"
+    id: ObjectId
+
+
+class Allocate(_Command):
+    type: Literal["allocation.create"] = "allocation.create"
+    request: AllocationRequest
+
+
+class Release(_Command):
+    type: Literal["allocation.delete"] = "allocation.delete"
+    owner: ObjectId
+
+
+class ReportMember(_Command):
+    type: Literal["member.report"] = "member.report"
+    report: MemberReport
+
+
+SimpleCommand = Annotated[
+    PutPool | DeletePool | PutService | DeleteService | Allocate | Release | ReportMember,
+    Field(discriminator="type"),
+]
+
+
+class Batch(_Command):
+    """Several commands applied all or nothing (e.g. `raftlb services apply -f` of a file)."""
+
+    type: Literal["batch"] = "batch"
+    commands: list[SimpleCommand] = Field(min_length=1, max_length=10_000)
+
+
+Command = Annotated[SimpleCommand | Batch, Field(discriminator="type")]
+KNOWN_TYPES = frozenset(
+    {
+        "pool.put",
+        "pool.delete",
+        "service.put",
+        "service.delete",
+        "allocation.create",
+        "allocation.delete",
+        "member.report",
+        "batch",
+    }
+)
+_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+class CommandError(Exception):
+    """A command refused at apply time; the same refusal happens on every node."""
+
+    def __init__(
+        self, code: str, message: str, field: str | None = None, details: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.details is not None:
+            out["details"] = self.details
+        return out
+
+
+def parse_command(raw: Any) -> Command:
+    """Parse a command dict; raise CommandError(unsupported|invalid) naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise CommandError("invalid", f"a command must be an object, got {type(raw).__name__}")
+    version, kind = raw.get("v"), raw.get("type")
+    # `type(...) is int`: True == 1 in Python, and an unhashable type must not raise here.
+    if (
+        type(version) is not int
+        or version != COMMAND_VERSION
+        or not isinstance(kind, str)
+        or kind not in KNOWN_TYPES
+    ):
+        raise CommandError(
+            "unsupported",
+            f"command type {kind!r} version {version!r} is not known to this node "
+            f"(it speaks version {COMMAND_VERSION}); finish the rolling upgrade first",
+        )
+    try:
+        return _ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        errors = field_errors(exc, tags=KNOWN_TYPES)
+        raise CommandError("invalid", "invalid command", details=errors) from None
+
+
+def encode(command: Command) -> dict[str, Any]:
+    """The wire form of a command: what goes into the Raft log."""
+    return command.model_dump(mode="json")

@@ -1,0 +1,85 @@
+"""Timing profiles: Raft timeouts chosen together, so they cannot be combined into nonsense.
+
+`fast` is the tuned set measured on the lab machine (DESIGN.md): elections in 0.09-0.3 s.
+`safe` is for slow or lossy networks and busy VMs. The lease figures that depend on these
+(renewal period, lease length) are added by the ownership work and checked against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TimingProfile:
+    name: str
+    raft_min_timeout: float
+    raft_max_timeout: float
+    append_entries_period: float
+    auto_tick_period: float
+    leader_fallback_timeout: float
+    connection_timeout: float
+    connection_retry_time: float
+    # How often each agent commits its member report (API URL, version, liveness for humans).
+    report_period: float
+
+    def problems(self) -> list[str]:
+        """Why this combination is unsafe or cannot work; empty when it is fine."""
+        out = []
+        if self.raft_min_timeout <= 3 * self.append_entries_period:
+            out.append(
+                f"raft_min_timeout {self.raft_min_timeout} must exceed 3 x append_entries_period "
+                f"{self.append_entries_period} (else followers start elections between heartbeats)"
+            )
+        if self.raft_max_timeout <= self.raft_min_timeout:
+            out.append("raft_max_timeout must exceed raft_min_timeout")
+        if self.leader_fallback_timeout > self.raft_max_timeout * 2:
+            out.append(
+                f"leader_fallback_timeout {self.leader_fallback_timeout} is long: a cut-off leader "
+                "would believe it leads while another is elected"
+            )
+        if self.auto_tick_period > self.append_entries_period:
+            out.append("auto_tick_period must not exceed append_entries_period")
+        return out
+
+    def syncobj_kwargs(self) -> dict[str, Any]:
+        """The SyncObjConf settings this profile stands for."""
+        return {
+            "raftMinTimeout": self.raft_min_timeout,
+            "raftMaxTimeout": self.raft_max_timeout,
+            "appendEntriesPeriod": self.append_entries_period,
+            "autoTickPeriod": self.auto_tick_period,
+            "leaderFallbackTimeout": self.leader_fallback_timeout,
+            "connectionTimeout": self.connection_timeout,
+            "connectionRetryTime": self.connection_retry_time,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROFILES: dict[str, TimingProfile] = {
+    "fast": TimingProfile(
+        name="fast",
+        raft_min_timeout=0.15,
+        raft_max_timeout=0.3,
+        append_entries_period=0.04,
+        auto_tick_period=0.01,
+        leader_fallback_timeout=0.3,
+        connection_timeout=1.0,
+        connection_retry_time=0.2,
+        report_period=2.0,
+    ),
+    "safe": TimingProfile(
+        name="safe",
+        raft_min_timeout=1.0,
+        raft_max_timeout=2.0,
+        append_entries_period=0.2,
+        auto_tick_period=0.02,
+        leader_fallback_timeout=2.0,
+        connection_timeout=4.0,
+        connection_retry_time=1.0,
+        report_period=5.0,
+    ),
+}
