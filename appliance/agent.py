@@ -99,6 +99,35 @@ async def _report_loop(config: AgentConfig, metrics: Metrics, started_at: float)
         await asyncio.sleep(period)
 
 
+async def _watch_raft(cluster: RaftCluster, period: float = 0.2) -> None:
+    """Log every change of leader and of quorum, so failovers show in the agent's log."""
+    leader: str | None = "?"
+    quorum: bool | None = None
+    while True:
+        status = cluster.status()
+        if status.leader != leader:
+            if status.leader is None:
+                log.warning(
+                    "no Raft leader (term %d): writes fail with 503 until a majority of the "
+                    "members reach each other; connected: %s",
+                    status.term,
+                    ", ".join(k for k, up in sorted(status.connected.items()) if up),
+                )
+            else:
+                log.info(
+                    "Raft leader is %s (term %d)%s",
+                    status.leader,
+                    status.term,
+                    " - this node" if status.role == "leader" else "",
+                )
+            leader = status.leader
+        if status.has_quorum != quorum:
+            if not status.has_quorum:
+                log.warning("this node does not reach a majority of the members")
+            quorum = status.has_quorum
+        await asyncio.sleep(period)
+
+
 async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
     """Apply the config file's pools and services once, retrying until there is a quorum."""
     commands = static_commands(config)
@@ -163,6 +192,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     tasks = [
         asyncio.create_task(_report_loop(config, metrics, time.time()), name="member-report"),
         asyncio.create_task(_apply_static(config, metrics), name="static-config"),
+        asyncio.create_task(_watch_raft(cluster), name="raft-watch"),
     ]
     try:
         await stop.wait()

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,13 +40,23 @@ Name = Annotated[
     str,
     StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$"),
 ]
+
+
 # A service id or allocation owner, e.g. "prod-k8s/default/web": the cluster name comes first so
 # that several Kubernetes clusters can share one appliance cluster without collisions.
+def _no_dot_segments(value: str) -> str:
+    # HTTP clients and proxies resolve "." and ".." path segments: "a/../b" would reach "b".
+    if any(segment in ("", ".", "..") for segment in value.split("/")):
+        raise ValueError(f"{value!r} has an empty, '.' or '..' segment")
+    return value
+
+
 ObjectId = Annotated[
     str,
     StringConstraints(
         min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_./:-]*[A-Za-z0-9])?$"
     ),
+    AfterValidator(_no_dot_segments),
 ]
 SharingKey = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^\S+$")]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
@@ -122,11 +134,22 @@ def parse_address_block(text: str) -> tuple[IPAddress, IPAddress]:
     return start, end
 
 
+def _check_block(text: str) -> str:
+    parse_address_block(text)
+    return text
+
+
+# One entry of a pool: checked on its own so an error names the entry ("addresses.2").
+AddressBlock = Annotated[str, AfterValidator(_check_block)]
+
+
 class Pool(_Frozen):
     """A named set of addresses the appliance hands out as VIPs."""
 
     name: Name
-    addresses: list[str] = Field(min_length=1, description="CIDRs, ranges A-B, or addresses")
+    addresses: list[AddressBlock] = Field(
+        min_length=1, description="CIDRs, ranges A-B, or addresses"
+    )
     announce: AnnounceMode = AnnounceMode.L2
     default: bool = Field(
         default=False, description="Used when an allocation names no pool (one default per family)"
@@ -399,7 +422,13 @@ def format_field_errors(errors: list[dict[str, Any]]) -> Iterator[str]:
 
 
 def _short(value: Any) -> Any:
+    """The offending value as given when it is small and JSON-able, else a shortened repr."""
     if isinstance(value, str | int | float | bool) or value is None:
         return value
+    try:
+        if len(json.dumps(value)) <= 200:
+            return value
+    except (TypeError, ValueError):
+        pass
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."

@@ -100,18 +100,28 @@ class CommandError(Exception):
     """A command refused at apply time; the same refusal happens on every node."""
 
     def __init__(
-        self, code: str, message: str, field: str | None = None, details: Any = None
+        self,
+        code: str,
+        message: str,
+        field: str | None = None,
+        details: Any = None,
+        value: Any = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.details = details
+        self.value = value
+        self.index: int | None = None  # position in a batch, set by the batch
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.field is not None:
             out["field"] = self.field
+            out["value"] = self.value
+        if self.index is not None:
+            out["index"] = self.index
         if self.details is not None:
             out["details"] = self.details
         return out

@@ -42,13 +42,19 @@ def check_pool(
             continue
         overlap = pool.overlaps(other)
         if overlap:
-            raise CommandError("conflict", f"pool {pool.name!r}: {overlap}", field="addresses")
+            raise CommandError(
+                "conflict",
+                f"pool {pool.name!r}: {overlap}",
+                field="addresses",
+                value=pool.addresses,
+            )
         if pool.default and other.default and pool.families() & other.families():
             raise CommandError(
                 "conflict",
                 f"pool {other.name!r} is already the default for "
                 f"{', '.join(sorted(pool.families() & other.families()))}",
                 field="default",
+                value=True,
             )
     stranded = sorted(
         (a for a in allocations.values() if a.pool == pool.name and not pool.usable(a.address)),
@@ -61,6 +67,7 @@ def check_pool(
             f"pool {pool.name!r} would no longer contain {len(stranded)} allocated address(es): "
             f"{names}; release them first",
             field="addresses",
+            value=pool.addresses,
         )
 
 
@@ -107,7 +114,7 @@ def allocate(
     if request.address is not None:
         problem = _sharing_problem(request.address, request, allocations, by_address)
         if problem:
-            raise CommandError("conflict", problem, field="address")
+            raise CommandError("conflict", problem, field="address", value=str(request.address))
         return build(request.address)
 
     if request.sharing_key is not None:
@@ -138,6 +145,7 @@ def allocate(
             f"pool {pool.name!r} has no free {family} address ({used} of {pool.size(family)} "
             "in use); add addresses to the pool or release some",
             field="pool",
+            value=pool.name,
         )
     return build(free)
 
@@ -147,7 +155,10 @@ def _choose_pool(request: AllocationRequest, family: IPFamily, pools: Mapping[st
         holders = [p for p in pools.values() if p.usable(request.address)]
         if not holders:
             raise CommandError(
-                "invalid", f"address {request.address} is outside every pool", field="address"
+                "invalid",
+                f"address {request.address} is outside every pool",
+                field="address",
+                value=str(request.address),
             )
         pool = holders[0]
         if request.pool is not None and request.pool != pool.name:
@@ -155,15 +166,24 @@ def _choose_pool(request: AllocationRequest, family: IPFamily, pools: Mapping[st
                 "invalid",
                 f"address {request.address} is in pool {pool.name!r}, not {request.pool!r}",
                 field="pool",
+                value=request.pool,
             )
         return pool
     if request.pool is not None:
         pool_or_none = pools.get(request.pool)
         if pool_or_none is None:
-            raise CommandError("not_found", f"pool {request.pool!r} does not exist", field="pool")
+            raise CommandError(
+                "not_found",
+                f"pool {request.pool!r} does not exist",
+                field="pool",
+                value=request.pool,
+            )
         if family not in pool_or_none.families():
             raise CommandError(
-                "invalid", f"pool {request.pool!r} has no {family} addresses", field="ip_family"
+                "invalid",
+                f"pool {request.pool!r} has no {family} addresses",
+                field="ip_family",
+                value=str(family),
             )
         return pool_or_none
     of_family = sorted((p for p in pools.values() if family in p.families()), key=lambda p: p.name)
@@ -173,7 +193,9 @@ def _choose_pool(request: AllocationRequest, family: IPFamily, pools: Mapping[st
     if len(of_family) == 1:
         return of_family[0]
     if not of_family:
-        raise CommandError("invalid", f"no pool has {family} addresses", field="ip_family")
+        raise CommandError(
+            "invalid", f"no pool has {family} addresses", field="ip_family", value=str(family)
+        )
     raise CommandError(
         "invalid",
         f"no pool named and no default {family} pool among {[p.name for p in of_family]}; "

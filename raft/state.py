@@ -61,7 +61,14 @@ class ClusterState:
             command = parse_command(raw)
             if isinstance(command, Batch):
                 trial = self.copy()
-                values = [trial._apply_one(sub) for sub in command.commands]
+                values = []
+                for index, sub in enumerate(command.commands):
+                    try:
+                        values.append(trial._apply_one(sub))
+                    except CommandError as exc:
+                        exc.index = index
+                        exc.message = f"item {index}: {exc.message}; nothing was applied"
+                        raise
                 self._adopt(trial)
                 value: Any = {"results": values}
             else:

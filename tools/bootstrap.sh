@@ -46,8 +46,13 @@ STAMP="$VENV/.raftlb-deps"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     say "installing raftlb and its dependencies into $VENV (about a minute the first time)"
-    "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]"
+    LOG="$VENV/pip-install.log"
+    if ! { "$VENV/bin/pip" install --disable-pip-version-check --upgrade pip &&
+           "$VENV/bin/pip" install --disable-pip-version-check -e "$ROOT[dev]"; } >"$LOG" 2>&1; then
+        tail -30 "$LOG" >&2
+        say "pip install failed (full log: $LOG); check the network access to PyPI and retry"
+        exit 1
+    fi
     echo "$WANT" >"$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -59,11 +59,14 @@ run raftlb nodes
 LEADER="$(raftlb --json status | python -c 'import json,sys; print(json.load(sys.stdin)["raft"]["leader"])')"
 
 say "5. Crash the Raft leader, $LEADER: kill -9 of its whole process group."
+T0=$(date +%s.%N)
 run raftlb lab local kill --dir "$DIR" "$LEADER"
 for n in n1 n2 n3; do [ "$n" != "$LEADER" ] && SURVIVOR="$n" && break; done
 export RAFTLB_API="$(api_of "$SURVIVOR")"
 say "6. Ask a survivor ($SURVIVOR). The two remaining nodes are a majority: they elect a new leader at once."
-sleep 1
+leader_now() { raftlb --json status 2>/dev/null | python -c 'import json,sys; print(json.load(sys.stdin)["raft"]["leader"])' || echo None; }
+until NEW="$(leader_now)" && [ "$NEW" != "None" ] && [ "$NEW" != "$LEADER" ]; do sleep 0.05; done
+printf 'new leader: %s, seen %.2f s after the kill (polled with `raftlb status`, whose start-up time is included)\n' "$NEW" "$(python -c "import sys; print(float(sys.argv[1]) - float(sys.argv[2]))" "$(date +%s.%N)" "$T0")"
 run raftlb status
 run raftlb nodes
 

@@ -55,6 +55,9 @@ class ApiContext:
     write_timeout: float
 
 
+CTX = web.AppKey("ctx", ApiContext)
+
+
 class ApiError(Exception):
     def __init__(
         self, status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None
@@ -75,7 +78,7 @@ def error_response(
 
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    ctx: ApiContext = request.app["ctx"]
+    ctx = request.app[CTX]
     if request.path != "/healthz":
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -100,8 +103,8 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
 async def _json_body(request: web.Request) -> Any:
     try:
         return await request.json(loads=json.loads)
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"the body is not JSON (UTF-8): {exc}") from None
 
 
 def _parse(model: type[M], data: Any, prefix: str = "") -> M:
@@ -111,8 +114,13 @@ def _parse(model: type[M], data: Any, prefix: str = "") -> M:
         raise ApiError(422, "invalid", "invalid body", field_errors(exc, prefix)) from None
 
 
-async def _commit(ctx: ApiContext, command: dict[str, Any]) -> Any:
-    """Submit a command; translate refusals into API errors; return the command's value."""
+async def _commit(
+    ctx: ApiContext, command: dict[str, Any], locate: Callable[[int], str] | None = None
+) -> Any:
+    """Submit a command; translate refusals into API errors; return the command's value.
+
+    `locate` names the body item of a batch entry (e.g. 3 -> "services.1") so that a refused
+    batch points at the item that was refused."""
     try:
         result = await ctx.metrics.submit(command, ctx.write_timeout)
     except SubmitError as exc:
@@ -121,8 +129,10 @@ async def _commit(ctx: ApiContext, command: dict[str, Any]) -> Any:
         err = result.get("error", {})
         code = str(err.get("code", "failed"))
         fields = err.get("details")
-        if fields is None and err.get("field"):
-            fields = [{"field": err["field"], "value": None, "message": err.get("message")}]
+        prefix = locate(err["index"]) if locate and isinstance(err.get("index"), int) else ""
+        if fields is None and (err.get("field") or prefix):
+            field = ".".join(part for part in (prefix, err.get("field")) if part)
+            fields = [{"field": field, "value": err.get("value"), "message": err.get("message")}]
         raise ApiError(
             _STATUS_BY_CODE.get(code, 500), code, str(err.get("message", "refused")), fields
         )
@@ -130,7 +140,7 @@ async def _commit(ctx: ApiContext, command: dict[str, Any]) -> Any:
 
 
 def _ctx(request: web.Request) -> ApiContext:
-    ctx: ApiContext = request.app["ctx"]
+    ctx = request.app[CTX]
     return ctx
 
 
@@ -296,13 +306,21 @@ async def apply_batch(request: web.Request) -> web.Response:
     commands += [{"v": 1, "type": "service.delete", "id": d} for d in deletes]
     if not commands:
         raise ApiError(422, "invalid", "nothing to apply: give pools, services or delete_services")
-    value = await _commit(_ctx(request), {"v": 1, "type": "batch", "commands": commands})
+
+    def locate(index: int) -> str:
+        if index < len(pools):
+            return f"pools.{index}"
+        if index < len(pools) + len(services):
+            return f"services.{index - len(pools)}"
+        return f"delete_services.{index - len(pools) - len(services)}"
+
+    value = await _commit(_ctx(request), {"v": 1, "type": "batch", "commands": commands}, locate)
     return web.json_response(value)
 
 
 def build_app(ctx: ApiContext) -> web.Application:
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_BODY)
-    app["ctx"] = ctx
+    app[CTX] = ctx
     app.add_routes(
         [
             web.get("/healthz", healthz),

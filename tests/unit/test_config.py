@@ -216,7 +216,7 @@ def test_split_host_port(address: str, host: str, port: int) -> None:
         (lambda d: d.update(node_id="LB1"), "node_id", "LB1"),
         (lambda d: d.pop("data_dir"), "data_dir", None),
         (lambda d: d["raft"].pop("password_file"), "raft.password_file", None),
-        (lambda d: d["raft"].update(peers=[]), "raft.peers", "[]"),
+        (lambda d: d["raft"].update(peers=[]), "raft.peers", []),
         (lambda d: d["raft"]["peers"][2].update(id="Lb3"), "raft.peers.2.id", "Lb3"),
         (lambda d: d.update(timing="slow"), "timing", "slow"),
         (lambda d: d.update(announce="bgp"), "announce", "bgp"),
@@ -242,15 +242,15 @@ def test_split_host_port(address: str, host: str, port: int) -> None:
         # Errors inside pools and services.
         (
             lambda d: d.update(pools=[{"name": "p", "addresses": ["192.0.2.1/28"]}]),
-            "pools.0.addresses",
-            "['192.0.2.1/28']",
+            "pools.0.addresses.0",
+            "192.0.2.1/28",
         ),
         (
             lambda d: d.update(
                 pools=[{"name": "p", "addresses": ["192.0.2.0/28", "192.0.2.4-192.0.2.5"]}]
             ),
             "pools.0.addresses",
-            "['192.0.2.0/28', '192.0.2.4-192.0.2.5']",
+            ["192.0.2.0/28", "192.0.2.4-192.0.2.5"],
         ),
         (
             lambda d: d.update(services=[{"id": "s", "ports": [{"port": 70000}]}]),

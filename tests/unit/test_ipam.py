@@ -804,7 +804,7 @@ def test_unhashable_type_is_refused_not_raised(command: dict[str, Any]) -> None:
         ),
         (
             {"v": 1, "type": "pool.put", "pool": {"name": "p", "addresses": ["192.0.2.1/28"]}},
-            "pool.addresses",
+            "pool.addresses.0",
         ),
         ({"v": 1, "type": "pool.put"}, "pool"),
         (

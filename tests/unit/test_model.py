@@ -135,12 +135,16 @@ def test_pool_rejects_overlapping_blocks(addresses: list[str], bad: str) -> None
 @pytest.mark.parametrize(
     ("data", "field", "value"),
     [
-        ({"name": "p", "addresses": ["192.0.2.1/28"]}, "addresses", "192.0.2.1/28"),
-        ({"name": "p", "addresses": ["192.0.2.300"]}, "addresses", "192.0.2.300"),
-        ({"name": "p", "addresses": ["bogus"]}, "addresses", "bogus"),
-        ({"name": "p", "addresses": ["192.0.2.9-192.0.2.1"]}, "addresses", "192.0.2.9-192.0.2.1"),
-        ({"name": "p", "addresses": ["192.0.2.1-2001:db8::1"]}, "addresses", "2001:db8::1"),
-        ({"name": "p", "addresses": []}, "addresses", "[]"),
+        ({"name": "p", "addresses": ["192.0.2.1/28"]}, "addresses.0", "192.0.2.1/28"),
+        ({"name": "p", "addresses": ["192.0.2.1", "192.0.2.300"]}, "addresses.1", "192.0.2.300"),
+        ({"name": "p", "addresses": ["bogus"]}, "addresses.0", "bogus"),
+        ({"name": "p", "addresses": ["192.0.2.9-192.0.2.1"]}, "addresses.0", "192.0.2.9-192.0.2.1"),
+        (
+            {"name": "p", "addresses": ["192.0.2.1-2001:db8::1"]},
+            "addresses.0",
+            "192.0.2.1-2001:db8::1",
+        ),
+        ({"name": "p", "addresses": []}, "addresses", []),
         ({"name": "Bad", "addresses": ["192.0.2.1"]}, "name", "Bad"),
         ({"name": "-p", "addresses": ["192.0.2.1"]}, "name", "-p"),
         ({"name": "p-", "addresses": ["192.0.2.1"]}, "name", "p-"),
@@ -157,11 +161,8 @@ def test_pool_rejects_bad_input_naming_field_and_value(
     errors = errors_of(Pool, data)
     matching = [e for e in errors if e["field"] == field]
     assert matching, errors
-    got = matching[0]["value"]
-    if isinstance(value, str) and isinstance(got, str) and field == "addresses":
-        assert value in got
-    elif value is not None:
-        assert got == value
+    if value is not None:
+        assert matching[0]["value"] == value
 
 
 @pytest.mark.parametrize("name", ["a", "pool-1", "v4.prod", "a_b", "0", "x" * 63, "1.2.3"])
@@ -337,7 +338,7 @@ def test_service_family_matches_vip(
         ({"id": ""}, "id", ""),
         ({"id": "-web"}, "id", "-web"),
         ({"id": "a b"}, "id", "a b"),
-        ({"ports": []}, "ports", "[]"),
+        ({"ports": []}, "ports", []),
         ({"pool": "Upper"}, "pool", "Upper"),
         ({"sharing_key": "has space"}, "sharing_key", "has space"),
         ({"sharing_key": ""}, "sharing_key", ""),

@@ -1,0 +1,1 @@
+"""The `raftlb` command line."""

@@ -1,0 +1,118 @@
+"""`raftlb`: the operator's command line (click).
+
+Exit codes: 0 ok, 1 the operation failed (cluster refused it, unreachable, no quorum),
+2 bad input (invalid file or arguments). Human tables by default, `--json` for machines.
+Global `--api URL` and `--token-file FILE` (or RAFTLB_API / RAFTLB_TOKEN_FILE) reach an agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from appliance.cli.context import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliContext, pass_cli
+from appliance.cli.lab import lab_group
+from appliance.cli.resources import COMMANDS
+from appliance.config import ConfigError, check_files, load_config, summary
+from appliance.model import format_field_errors
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--api",
+    envvar="RAFTLB_API",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="Agent API URL (env RAFTLB_API).",
+)
+@click.option(
+    "--token-file",
+    envvar="RAFTLB_TOKEN_FILE",
+    type=click.Path(path_type=Path),
+    help="File holding the API bearer token (env RAFTLB_TOKEN_FILE).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the API.")
+@click.pass_context
+def cli(
+    ctx: click.Context, api: str, token_file: Path | None, as_json: bool, timeout: float
+) -> None:
+    """raftlb: a Raft-replicated load-balancer appliance."""
+    ctx.obj = CliContext(api=api, token_file=token_file, as_json=as_json, timeout=timeout)
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Agent config file (YAML).",
+)
+def agent(config_path: Path) -> None:
+    """Run the appliance agent of this node (foreground)."""
+    from appliance.agent import AgentStartError, run_agent
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for line in format_field_errors(exc.errors):
+            click.echo(f"{config_path}: {line}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format=f"%(asctime)s {config.node_id} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        run_agent(config)
+    except AgentStartError as exc:
+        logging.getLogger("raftlb.agent").error("%s", exc)
+        sys.exit(EXIT_FAILED)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Agent configuration files."""
+
+
+@config_group.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+@pass_cli
+def config_check(cli_ctx: CliContext, path: Path) -> None:
+    """Validate an agent config: print every error with its field (exit 2), or a summary."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        errors = exc.errors
+    else:
+        errors = check_files(config)
+    if errors:
+        if cli_ctx.as_json:
+            cli_ctx.print_json({"valid": False, "errors": errors})
+        else:
+            for line in format_field_errors(errors):
+                click.echo(f"{path}: {line}", err=True)
+            click.echo(f"{path}: {len(errors)} error(s)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if cli_ctx.as_json:
+        cli_ctx.print_json({"valid": True, "config": config.model_dump(mode="json")})
+    else:
+        click.echo(f"{path}: valid")
+        for line in summary(config):
+            click.echo(f"  {line}")
+
+
+for command in COMMANDS:
+    cli.add_command(command)
+cli.add_command(lab_group)
+
+
+def main() -> None:
+    cli()

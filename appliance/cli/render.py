@@ -1,0 +1,207 @@
+"""Human views of API answers: pure functions from model values to rich tables.
+
+Nothing here talks to the API or prints; the commands do. Missing values show as "-".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from appliance.model import Allocation, IPFamily, NodeInfo, Pool, Service
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _add(table: Table, *cells: str) -> None:
+    # Text, not markup: a sharing key like "[red]" must print as written.
+    table.add_row(*(Text(cell) for cell in cells))
+
+
+def _grid(rows: Iterable[tuple[str, str]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        _add(grid, key, value)
+    return grid
+
+
+def _text(value: Any) -> str:
+    if value is None or value in ([], ""):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def status_view(status: dict[str, Any]) -> Table:
+    """`raftlb status`: this node's view of Raft, the members and the state sizes."""
+    raft = status.get("raft", {})
+    leader = raft.get("leader")
+    if leader is None:
+        leader_text = "none (no quorum, or an election is running)"
+    elif status.get("leader_api_url"):
+        leader_text = f"{leader} ({status['leader_api_url']})"
+    else:
+        leader_text = str(leader)
+    quorum = (
+        "yes"
+        if raft.get("has_quorum")
+        else "NO: writes fail until a majority of the nodes reach each other"
+    )
+    return _grid(
+        [
+            ("node", f"{status.get('node')} (version {status.get('version')})"),
+            ("role", _text(raft.get("role"))),
+            ("leader", leader_text),
+            ("term", _text(raft.get("term"))),
+            (
+                "commit index",
+                f"{raft.get('commit_index')} (applied here: {raft.get('last_applied')})",
+            ),
+            ("quorum", quorum),
+            ("members", f"{status.get('members_connected')}/{status.get('members')} connected"),
+            ("pools", _text(status.get("pools"))),
+            ("services", _text(status.get("services"))),
+            ("allocations", _text(status.get("allocations"))),
+            ("vips", _text(status.get("vips"))),
+        ]
+    )
+
+
+def nodes_table(nodes: list[NodeInfo]) -> Table:
+    """`raftlb nodes`: every configured member and what this node knows of it."""
+    table = _table("NODE", "ROLE", "CONNECTED", "RAFT ADDRESS", "API URL", "VERSION", "REPORTED")
+    for node in nodes:
+        age = None if node.last_report_age is None else f"{node.last_report_age:.1f}s ago"
+        _add(
+            table,
+            node.id,
+            node.role + (" (drained)" if node.drained else ""),
+            _text(node.connected),
+            node.raft_address,
+            _text(node.api_url),
+            _text(node.version),
+            _text(age),
+        )
+    return table
+
+
+def pools_table(pools: list[Pool], allocations: list[Allocation] | None = None) -> Table:
+    """Pools with their blocks; with `allocations`, how many addresses are in use of how many."""
+    columns = ["NAME", "ADDRESSES", "ANNOUNCE", "DEFAULT", "AVOID BUGGY IPS"]
+    if allocations is not None:
+        columns.append("IN USE")
+    table = _table(*columns)
+    for pool in pools:
+        row = [
+            pool.name,
+            ", ".join(pool.addresses),
+            str(pool.announce),
+            _text(pool.default),
+            _text(pool.avoid_buggy_ips),
+        ]
+        if allocations is not None:
+            used = len({a.address for a in allocations if a.pool == pool.name})
+            size = sum(pool.size(family) for family in IPFamily)
+            row.append(f"{used}/{size}")
+        _add(table, *row)
+    return table
+
+
+def _ports(service: Service) -> str:
+    return ", ".join(f"{p.port}/{p.protocol}" for p in service.spec.ports)
+
+
+def services_table(services: list[Service], allocations: list[Allocation] | None = None) -> Table:
+    """Services with their address; with `allocations`, the pool the address came from."""
+    pools = {a.owner: a.pool for a in allocations or []}
+    table = _table("ID", "ADDRESS", "PORTS", "BACKENDS", "POOL", "POLICY", "SHARING KEY")
+    for service in services:
+        spec = service.spec
+        _add(
+            table,
+            spec.id,
+            str(service.address),
+            _ports(service),
+            str(sum(len(p.backends) for p in spec.ports)),
+            _text(pools.get(spec.id, spec.pool)),
+            str(spec.traffic_policy),
+            _text(spec.sharing_key),
+        )
+    return table
+
+
+def service_view(service: Service, allocation: Allocation | None = None) -> Group:
+    """`raftlb services get ID`: the whole spec, then one row per port and backend."""
+    spec = service.spec
+    check = spec.health_check
+    if check.type == "none":
+        check_text = "none"
+    else:
+        what = f"http GET {check.path} expects {check.expected_status}"
+        check_text = (
+            f"{what if check.type == 'http' else 'tcp connect'} every {check.interval:g}s, "
+            f"timeout {check.timeout:g}s, rise {check.rise}, fall {check.fall}"
+        )
+    grid = _grid(
+        [
+            ("id", spec.id),
+            ("address", str(service.address) + ("" if spec.vip else " (allocated)")),
+            ("pool", _text(allocation.pool if allocation else spec.pool)),
+            ("ip family", str(spec.family())),
+            ("sharing key", _text(spec.sharing_key)),
+            ("traffic policy", str(spec.traffic_policy)),
+            ("health check node port", _text(spec.health_check_node_port)),
+            ("health check", check_text),
+            ("affinity", str(spec.affinity)),
+            ("nodes", ", ".join(spec.nodes) if spec.nodes else "any"),
+        ]
+    )
+    ports = _table("PORT", "NAME", "BACKEND", "WEIGHT", "NODE")
+    for port in spec.ports:
+        key = f"{port.port}/{port.protocol}"
+        if not port.backends:
+            _add(ports, key, _text(port.name), "(none)", "-", "-")
+        for backend in port.backends:
+            address = (
+                f"[{backend.address}]" if backend.address.version == 6 else str(backend.address)
+            )
+            _add(
+                ports,
+                key,
+                _text(port.name),
+                f"{address}:{backend.port}",
+                str(backend.weight),
+                _text(backend.node),
+            )
+    return Group(grid, "", ports)
+
+
+def vips_table(vips: list[dict[str, Any]]) -> Table:
+    """`raftlb vips`: each allocated address, who holds it, on which ports, owned by which node."""
+    table = _table("ADDRESS", "POOL", "ANNOUNCE", "OWNERS", "PORTS", "SHARING KEY", "NODE", "EPOCH")
+    for vip in vips:
+        _add(
+            table,
+            _text(vip.get("address")),
+            _text(vip.get("pool")),
+            _text(vip.get("announce")),
+            ", ".join(vip.get("owners") or []) or "-",
+            ", ".join(vip.get("ports") or []) or "-",
+            _text(vip.get("sharing_key")),
+            _text(vip.get("node")),
+            _text(vip.get("epoch")),
+        )
+    return table

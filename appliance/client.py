@@ -1,0 +1,391 @@
+"""A typed, synchronous client of the agent HTTP API (requests), for the CLI and the k8s sidecar.
+
+It speaks the wire format of `appliance.api.app` and hands back model values. Failures become two
+exceptions whose messages say what to do next: `ApiError` (the agent answered with an error) and
+`ApiUnreachable` (no answer at all). It imports only the model, so `k8s_sync` may use it, and it
+knows nothing of click or the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import requests
+from pydantic import TypeAdapter, ValidationError
+
+from appliance.model import (
+    Allocation,
+    AllocationRequest,
+    NodeInfo,
+    Pool,
+    Service,
+    ServiceSpec,
+    field_errors,
+)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 10.0
+
+# By error code, not status: after a 503 `timeout` the change may still be committed later.
+_HINTS = {
+    "unauthorized": "the API token is missing or wrong: use the token file the agents were "
+    "started with",
+    "no_quorum": "the cluster has no quorum (fewer than a majority of the nodes reach each "
+    "other) or just lost its leader; retrying is safe once the nodes are back",
+    "timeout": "the change was not confirmed in time and may still be applied later; "
+    "retrying is safe",
+}
+
+
+class ApiError(Exception):
+    """The agent answered with an HTTP error: `code` and `fields` come from its error body.
+
+    `status` is 0 (code "bad_response") when the answer was not what this API sends.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: list[dict[str, Any]] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields or []
+        self.retry_after = retry_after
+
+    @property
+    def hint(self) -> str | None:
+        """What to do next, for errors where the message alone does not say."""
+        return _HINTS.get(self.code)
+
+    @property
+    def bad_input(self) -> bool:
+        """True when the request itself was refused as malformed or invalid (400, 422)."""
+        return self.status in (400, 422)
+
+    def __str__(self) -> str:
+        return f"{self.message} (HTTP {self.status} {self.code})"
+
+
+class ApiUnreachable(Exception):  # noqa: N818  (the name callers know it by)
+    """No HTTP answer: connection refused, name not found, TLS failure or timeout."""
+
+    def __init__(self, url: str, reason: str, hint: str) -> None:
+        super().__init__(f"cannot reach {url}: {reason}; {hint}")
+        self.url = url
+        self.reason = reason
+        self.hint = hint
+
+
+class ClientConfigError(ValueError):
+    """The client cannot be built: a bad API URL, a missing or empty token file."""
+
+
+def read_token(path: Path) -> str:
+    """Read a bearer token file, stripped of whitespace; refuse a missing or empty one."""
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise ClientConfigError(f"token file {path} does not exist") from None
+    except OSError as exc:
+        raise ClientConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise ClientConfigError(f"token file {path} is empty")
+    return token
+
+
+def client_from(
+    api: str,
+    token_file: Path,
+    timeout: float = DEFAULT_TIMEOUT,
+    verify: bool | str = True,
+) -> ApiClient:
+    """Build a client from an API URL and the path of the token file."""
+    return ApiClient(api, read_token(token_file), timeout=timeout, verify=verify)
+
+
+def service_path(service_id: str) -> str:
+    """The URL path of a service or allocation owner id, whose "/" stay path separators.
+
+    Segments "." and ".." are escaped too: HTTP clients would otherwise resolve them away and
+    address another object.
+    """
+    segments = []
+    for segment in service_id.split("/"):
+        if segment in (".", ".."):
+            segments.append(segment.replace(".", "%2E"))
+        else:
+            segments.append(quote(segment, safe=""))
+    return "/".join(segments)
+
+
+_POOLS = TypeAdapter(list[Pool])
+_SERVICES = TypeAdapter(list[Service])
+_NODES = TypeAdapter(list[NodeInfo])
+_ALLOCATIONS = TypeAdapter(list[Allocation])
+
+
+class ApiClient:
+    """One agent's API at `base_url`, with a bearer token. Use as a context manager or close()."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        timeout: float = DEFAULT_TIMEOUT,
+        verify: bool | str = True,
+        session: requests.Session | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ClientConfigError(
+                f"API URL {base_url!r} is not an http:// or https:// URL with a host"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.verify = verify
+        self.session.headers["Accept"] = "application/json"
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def healthz(self) -> dict[str, Any]:
+        """Liveness of the agent (needs no token)."""
+        return _object(self._request("GET", "/healthz"))
+
+    def status(self) -> dict[str, Any]:
+        """The agent's view of the cluster: Raft role, leader, term, members and counts."""
+        return _object(self._request("GET", "/v1/status"))
+
+    def nodes(self) -> list[NodeInfo]:
+        return _parse(_NODES, self._request("GET", "/v1/nodes"))
+
+    def pools(self) -> list[Pool]:
+        return _parse(_POOLS, self._request("GET", "/v1/pools"))
+
+    def pool(self, name: str) -> Pool:
+        return _parse(Pool, self._request("GET", f"/v1/pools/{quote(name, safe='')}"))
+
+    def services(self) -> list[Service]:
+        return _parse(_SERVICES, self._request("GET", "/v1/services"))
+
+    def service(self, service_id: str) -> Service:
+        return _parse(Service, self._request("GET", f"/v1/services/{service_path(service_id)}"))
+
+    def allocations(self) -> list[Allocation]:
+        return _parse(_ALLOCATIONS, self._request("GET", "/v1/allocations"))
+
+    def vips(self) -> list[dict[str, Any]]:
+        """One entry per allocated address: pool, announce mode, owners, services, ports."""
+        data = self._request("GET", "/v1/vips")
+        if not isinstance(data, list):
+            raise _bad_response("GET /v1/vips: expected a list")
+        return data
+
+    def openapi(self) -> dict[str, Any]:
+        return _object(self._request("GET", "/v1/openapi.json"))
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition text of the agent."""
+        response = self._send("GET", "/metrics", None)
+        return response.text
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def put_pool(self, pool: Pool) -> Pool:
+        """Create or replace a pool."""
+        path = f"/v1/pools/{quote(pool.name, safe='')}"
+        return _parse(Pool, self._request("PUT", path, pool.model_dump(mode="json")))
+
+    def delete_pool(self, name: str) -> None:
+        """Delete a pool that no allocation uses."""
+        self._request("DELETE", f"/v1/pools/{quote(name, safe='')}")
+
+    def put_service(self, spec: ServiceSpec) -> Service:
+        """Create or replace a service; the answer carries the address it was given."""
+        path = f"/v1/services/{service_path(spec.id)}"
+        return _parse(Service, self._request("PUT", path, spec.model_dump(mode="json")))
+
+    def delete_service(self, service_id: str) -> None:
+        """Delete a service and release its address."""
+        self._request("DELETE", f"/v1/services/{service_path(service_id)}")
+
+    def allocate(self, request: AllocationRequest) -> Allocation:
+        """Allocate an address for `request.owner` (asking again returns the same one)."""
+        data = self._request("POST", "/v1/allocations", request.model_dump(mode="json"))
+        return _parse(Allocation, data)
+
+    def release(self, owner: str) -> None:
+        """Release the allocation of `owner`."""
+        self._request("DELETE", f"/v1/allocations/{service_path(owner)}")
+
+    def apply(
+        self,
+        pools: Sequence[Pool] = (),
+        services: Sequence[ServiceSpec] = (),
+        delete_services: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Put pools, then services, then delete services, all or nothing in one Raft commit.
+
+        Returns the agent's answer, `{"results": [...]}` with one entry per change in that
+        order: `{"pool": ...}`, `{"service": ...}` (with its address) or `{"deleted": id}`.
+        """
+        body: dict[str, Any] = {
+            "pools": [p.model_dump(mode="json") for p in pools],
+            "services": [s.model_dump(mode="json") for s in services],
+            "delete_services": list(delete_services),
+        }
+        return _object(self._request("POST", "/v1/apply", body))
+
+    # -- transport -----------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        response = self._send(method, path, body)
+        try:
+            return response.json()
+        except ValueError:
+            raise _bad_response(f"{method} {path}: the answer is not JSON") from None
+
+    def _send(self, method: str, path: str, body: Any) -> requests.Response:
+        url = self.base_url + path
+        try:
+            response = self.session.request(
+                method,
+                url,
+                data=None if body is None else json.dumps(body),
+                headers={"Content-Type": "application/json"} if body is not None else None,
+                timeout=self.timeout,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise ApiUnreachable(
+                self.base_url,
+                f"TLS failed ({_tls_reason(exc)})",
+                "check the agent's certificate and the CA bundle this client trusts",
+            ) from None
+        except requests.exceptions.ConnectTimeout:
+            raise ApiUnreachable(
+                self.base_url,
+                f"no connection within {self.timeout:g}s",
+                "is the host up, and is a firewall dropping the port?",
+            ) from None
+        except requests.exceptions.Timeout:
+            raise ApiUnreachable(
+                self.base_url,
+                f"no answer within {self.timeout:g}s",
+                "is the agent overloaded? a change sent may still be applied; retrying is safe",
+            ) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise ApiUnreachable(
+                self.base_url, _connection_reason(exc), "is the agent running at that URL?"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise ApiUnreachable(
+                self.base_url, str(exc) or type(exc).__name__, "is that URL a raftlb agent?"
+            ) from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise _bad_response("expected a JSON object")
+    return data
+
+
+def _parse(model: type[T] | TypeAdapter[T], data: Any) -> T:
+    adapter = model if isinstance(model, TypeAdapter) else TypeAdapter(model)
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        first = field_errors(exc)[0]
+        raise _bad_response(f"{first['field']}: {first['message']}") from None
+
+
+def _bad_response(what: str) -> ApiError:
+    return ApiError(
+        0,
+        "bad_response",
+        f"unexpected answer from the agent ({what}); is the API URL a raftlb agent of this "
+        "version?",
+    )
+
+
+def _error_from(response: requests.Response) -> ApiError:
+    retry_after = _retry_after(response.headers.get("Retry-After"))
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+        fields = error.get("fields") or []
+    except (ValueError, KeyError, TypeError):
+        text = " ".join(response.text.split())[:200] or response.reason
+        return ApiError(
+            response.status_code,
+            "http_error",
+            f"HTTP {response.status_code} from {response.url}: {text}",
+            None,
+            retry_after,
+        )
+    if not isinstance(fields, list):
+        fields = []
+    return ApiError(response.status_code, code, message, fields, retry_after)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+_SSL_REASON = re.compile(r"\[SSL[^\]]*\]\s*([^'\")]+)")
+
+
+def _tls_reason(exc: requests.exceptions.SSLError) -> str:
+    match = _SSL_REASON.search(str(exc))
+    return match[1].strip() if match else str(exc)
+
+
+def _connection_reason(exc: requests.exceptions.ConnectionError) -> str:
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if (
+        "name or service not known" in text
+        or "nodename nor servname" in text
+        or ("name resolution" in text)
+    ):
+        return "the host name does not resolve"
+    if "no route to host" in text or "network is unreachable" in text:
+        return "no route to the host"
+    if "reset" in text or "remotedisconnected" in text or "aborted" in text:
+        return "the connection was closed without an answer"
+    return str(exc)
