@@ -187,22 +187,26 @@ async def get_pool(request: web.Request) -> web.Response:
     return web.json_response(pool.model_dump(mode="json"))
 
 
-async def put_pool(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
+async def _body_named(request: web.Request, key: str, url_param: str) -> Any:
+    """The JSON body, with `key` filled from the URL and refused when it says otherwise."""
+    expected = request.match_info[url_param]
     body = await _json_body(request)
     if isinstance(body, dict):
-        body.setdefault("name", name)
-        if body["name"] != name:
+        body.setdefault(key, expected)
+        if body[key] != expected:
             raise ApiError(
                 422,
                 "invalid",
-                "name in body differs from the URL",
-                [{"field": "name", "value": body["name"], "message": f"expected {name!r}"}],
+                f"{key} in body differs from the URL",
+                [{"field": key, "value": body[key], "message": f"expected {expected!r}"}],
             )
-    pool = _parse(Pool, body)
-    value = await _commit(
-        _ctx(request), {"v": 1, "type": "pool.put", "pool": pool.model_dump(mode="json")}
-    )
+    return body
+
+
+async def put_pool(request: web.Request) -> web.Response:
+    pool = _parse(Pool, await _body_named(request, "name", "name"))
+    command = {"v": 1, "type": "pool.put", "pool": pool.model_dump(mode="json")}
+    value = await _commit(_ctx(request), command)
     return web.json_response(value["pool"])
 
 
@@ -226,18 +230,7 @@ async def get_service(request: web.Request) -> web.Response:
 
 
 async def put_service(request: web.Request) -> web.Response:
-    service_id = request.match_info["id"]
-    body = await _json_body(request)
-    if isinstance(body, dict):
-        body.setdefault("id", service_id)
-        if body["id"] != service_id:
-            raise ApiError(
-                422,
-                "invalid",
-                "id in body differs from the URL",
-                [{"field": "id", "value": body["id"], "message": f"expected {service_id!r}"}],
-            )
-    spec = _parse(ServiceSpec, body)
+    spec = _parse(ServiceSpec, await _body_named(request, "id", "id"))
     command = {"v": 1, "type": "service.put", "service": spec.model_dump(mode="json")}
     value = await _commit(_ctx(request), command)
     return web.json_response(value["service"])

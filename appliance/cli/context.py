@@ -61,7 +61,9 @@ class CliContext:
             return ApiClient(self.api, token, timeout=self.timeout)
         except ClientConfigError as exc:
             self.fail(
-                EXIT_BAD_INPUT, str(exc), hint="check --api / RAFTLB_API, e.g. http://10.0.0.1:8080"
+                EXIT_BAD_INPUT,
+                str(exc),
+                hint="check --api / RAFTLB_API, e.g. http://192.0.2.11:8080",
             )
 
     @contextmanager

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from click.testing import CliRunner, Result
 
 from appliance.api.app import ApiContext, build_app
@@ -20,6 +17,7 @@ from appliance.cli.main import cli
 from appliance.metrics import Metrics
 from raft.cluster import SubmitError
 from raft.fake import InMemoryCluster
+from tests.unit.served import ServedApp
 
 TOKEN = "cli-test-token-0123456789abcdef"
 
@@ -35,54 +33,13 @@ services:
       - port: 80
         name: http
         backends:
-          - {address: 10.0.0.1, port: 30080, node: k8s-1}
-          - {address: 10.0.0.2, port: 30080, weight: 3}
+          - {address: 198.51.100.1, port: 30080, node: k8s-1}
+          - {address: 198.51.100.2, port: 30080, weight: 3}
       - port: 443
   - id: prod/default/dns
     sharing_key: "[red]shared"
     ports: [{port: 53, protocol: udp}]
 """
-
-
-class ServedApp:
-    """An aiohttp app on 127.0.0.1 and a free port, run by a thread with its own event loop."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="api-under-test", daemon=True)
-        self.url = ""
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(self._app, access_log=None)
-        try:
-            self._loop.run_until_complete(runner.setup())
-            self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-            host, port = runner.addresses[0][:2]
-            self.url = f"http://{host}:{port}"
-        except BaseException as exc:
-            self._failure = exc
-            return
-        finally:
-            self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-        self._loop.close()
-
-    def __enter__(self) -> ServedApp:
-        self._thread.start()
-        assert self._ready.wait(10), "the API did not start within 10 s"
-        if self._failure is not None:
-            raise self._failure
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        assert not self._thread.is_alive(), "the API thread did not stop"
 
 
 @pytest.fixture
@@ -283,8 +240,8 @@ def test_services_list_get_delete(raftlb: Run, populated: None) -> None:
         "address 192.0.2.10 (allocated)",
         "pool web",
         "health check tcp connect every 1s, timeout 0.5s, rise 2, fall 2",
-        "80/tcp http 10.0.0.1:30080 1 k8s-1",
-        "80/tcp http 10.0.0.2:30080 3 -",
+        "80/tcp http 198.51.100.1:30080 1 k8s-1",
+        "80/tcp http 198.51.100.2:30080 3 -",
         "443/tcp - (none) - -",
     ]:
         assert expected in out
