@@ -155,6 +155,17 @@ def syncobj_conf(settings: RaftSettings) -> SyncObjConf:
     )
 
 
+def _settle_resent_delete(command: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """A delete sent again after a lost acknowledgement may find its target already gone:
+    the first attempt committed. Report that as the success it was."""
+    kind = str(command.get("type", ""))
+    error = result.get("error") or {}
+    if result.get("ok") or not kind.endswith(".delete") or error.get("code") != "not_found":
+        return result
+    target = command.get("name") or command.get("id") or command.get("owner")
+    return {"ok": True, "value": {"deleted": target, "already_gone": True}}
+
+
 class RaftCluster:
     """One node of the replicated state. Create it on the thread that lives as long as it."""
 
@@ -171,9 +182,21 @@ class RaftCluster:
     def view(self) -> ClusterState:
         return self.state.view()
 
-    def status(self) -> RaftStatus:
+    def _current_leader(self) -> Any:
+        """pysyncobj's last known leader, if it can still be current.
+
+        A follower cut off from every peer never starts an election, so pysyncobj never forgets
+        its old leader: a leader we are not connected to is not a leader we can use or report.
+        """
         obj = self._syncobj
         leader = obj._getLeader()
+        if leader is None or obj._isLeader() or obj.isNodeConnected(leader):
+            return leader
+        return None
+
+    def status(self) -> RaftStatus:
+        obj = self._syncobj
+        leader = self._current_leader()
         role_value = getattr(obj, "_SyncObj__raftState", None)
         connected = {self.node_id: True}
         for node in obj.otherNodes:
@@ -200,13 +223,14 @@ class RaftCluster:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last_reason = "no leader"
+        resent = False
         while True:
             await self._wait_for_leader(deadline, timeout)
             result, error = await self._send_once(command, deadline, timeout)
             if error == FAIL_REASON.SUCCESS:
                 if not isinstance(result, dict):
                     raise SubmitError("failed", f"unexpected result {result!r}")
-                return result
+                return _settle_resent_delete(command, result) if resent else result
             last_reason = _FAIL_NAMES.get(error, str(error))
             if error not in _RETRYABLE:
                 raise SubmitError("failed", f"not committed: {last_reason}")
@@ -216,6 +240,7 @@ class RaftCluster:
                     f"not committed within {timeout:g}s: {last_reason} (the leader changed or "
                     "was lost); retrying is safe",
                 )
+            resent = True
             await asyncio.sleep(0.02)
 
     async def _wait_for_leader(self, deadline: float, timeout: float) -> None:
@@ -223,7 +248,7 @@ class RaftCluster:
         # elected, perhaps long after the client gave up. Wait for a leader here instead, so a
         # command we report as failed for lack of quorum was never handed to Raft.
         loop = asyncio.get_running_loop()
-        while self._syncobj._getLeader() is None:
+        while self._current_leader() is None:
             if loop.time() >= deadline:
                 raise SubmitError(
                     "no_quorum",
