@@ -283,6 +283,9 @@ class ApiClient:
                 data=None if body is None else json.dumps(body),
                 headers={"Content-Type": "application/json"} if body is not None else None,
                 timeout=self.timeout,
+                # Per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a
+                # session-level `verify`, which would ignore the CA the caller asked for.
+                verify=self.session.verify,
             )
         except requests.exceptions.SSLError as exc:
             raise ApiUnreachable(

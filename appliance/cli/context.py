@@ -33,6 +33,7 @@ class CliContext:
     token_file: Path | None
     as_json: bool
     timeout: float
+    ca_file: Path | None = None
 
     def print_json(self, data: Any) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -58,7 +59,8 @@ class CliContext:
                 hint="pass --token-file FILE (or RAFTLB_TOKEN_FILE) holding the agent's API token",
             )
         try:
-            return ApiClient(self.api, token, timeout=self.timeout)
+            verify: bool | str = str(self.ca_file) if self.ca_file else True
+            return ApiClient(self.api, token, timeout=self.timeout, verify=verify)
         except ClientConfigError as exc:
             self.fail(
                 EXIT_BAD_INPUT,

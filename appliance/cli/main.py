@@ -36,14 +36,27 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "cli", "main"]
     type=click.Path(path_type=Path),
     help="File holding the API bearer token (env RAFTLB_TOKEN_FILE).",
 )
+@click.option(
+    "--ca-file",
+    envvar="RAFTLB_CA_FILE",
+    type=click.Path(path_type=Path),
+    help="CA bundle that signed the agent's TLS certificate (env RAFTLB_CA_FILE).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the API.")
 @click.pass_context
 def cli(
-    ctx: click.Context, api: str, token_file: Path | None, as_json: bool, timeout: float
+    ctx: click.Context,
+    api: str,
+    token_file: Path | None,
+    ca_file: Path | None,
+    as_json: bool,
+    timeout: float,
 ) -> None:
     """raftlb: a Raft-replicated load-balancer appliance."""
-    ctx.obj = CliContext(api=api, token_file=token_file, as_json=as_json, timeout=timeout)
+    ctx.obj = CliContext(
+        api=api, token_file=token_file, as_json=as_json, timeout=timeout, ca_file=ca_file
+    )
 
 
 @cli.command()
