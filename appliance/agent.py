@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 import time
 from importlib.metadata import PackageNotFoundError
@@ -49,6 +50,33 @@ def raft_settings(config: AgentConfig) -> RaftSettings:
         timing=config.timing_profile(),
         log_compaction_entries=config.raft.log_compaction_entries,
     )
+
+
+def check_runtime(config: AgentConfig, settings: RaftSettings) -> None:
+    """Fail early and clearly on what pysyncobj would only retry or crash on: an unwritable
+    data dir, or a Raft port another process holds (pysyncobj retries binding forever)."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise AgentStartError(
+            f"data_dir {config.data_dir}: {exc.strerror or exc}; the agent needs to write its "
+            "Raft journal there"
+        ) from None
+    host, port = split_host_port(settings.bind_address or settings.address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            field = "raft.bind" if settings.bind_address else "raft.address"
+            raise AgentStartError(
+                f"{field} {host}:{port}: {exc.strerror}; is another agent running, or is the "
+                "address not on this machine?"
+            ) from None
 
 
 def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
@@ -211,6 +239,7 @@ def run_agent(config: AgentConfig) -> None:
         raise AgentStartError("refusing to start:\n  " + "\n  ".join(format_field_errors(problems)))
     token = read_secret(config.api.token_file)
     settings = raft_settings(config)
+    check_runtime(config, settings)
     log.info(
         "node %s: raft %s, peers %s, timing %s, data %s",
         config.node_id,

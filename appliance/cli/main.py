@@ -86,7 +86,7 @@ def agent(config_path: Path) -> None:
     try:
         run_agent(config)
     except AgentStartError as exc:
-        logging.getLogger("raftlb.agent").error("%s", exc)
+        click.echo(f"raftlb agent: {exc}", err=True)
         sys.exit(EXIT_FAILED)
 
 
