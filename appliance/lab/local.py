@@ -97,7 +97,8 @@ def agent_running(node: LocalNode) -> bool:
     except OSError:
         return False
     zombie = stat.rpartition(")")[2].split()[0] == "Z"
-    return not zombie and node.config_path in cmdline
+    # A process mid-exec reads an empty cmdline for a moment: it is ours, not gone.
+    return not zombie and (cmdline == "" or node.config_path in cmdline)
 
 
 def start_node(lab: LocalLab, node_id: str) -> int:
