@@ -148,7 +148,9 @@ def syncobj_conf(settings: RaftSettings) -> SyncObjConf:
         appendEntriesUseBatch=False,
         journalFile=str(settings.data_dir / "raft.journal"),
         fullDumpFile=str(settings.data_dir / "raft.dump"),
-        bindAddress=settings.bind_address,
+        # Default to the node's own address, not pysyncobj's 0.0.0.0: the Raft port then
+        # listens only where peers are meant to reach it.
+        bindAddress=settings.bind_address or settings.address,
         dynamicMembershipChange=False,
         logCompactionMinEntries=settings.log_compaction_entries,
         **settings.timing.syncobj_kwargs(),
