@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -43,6 +44,9 @@ from appliance.lab.topology import (
     plan,
 )
 
+# run id -> run dir, on tmpfs: tells `down --all` whose namespaces are still in use.
+REGISTRY = Path("/run/raftlb-lab")
+RUN_ID = re.compile(r"[0-9a-f]{6}")
 DEFAULT_BASE = Path(os.environ.get("RAFTLB_LAB_DIR", "/tmp/raftlb-lab"))
 STATE_FILE = "lab.json"
 CRASH_METHODS = ("kill", "link", "freeze")
@@ -150,6 +154,7 @@ class NetLab:
         run_id = _new_run_id()
         run_dir = base / run_id
         run_dir.mkdir(parents=True)
+        _register(run_id, run_dir)
         (run_dir / "logs").mkdir()
         lab = cls(run_id=run_id, dir=run_dir, nodes=nodes, backends=backends, router=router)
         try:
@@ -418,6 +423,7 @@ class NetLab:
                 os.kill(pid, signal.SIGCONT)
             procs.reap(pid)
         netns.destroy(self.plan.namespaces())
+        (REGISTRY / self.run_id).unlink(missing_ok=True)
         if keep_logs:
             progress(f"lab {self.run_id} removed; logs kept in {self.dir}/logs")
             (self.dir / STATE_FILE).unlink(missing_ok=True)
@@ -440,22 +446,40 @@ def list_runs(base: Path = DEFAULT_BASE) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / STATE_FILE).is_file())
 
 
+def _register(run_id: str, run_dir: Path) -> None:
+    REGISTRY.mkdir(parents=True, exist_ok=True)
+    (REGISTRY / run_id).write_text(str(run_dir))
+
+
+def _owner_alive(run_id: str, base: Path) -> bool:
+    """True if run_id belongs to a live lab under another base dir (not ours to remove)."""
+    try:
+        run_dir = Path((REGISTRY / run_id).read_text())
+    except OSError:
+        return False
+    return run_dir.parent.resolve() != base.resolve() and (run_dir / STATE_FILE).is_file()
+
+
 def down_all(base: Path = DEFAULT_BASE, progress: Progress = print) -> int:
-    """Remove every lab: recorded runs, then any leftover `rlb-*` namespace and run dir."""
+    """Remove every lab under `base`, then leftovers of crashed runs: `rlb-*` namespaces (and
+    their processes) whose lab is gone, and run dirs without a lab. Labs that live under
+    another base dir are left alone, so parallel test runs do not remove each other's."""
     count = 0
     for run_id in list_runs(base):
         NetLab.load(base / run_id).down(progress)
         count += 1
-    leftovers = netns.existing()
+    leftovers = [
+        name
+        for name in netns.existing()
+        if not _owner_alive(name[len(NS_PREFIX) :].split("-")[0], base)
+    ]
     if leftovers:
         progress(f"removing {len(leftovers)} leftover namespace(s): {', '.join(leftovers)}")
         netns.destroy(leftovers)
+    for name in leftovers:
+        (REGISTRY / name[len(NS_PREFIX) :].split("-")[0]).unlink(missing_ok=True)
     if base.is_dir():
         for path in base.iterdir():
-            if (
-                path.is_dir()
-                and len(path.name) == 6
-                and all(c in "0123456789abcdef" for c in path.name)
-            ):
+            if path.is_dir() and RUN_ID.fullmatch(path.name):
                 shutil.rmtree(path, ignore_errors=True)
     return count
