@@ -384,6 +384,10 @@ class NodeInfo(_Frozen):
     connected: bool = Field(description="this node has a Raft connection to it (or it is self)")
     last_report_age: float | None = Field(default=None, description="seconds since its report")
     drained: bool = False
+    lease_age: float | None = Field(
+        default=None, description="seconds since this node saw its lease renewal change"
+    )
+    vips: int = Field(default=0, description="VIPs the committed assignment gives it")
 
 
 class Assignment(_Frozen):

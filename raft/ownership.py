@@ -143,6 +143,10 @@ class Liveness:
         seen = self._seen.get(node)
         return seen is not None and now - seen[1] <= self.dead_after
 
+    def age(self, node: str, now: float) -> float | None:
+        seen = self._seen.get(node)
+        return None if seen is None else now - seen[1]
+
     def marks(self) -> dict[str, tuple[int, int]]:
         return {node: mark for node, (mark, _) in self._seen.items()}
 
