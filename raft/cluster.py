@@ -62,6 +62,7 @@ class RaftSettings:
     bind_address: str | None = None
     log_compaction_entries: int = 5000
     keepalive: bool = True  # off only to demonstrate the trap it avoids
+    prevote: bool = True  # the same
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,45 @@ class RaftCluster:
         self._last_keepalive = 0.0
         if settings.keepalive:
             self._syncobj.addOnTickCallback(self._keep_links_warm)
+        if settings.prevote:
+            self._install_stall_guard()
+
+    def _install_stall_guard(self) -> None:
+        """Stand-in for Raft's PreVote, which pysyncobj lacks.
+
+        A node that was frozen (SIGSTOP, a paused VM, a long GC) wakes with its election
+        deadline long past and campaigns at once with a higher term, deposing a healthy leader.
+        Before each tick, if the tick thread was stalled longer than raft_max_timeout, push the
+        election deadline out by 2 x raft_max_timeout: a live leader's heartbeat reaches the
+        node first and it simply follows; if there is no leader, it campaigns a little later.
+        pysyncobj calls `self._onTick` through the instance, so wrapping it here is enough.
+        """
+        obj = self._syncobj
+        original = obj._onTick
+        stall = self._settings.timing.raft_max_timeout
+        last = [time.monotonic()]
+
+        def hold_back(since: float) -> None:
+            now = time.monotonic()
+            if now - since > stall and not obj._isLeader():
+                obj._SyncObj__raftElectionDeadline = now + 2 * stall
+                log.warning(
+                    "Raft tick thread was stalled %.2fs (frozen?): waiting for the leader's "
+                    "heartbeat before any election", now - since,
+                )
+
+        def guarded_tick(timeToWait: float = 0.0) -> None:  # noqa: N803 - pysyncobj's name
+            hold_back(last[0])  # stalled between ticks
+            started = time.monotonic()
+            try:
+                original(timeToWait)
+            finally:
+                # A freeze usually lands in the tick's poll(): catch it before the next
+                # tick's election check runs.
+                hold_back(started)
+                last[0] = time.monotonic()
+
+        obj._onTick = guarded_tick
 
     def _keep_links_warm(self) -> None:
         """On the tick thread: a small message to every peer every connection_timeout / 4.

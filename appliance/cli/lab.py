@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from pathlib import Path
@@ -211,6 +212,9 @@ def lab_exec(args: tuple[str, ...], base: Path | None) -> None:
     from appliance.lab.netlab import LabError, NetLab
 
     words = list(args)
+    # click already removed the first "--": "RUN HOST CMD..." arrives without it.
+    if "--" not in words and len(words) >= 3 and re.fullmatch(r"[0-9a-f]{6}", words[0]):
+        words = [words[0], words[1], "--", *words[2:]]
     if "--" in words:
         cut = words.index("--")
         head, command = words[:cut], words[cut + 1 :]

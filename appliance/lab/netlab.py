@@ -178,7 +178,7 @@ class NetLab:
             lab._wait_backends()
         except BaseException:
             progress(f"lab {run_id}: start failed, removing it")
-            lab.down(progress=lambda _: None, keep_logs=True)
+            lab.down(progress=progress)
             raise
         return lab
 
@@ -338,7 +338,7 @@ class NetLab:
         """Wait until the running nodes agree on a leader not in `exclude`; return it."""
         deadline = time.monotonic() + timeout
         while True:
-            running = [n for n in self.node_names() if self.agent_alive(n)]
+            running = [n for n in self.node_names() if self.agent_alive(n) and n not in exclude]
             statuses = {n: s for n, s in self.statuses().items() if n in running}
             leaders = {s["raft"]["leader"] if s else None for s in statuses.values()}
             if running and len(leaders) == 1 and None not in leaders:
