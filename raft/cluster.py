@@ -211,7 +211,8 @@ class RaftCluster:
                 obj._SyncObj__raftElectionDeadline = now + 2 * stall
                 log.warning(
                     "Raft tick thread was stalled %.2fs (frozen?): waiting for the leader's "
-                    "heartbeat before any election", now - since,
+                    "heartbeat before any election",
+                    now - since,
                 )
 
         def guarded_tick(timeToWait: float = 0.0) -> None:  # noqa: N803 - pysyncobj's name
