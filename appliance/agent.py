@@ -8,6 +8,7 @@ services written in the config file. SIGTERM or SIGINT stops it cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from appliance.api.app import ApiContext, build_app
 from appliance.config import AgentConfig, check_files, read_secret, split_host_port
+from appliance.leases import NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import MemberReport, format_field_errors
 from raft.cluster import RaftCluster, RaftSettings, SubmitError
@@ -192,6 +194,9 @@ async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
 async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     """Run the API and the node's loops until SIGTERM/SIGINT."""
     metrics = Metrics(cluster)
+    loops = OwnershipLoops(
+        cluster, metrics, list(config.peer_map()), config.timing_profile(), NullAnnouncer()
+    )
     ctx = ApiContext(
         cluster=cluster,
         metrics=metrics,
@@ -199,6 +204,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         peers=config.peer_map(),
         version=package_version(),
         write_timeout=config.api.write_timeout,
+        lease_ages=loops.lease_ages,
     )
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
     await runner.setup()
@@ -217,7 +223,16 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+
+    def on_change() -> None:  # on pysyncobj's tick thread: hand over, never block it
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loops.wake)
+
+    cluster.state.on_change = on_change
     tasks = [
+        asyncio.create_task(loops.reconcile_loop(), name="reconcile"),
+        asyncio.create_task(loops.renew_loop(), name="lease-renew"),
+        asyncio.create_task(loops.leader_loop(), name="leader"),
         asyncio.create_task(_report_loop(config, metrics, time.time()), name="member-report"),
         asyncio.create_task(_apply_static(config, metrics), name="static-config"),
         asyncio.create_task(_watch_raft(cluster), name="raft-watch"),
@@ -226,9 +241,11 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         await stop.wait()
         log.info("stopping")
     finally:
+        cluster.state.on_change = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        loops.announcer.close()
         await runner.cleanup()
 
 

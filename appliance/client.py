@@ -188,6 +188,12 @@ class ApiClient:
     def nodes(self) -> list[NodeInfo]:
         return _parse(_NODES, self._request("GET", "/v1/nodes"))
 
+    def set_drain(self, node: str, drained: bool) -> dict[str, Any]:
+        """Drain a node (its VIPs move away, break-before-make) or undrain it."""
+        verb = "drain" if drained else "undrain"
+        data: dict[str, Any] = self._request("POST", f"/v1/nodes/{quote(node, safe='')}/{verb}")
+        return data
+
     def pools(self) -> list[Pool]:
         return _parse(_POOLS, self._request("GET", "/v1/pools"))
 

@@ -384,14 +384,37 @@ class NodeInfo(_Frozen):
     connected: bool = Field(description="this node has a Raft connection to it (or it is self)")
     last_report_age: float | None = Field(default=None, description="seconds since its report")
     drained: bool = False
+    lease_age: float | None = Field(
+        default=None, description="seconds since this node saw its lease renewal change"
+    )
+    vips: int = Field(default=0, description="VIPs the committed assignment gives it")
 
 
 class Assignment(_Frozen):
-    """Which node owns a VIP, and the epoch raised on every change of owner."""
+    """Which node owns a VIP, and the epoch raised on every change of owner.
+
+    A planned move is break-before-make: the VIP first goes to no node with `releasing` naming
+    the old owner, which acknowledges once it stopped answering; only then is it given to the
+    new owner."""
 
     vip: AnyIP
     node: Name | None
     epoch: int = Field(ge=0)
+    releasing: Name | None = None
+    since: float | None = Field(default=None, description="unix time of the last change")
+
+
+class LeaseRenewal(_Frozen):
+    """A node's latest committed lease renewal. `sent_at` is the node's own monotonic clock:
+    only that node compares it with its clock; others only compare (incarnation, seq)."""
+
+    node: Name
+    incarnation: int = Field(ge=0, description="changes at every agent start")
+    seq: int = Field(ge=0)
+    sent_at: float
+
+    def mark(self) -> tuple[int, int]:
+        return (self.incarnation, self.seq)
 
 
 def field_errors(

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from appliance.model import (
     AllocationRequest,
+    LeaseRenewal,
     MemberReport,
     Name,
     ObjectId,
@@ -67,8 +68,55 @@ class ReportMember(_Command):
     report: MemberReport
 
 
+class RenewLease(_Command):
+    type: Literal["lease.renew"] = "lease.renew"
+    renewal: LeaseRenewal
+
+
+class Placement(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node: Name | None
+    releasing: Name | None = None
+
+
+class AssignVips(_Command):
+    """The leader's decision. `based_on` is the (incarnation, seq) of each node's last renewal
+    the leader had seen: taking a VIP from a node that renewed since is refused at apply time,
+    so a deposed or stalled leader's queued decision cannot take a VIP from a live owner."""
+
+    type: Literal["vips.assign"] = "vips.assign"
+    placements: dict[str, Placement]
+    based_on: dict[Name, tuple[int, int]] = Field(default_factory=dict)
+    at: float = Field(description="the leader's unix time, shown as `since`")
+
+
+class ReleasedVips(_Command):
+    """An old owner's acknowledgement that it stopped answering for these VIPs."""
+
+    type: Literal["vips.released"] = "vips.released"
+    node: Name
+    vips: list[str]
+
+
+class SetDrain(_Command):
+    type: Literal["node.drain"] = "node.drain"
+    node: Name
+    drained: bool
+
+
 SimpleCommand = Annotated[
-    PutPool | DeletePool | PutService | DeleteService | Allocate | Release | ReportMember,
+    PutPool
+    | DeletePool
+    | PutService
+    | DeleteService
+    | Allocate
+    | Release
+    | ReportMember
+    | RenewLease
+    | AssignVips
+    | ReleasedVips
+    | SetDrain,
     Field(discriminator="type"),
 ]
 
@@ -90,6 +138,10 @@ KNOWN_TYPES = frozenset(
         "allocation.create",
         "allocation.delete",
         "member.report",
+        "lease.renew",
+        "vips.assign",
+        "vips.released",
+        "node.drain",
         "batch",
     }
 )

@@ -18,14 +18,17 @@ from pydantic import ValidationError
 from appliance.model import (
     Allocation,
     AllocationRequest,
+    Assignment,
     IPAddress,
+    LeaseRenewal,
     MemberReport,
     Pool,
     Service,
 )
-from raft import ipam
+from raft import ipam, ownership
 from raft.commands import (
     Allocate,
+    AssignVips,
     Batch,
     Command,
     CommandError,
@@ -34,7 +37,10 @@ from raft.commands import (
     PutPool,
     PutService,
     Release,
+    ReleasedVips,
+    RenewLease,
     ReportMember,
+    SetDrain,
     parse_command,
 )
 
@@ -50,6 +56,9 @@ class ClusterState:
         self.services: dict[str, Service] = {}
         self.members: dict[str, MemberReport] = {}
         self.by_address: dict[IPAddress, set[str]] = {}
+        self.renewals: dict[str, LeaseRenewal] = {}
+        self.assignments: dict[str, Assignment] = {}  # by VIP text
+        self.drained: set[str] = set()
         # Number of commands applied successfully; a cheap version for caches and metrics.
         self.revision = 0
 
@@ -132,6 +141,16 @@ class ClusterState:
             case ReportMember(report=report):
                 self.members[report.node] = report
                 return {}
+            case RenewLease(renewal=renewal):
+                return {"newer": ownership.apply_renewal(self.renewals, renewal)}
+            case AssignVips():
+                return ownership.apply_assign(self.assignments, self.renewals, command)
+            case ReleasedVips(node=node, vips=vips):
+                return {"released": ownership.apply_released(self.assignments, node, vips)}
+            case SetDrain(node=node, drained=drained):
+                ownership.check_drain(node, self.members)
+                (self.drained.add if drained else self.drained.discard)(node)
+                return {"node": node, "drained": drained}
         raise CommandError("unsupported", f"command {command.type!r} cannot be nested here")
 
     def _set_allocation(self, allocation: Allocation) -> None:
@@ -158,6 +177,9 @@ class ClusterState:
         other.services = dict(self.services)
         other.members = dict(self.members)
         other.by_address = copy.deepcopy(self.by_address)
+        other.renewals = dict(self.renewals)
+        other.assignments = dict(self.assignments)
+        other.drained = set(self.drained)
         other.revision = self.revision
         return other
 
@@ -173,6 +195,9 @@ class ClusterState:
             "allocations": [a.model_dump(mode="json") for a in self.allocations.values()],
             "services": [s.model_dump(mode="json") for s in self.services.values()],
             "members": [m.model_dump(mode="json") for m in self.members.values()],
+            "renewals": [r.model_dump(mode="json") for r in self.renewals.values()],
+            "assignments": [a.model_dump(mode="json") for a in self.assignments.values()],
+            "drained": sorted(self.drained),
         }
 
     @classmethod
@@ -192,6 +217,13 @@ class ClusterState:
         for raw in data.get("members", []):
             member = MemberReport.model_validate(raw)
             state.members[member.node] = member
+        for raw in data.get("renewals", []):
+            renewal = LeaseRenewal.model_validate(raw)
+            state.renewals[renewal.node] = renewal
+        for raw in data.get("assignments", []):
+            assignment = Assignment.model_validate(raw)
+            state.assignments[str(assignment.vip)] = assignment
+        state.drained = set(data.get("drained", []))
         return state
 
     def __eq__(self, other: object) -> bool:

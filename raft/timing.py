@@ -23,6 +23,17 @@ class TimingProfile:
     connection_retry_time: float
     # How often each agent commits its member report (API URL, version, liveness for humans).
     report_period: float
+    # Quorum leases (raft/ownership.py): each node commits a renewal every renew_period and
+    # holds its VIPs for `lease` after the send time of its last committed renewal.
+    renew_period: float = 0.1
+    lease: float = 0.75
+    drift: float = 0.05  # clock rate difference tolerated between nodes
+    margin: float = 0.05
+
+    @property
+    def dead_after(self) -> float:
+        """How long the leader waits without a renewal before reassigning a node's VIPs."""
+        return self.lease * (1 + self.drift) + self.margin
 
     def problems(self) -> list[str]:
         """Why this combination is unsafe or cannot work; empty when it is fine."""
@@ -41,6 +52,18 @@ class TimingProfile:
             )
         if self.auto_tick_period > self.append_entries_period:
             out.append("auto_tick_period must not exceed append_entries_period")
+        # A leader crash stops all commits for up to an election; every lease must survive it
+        # plus a renewal period and a heartbeat, or one leader crash drops every VIP.
+        survive = self.raft_max_timeout + self.renew_period + self.append_entries_period
+        if self.lease <= survive:
+            out.append(
+                f"lease {self.lease} must exceed raft_max_timeout + renew_period + "
+                f"append_entries_period = {survive:g} (or a leader crash drops every VIP)"
+            )
+        if self.renew_period * 3 > self.lease:
+            out.append(f"renew_period {self.renew_period} must be at most lease/3")
+        if not 0 <= self.drift < 0.5 or self.margin < 0:
+            out.append("drift must be in [0, 0.5) and margin >= 0")
         return out
 
     def syncobj_kwargs(self) -> dict[str, Any]:
@@ -81,5 +104,7 @@ PROFILES: dict[str, TimingProfile] = {
         connection_timeout=4.0,
         connection_retry_time=1.0,
         report_period=5.0,
+        renew_period=0.5,
+        lease=4.0,
     ),
 }

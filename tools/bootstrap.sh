@@ -14,6 +14,7 @@ command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v bird >/dev/null 2>&1 || need_apt+=(bird2)
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
 if ! command -v python3 >/dev/null 2>&1; then need_apt+=(python3 python3-venv python3-dev); fi
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -53,6 +53,8 @@ class ApiContext:
     peers: dict[str, str]
     version: str
     write_timeout: float
+    # Seconds since this node last saw each member's lease renewal change (None: never).
+    lease_ages: Callable[[], dict[str, float | None]] | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -162,16 +164,36 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def get_status(request: web.Request) -> web.Response:
     ctx = _ctx(request)
+    ages = ctx.lease_ages() if ctx.lease_ages else None
     view = status_view(
-        ctx.cluster.view(), ctx.cluster.status(), ctx.peers, ctx.version, time.time()
+        ctx.cluster.view(), ctx.cluster.status(), ctx.peers, ctx.version, time.time(), ages
     )
     return web.json_response(view)
 
 
 async def get_nodes(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    nodes = nodes_view(ctx.cluster.view(), ctx.cluster.status(), ctx.peers, time.time())
+    ages = ctx.lease_ages() if ctx.lease_ages else None
+    nodes = nodes_view(ctx.cluster.view(), ctx.cluster.status(), ctx.peers, time.time(), ages)
     return web.json_response([n.model_dump(mode="json") for n in nodes])
+
+
+async def _set_drain(request: web.Request, drained: bool) -> web.Response:
+    ctx = _ctx(request)
+    node = request.match_info["node"]
+    if node not in ctx.peers:
+        raise ApiError(404, "not_found", f"node {node!r} is not a member ({', '.join(ctx.peers)})")
+    value = await _commit(ctx, {"v": 1, "type": "node.drain", "node": node, "drained": drained})
+    return web.json_response(value)
+
+
+async def drain_node(request: web.Request) -> web.Response:
+    """Move the node's VIPs away (break-before-make) and give it none until undrained."""
+    return await _set_drain(request, True)
+
+
+async def undrain_node(request: web.Request) -> web.Response:
+    return await _set_drain(request, False)
 
 
 async def list_pools(request: web.Request) -> web.Response:
@@ -321,6 +343,8 @@ def build_app(ctx: ApiContext) -> web.Application:
             web.get("/v1/openapi.json", openapi),
             web.get("/v1/status", get_status),
             web.get("/v1/nodes", get_nodes),
+            web.post("/v1/nodes/{node}/drain", drain_node),
+            web.post("/v1/nodes/{node}/undrain", undrain_node),
             web.get("/v1/pools", list_pools),
             web.get("/v1/pools/{name}", get_pool),
             web.put("/v1/pools/{name}", put_pool),

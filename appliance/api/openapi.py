@@ -127,6 +127,14 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "/v1/status": {"get": _op("This node's view of the cluster", _json(obj))},
         "/v1/nodes": {"get": _op("Members", _json({"type": "array", "items": _ref("NodeInfo")}))},
+        "/v1/nodes/{node}/drain": {
+            "parameters": _param("node", "node id"),
+            "post": _op("Drain: move its VIPs away, break-before-make", _json(obj), 404, 503),
+        },
+        "/v1/nodes/{node}/undrain": {
+            "parameters": _param("node", "node id"),
+            "post": _op("Undrain: it may own VIPs again", _json(obj), 404, 503),
+        },
         "/v1/pools": {"get": _op("List pools", _json({"type": "array", "items": _ref("Pool")}))},
         "/v1/pools/{name}": {
             "parameters": _param("name", "pool name"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from appliance.model import NodeInfo
@@ -10,7 +11,11 @@ from raft.state import ClusterState
 
 
 def nodes_view(
-    state: ClusterState, status: RaftStatus, peers: dict[str, str], now: float
+    state: ClusterState,
+    status: RaftStatus,
+    peers: dict[str, str],
+    now: float,
+    lease_ages: Mapping[str, float | None] | None = None,
 ) -> list[NodeInfo]:
     """Every configured member, with what this node knows of it."""
     out = []
@@ -31,6 +36,9 @@ def nodes_view(
                 role=role,
                 connected=bool(status.connected.get(node_id, node_id == status.node_id)),
                 last_report_age=round(max(0.0, now - report.reported_at), 3) if report else None,
+                drained=node_id in state.drained,
+                lease_age=_rounded((lease_ages or {}).get(node_id)),
+                vips=sum(1 for a in state.assignments.values() if a.node == node_id),
             )
         )
     return out
@@ -43,6 +51,7 @@ def vips_view(state: ClusterState) -> list[dict[str, Any]]:
         owners = sorted(state.by_address[address])
         allocations = [state.allocations[o] for o in owners]
         pool = state.pools.get(allocations[0].pool)
+        assignment = state.assignments.get(str(address))
         ports = sorted(
             {str(p) for a in allocations for p in a.ports},
             key=lambda text: (text.split("/")[1], int(text.split("/")[0])),
@@ -56,18 +65,28 @@ def vips_view(state: ClusterState) -> list[dict[str, Any]]:
                 "services": [o for o in owners if o in state.services],
                 "sharing_key": allocations[0].sharing_key,
                 "ports": ports,
-                # Filled by the ownership work: which node answers for the VIP, and its epoch.
-                "node": None,
-                "epoch": None,
+                "node": assignment.node if assignment else None,
+                "epoch": assignment.epoch if assignment else None,
+                "since": assignment.since if assignment else None,
+                "releasing": assignment.releasing if assignment else None,
             }
         )
     return out
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def status_view(
-    state: ClusterState, status: RaftStatus, peers: dict[str, str], version: str, now: float
+    state: ClusterState,
+    status: RaftStatus,
+    peers: dict[str, str],
+    version: str,
+    now: float,
+    lease_ages: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    nodes = nodes_view(state, status, peers, now)
+    nodes = nodes_view(state, status, peers, now, lease_ages)
     leader_api = next((n.api_url for n in nodes if n.id == status.leader), None)
     return {
         "node": status.node_id,
@@ -81,4 +100,6 @@ def status_view(
         "allocations": len(state.allocations),
         "vips": len(state.by_address),
         "revision": state.revision,
+        "lease_ages": {n.id: n.lease_age for n in nodes},
+        "drained": sorted(state.drained),
     }

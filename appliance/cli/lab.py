@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from appliance.lab import local
+
+if TYPE_CHECKING:
+    from appliance.lab.netlab import NetLab
 
 EXIT_FAILED = 1
 
@@ -111,3 +116,158 @@ def local_start(directory: Path, node: str) -> None:
         _fail(str(exc))
         return
     click.echo(f"started {node} (pid {pid})")
+
+
+# -- the namespace lab (root) -----------------------------------------------------------------
+
+_BASE = click.option(
+    "--base",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where run dirs live (default $RAFTLB_LAB_DIR or /tmp/raftlb-lab).",
+)
+
+
+def _base(base: Path | None) -> Path:
+    from appliance.lab.netlab import DEFAULT_BASE
+
+    return base or DEFAULT_BASE
+
+
+@lab_group.command("up")
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 9))
+@click.option("--backends", default=2, show_default=True, type=click.IntRange(0, 40))
+@click.option("--router", is_flag=True, help="Add a router (BIRD 2); the client sits behind it.")
+@click.option("--timing", default="fast", show_default=True, type=click.Choice(["fast", "safe"]))
+@_BASE
+def lab_up(nodes: int, backends: int, router: bool, timing: str, base: Path | None) -> None:
+    """Build a lab in network namespaces and start the agents in it (root)."""
+    from appliance.lab.netlab import LabError, NetLab
+
+    try:
+        lab = NetLab.up(
+            nodes, backends, router, base=_base(base), progress=_progress, timing=timing
+        )
+    except LabError as exc:
+        _fail(str(exc))
+        return
+    _describe(lab)
+
+
+def _describe(lab: NetLab) -> None:
+    plan = lab.plan
+    click.echo(f"run id:     {lab.run_id}   (run dir {lab.dir})")
+    click.echo(f"switch:     {plan.switch_ns} (bridge {plan.bridge})")
+    for host in plan.hosts:
+        addrs = ", ".join(f"{i.ipv4.ip} {i.ipv6.ip}" for i in host.interfaces)
+        click.echo(f"{host.name:<11} {host.netns:<22} {host.kind:<8} {addrs}")
+    click.echo(f"API URL:    {lab.api_url(lab.node_names()[0])} (reachable inside the lab only)")
+    click.echo(f"token file: {lab.token_file}")
+    click.echo("run commands inside, with RAFTLB_API and RAFTLB_TOKEN_FILE set:")
+    click.echo(f"  raftlb lab exec {lab.run_id} client -- raftlb status")
+    click.echo(f"  raftlb lab exec {lab.run_id} n1 -- ip -br addr")
+    click.echo(f"remove it:  raftlb lab down {lab.run_id}")
+
+
+@lab_group.command("status")
+@click.argument("run", required=False)
+@_BASE
+def lab_status(run: str | None, base: Path | None) -> None:
+    """Show the labs (or one): namespaces, processes, leader."""
+    from appliance.lab.netlab import LabError, NetLab, list_runs
+
+    runs = [run] if run else list_runs(_base(base))
+    if not runs:
+        click.echo(f"no lab under {_base(base)}")
+        return
+    for run_id in runs:
+        try:
+            lab = NetLab.find(run_id, _base(base))
+        except LabError as exc:
+            _fail(str(exc))
+            return
+        click.echo(
+            f"lab {lab.run_id}: {lab.nodes} node(s), {lab.backends} backend(s)"
+            f"{', router' if lab.router else ''}; run dir {lab.dir}"
+        )
+        for key in sorted(lab.pids):
+            state = "running" if lab.alive(key) else "stopped"
+            click.echo(f"  {key:<12} pid {lab.pid(key)!s:<8} {state}")
+        statuses = lab.statuses()
+        for node, status in statuses.items():
+            if status is None:
+                click.echo(f"  {node}: API does not answer")
+            else:
+                raft = status["raft"]
+                click.echo(
+                    f"  {node}: {raft['role']}, leader {raft['leader']}, term {raft['term']}"
+                )
+
+
+@lab_group.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+@_BASE
+def lab_exec(args: tuple[str, ...], base: Path | None) -> None:
+    """Run a command inside a lab host: exec [RUN] HOST -- CMD..."""
+    from appliance.lab.netlab import LabError, NetLab
+
+    words = list(args)
+    # click already removed the first "--": "RUN HOST CMD..." arrives without it.
+    if "--" not in words and len(words) >= 3 and re.fullmatch(r"[0-9a-f]{6}", words[0]):
+        words = [words[0], words[1], "--", *words[2:]]
+    if "--" in words:
+        cut = words.index("--")
+        head, command = words[:cut], words[cut + 1 :]
+    else:
+        head, command = words[:1], words[1:]
+    if not command or len(head) not in (1, 2):
+        click.echo("usage: raftlb lab exec [RUN] HOST -- CMD...", err=True)
+        sys.exit(2)
+    run_id, host = (None, head[0]) if len(head) == 1 else (head[0], head[1])
+    try:
+        lab = NetLab.find(run_id, _base(base))
+        if host not in lab.plan.names():
+            click.echo(f"error: no host {host!r} (have {', '.join(lab.plan.names())})", err=True)
+            sys.exit(2)
+        result = lab.exec(host, command)
+    except LabError as exc:
+        _fail(str(exc))
+        return
+    sys.exit(result.returncode)
+
+
+@lab_group.command("down")
+@click.argument("run", required=False)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Remove every lab, and leftovers of crashed runs (namespaces, processes, dirs).",
+)
+@_BASE
+def lab_down(run: str | None, everything: bool, base: Path | None) -> None:
+    """Remove a lab: kill its processes by pid, delete its namespaces and run dir."""
+    from appliance.lab.netlab import LabError, NetLab, down_all, require_root
+
+    try:
+        require_root()
+        if everything:
+            count = down_all(_base(base), progress=_progress)
+            click.echo(f"removed {count} lab(s) and every leftover")
+            return
+        NetLab.find(run, _base(base)).down(progress=_progress)
+    except LabError as exc:
+        _fail(str(exc))
+
+
+@lab_group.command("demo")
+@_BASE
+def lab_demo(base: Path | None) -> None:
+    """The guided demo: a lab, a service, client traffic, a crash, what happened (root)."""
+    from appliance.lab.demo import run_demo
+    from appliance.lab.netlab import LabError
+
+    try:
+        run_demo(_base(base))
+    except LabError as exc:
+        _fail(str(exc))

@@ -82,14 +82,27 @@ def status_view(status: dict[str, Any]) -> Table:
 
 def nodes_table(nodes: list[NodeInfo]) -> Table:
     """`raftlb nodes`: every configured member and what this node knows of it."""
-    table = _table("NODE", "ROLE", "CONNECTED", "RAFT ADDRESS", "API URL", "VERSION", "REPORTED")
+    table = _table(
+        "NODE",
+        "ROLE",
+        "CONNECTED",
+        "LEASE",
+        "VIPS",
+        "RAFT ADDRESS",
+        "API URL",
+        "VERSION",
+        "REPORTED",
+    )
     for node in nodes:
         age = None if node.last_report_age is None else f"{node.last_report_age:.1f}s ago"
+        lease = None if node.lease_age is None else f"{1000 * node.lease_age:.0f} ms ago"
         _add(
             table,
             node.id,
             node.role + (" (drained)" if node.drained else ""),
             _text(node.connected),
+            _text(lease),
+            str(node.vips),
             node.raft_address,
             _text(node.api_url),
             _text(node.version),

@@ -57,16 +57,49 @@ def status(cli_ctx: CliContext) -> None:
         cli_ctx.print(render.status_view(data))
 
 
-@click.command()
-@pass_cli
-def nodes(cli_ctx: CliContext) -> None:
-    """Every appliance node: role, Raft connection, addresses, version, last report."""
+@click.group(invoke_without_command=True)
+@click.pass_context
+def nodes(click_ctx: click.Context) -> None:
+    """Every appliance node: role, Raft connection, lease, VIPs, version (or drain/undrain)."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    cli_ctx = click_ctx.find_object(CliContext)
+    assert cli_ctx is not None
     with cli_ctx.api_client() as client:
         members = client.nodes()
     if cli_ctx.as_json:
         cli_ctx.print_json(_dump(members))
     else:
         cli_ctx.print(render.nodes_table(members))
+
+
+def _drain(cli_ctx: CliContext, node: str, drained: bool) -> None:
+    with cli_ctx.api_client() as client:
+        result = client.set_drain(node, drained)
+    if cli_ctx.as_json:
+        cli_ctx.print_json(result)
+    else:
+        click.echo(
+            f"{node} drained: its VIPs move away (release, released, take)"
+            if drained
+            else f"{node} undrained: it may own VIPs again"
+        )
+
+
+@nodes.command("drain")
+@click.argument("node")
+@pass_cli
+def nodes_drain(cli_ctx: CliContext, node: str) -> None:
+    """Move NODE's VIPs to other nodes, break-before-make, and give it none until undrained."""
+    _drain(cli_ctx, node, True)
+
+
+@nodes.command("undrain")
+@click.argument("node")
+@pass_cli
+def nodes_undrain(cli_ctx: CliContext, node: str) -> None:
+    """Let NODE own VIPs again (the scheduler moves only what balance needs)."""
+    _drain(cli_ctx, node, False)
 
 
 @click.command()

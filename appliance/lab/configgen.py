@@ -61,15 +61,21 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def write_secrets(base_dir: Path) -> tuple[Path, Path]:
+    """Fresh Raft password and API token files (mode 0600); return their paths."""
+    password_file = base_dir / "raft-password"
+    token_file = base_dir / "api-token"
+    _write_private(password_file, secrets.token_hex(32) + "\n")
+    _write_private(token_file, secrets.token_hex(32) + "\n")
+    return password_file, token_file
+
+
 def write_cluster(
     nodes: list[NodeAddresses], base_dir: Path, timing: str = "fast"
 ) -> tuple[list[GeneratedNode], Path]:
     """Write fresh secrets and configs under base_dir; return the nodes and the token file."""
     base_dir.mkdir(parents=True, exist_ok=True)
-    password_file = base_dir / "raft-password"
-    token_file = base_dir / "api-token"
-    _write_private(password_file, secrets.token_hex(32) + "\n")
-    _write_private(token_file, secrets.token_hex(32) + "\n")
+    password_file, token_file = write_secrets(base_dir)
     data = cluster_config_data(nodes, base_dir, password_file, token_file, timing)
     out = []
     for node in nodes:

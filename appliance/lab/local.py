@@ -25,6 +25,7 @@ from typing import Any
 import requests
 
 from appliance.config import read_secret
+from appliance.lab import procs
 from appliance.lab.configgen import NodeAddresses, write_cluster
 
 STATE_FILE = "lab.json"
@@ -42,6 +43,7 @@ class LocalNode:
     api_url: str
     log_path: str
     pid: int | None = None
+    started: int | None = None  # start time of pid, against pid reuse
 
 
 @dataclass
@@ -88,17 +90,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def agent_running(node: LocalNode) -> bool:
-    """True if node.pid is alive and still runs this node's agent (guards against pid reuse)."""
-    if node.pid is None:
-        return False
-    try:
-        cmdline = Path(f"/proc/{node.pid}/cmdline").read_bytes().decode(errors="replace")
-        stat = Path(f"/proc/{node.pid}/stat").read_text()
-    except OSError:
-        return False
-    zombie = stat.rpartition(")")[2].split()[0] == "Z"
-    # A process mid-exec reads an empty cmdline for a moment: it is ours, not gone.
-    return not zombie and (cmdline == "" or node.config_path in cmdline)
+    """True if node.pid still runs the agent we started (not a zombie, not a reused pid)."""
+    return procs.alive(node.pid, node.started)
 
 
 def start_node(lab: LocalLab, node_id: str) -> int:
@@ -119,6 +112,7 @@ def start_node(lab: LocalLab, node_id: str) -> int:
     finally:
         log.close()
     node.pid = proc.pid
+    node.started = procs.start_time(proc.pid)
     lab.save()
     return proc.pid
 
@@ -131,25 +125,7 @@ def kill_node(lab: LocalLab, node_id: str, signum: int = signal.SIGKILL) -> None
     assert node.pid is not None
     os.killpg(node.pid, signum)
     if signum in (signal.SIGKILL, signal.SIGTERM):
-        _reap(node.pid, 10.0)
-
-
-def _reap(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return True
-        except ChildProcessError:  # not our child (started by another command): poll /proc
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-            except OSError:
-                return True
-            if state == "Z":
-                return True
-        time.sleep(0.02)
-    return False
+        procs.reap(node.pid, 10.0)
 
 
 def node_status(node: LocalNode, token: str, timeout: float = 1.0) -> dict[str, Any] | None:
@@ -260,12 +236,12 @@ def down(directory: Path, progress: Progress = print, timeout: float = 10.0) -> 
     for node_id in running:
         pid = lab.nodes[node_id].pid
         assert pid is not None
-        if not _reap(pid, max(0.1, deadline - time.monotonic())):
+        if not procs.reap(pid, max(0.1, deadline - time.monotonic())):
             progress(f"{node_id} did not stop in {timeout:g}s: killing it")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            _reap(pid, 5.0)
+            procs.reap(pid, 5.0)
     for node in lab.nodes.values():
-        node.pid = None
+        node.pid = node.started = None
     lab.save()
     return running

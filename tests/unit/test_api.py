@@ -411,6 +411,8 @@ async def test_vips_show_shared_addresses(api: TestClient[Any, Any]) -> None:
             "ports": ["80/tcp", "443/tcp"],
             "node": None,
             "epoch": None,
+            "since": None,
+            "releasing": None,
         },
         {
             "address": "192.0.2.11",
@@ -422,6 +424,8 @@ async def test_vips_show_shared_addresses(api: TestClient[Any, Any]) -> None:
             "ports": ["80/tcp"],
             "node": None,
             "epoch": None,
+            "since": None,
+            "releasing": None,
         },
     ]
 

@@ -147,9 +147,35 @@ def test_nodes(raftlb: Run) -> None:
     result = raftlb("nodes")
     assert result.exit_code == 0
     out = lines(result.stdout)
-    assert out[0] == "NODE ROLE CONNECTED RAFT ADDRESS API URL VERSION REPORTED"
-    assert "n1 leader yes 127.0.0.1:7001 - - -" in out
+    assert out[0] == "NODE ROLE CONNECTED LEASE VIPS RAFT ADDRESS API URL VERSION REPORTED"
+    assert "n1 leader yes - 0 127.0.0.1:7001 - - -" in out
     assert [n["id"] for n in json.loads(raftlb("--json", "nodes").stdout)] == ["n1"]
+
+
+def test_drain_and_undrain(raftlb: Run, cluster: InMemoryCluster) -> None:
+    cluster.state.apply(
+        {
+            "v": 1,
+            "type": "member.report",
+            "report": {
+                "node": "n1",
+                "raft_address": "127.0.0.1:7001",
+                "version": "1",
+                "started_at": 1.0,
+                "reported_at": 2.0,
+            },
+        }
+    )
+    result = raftlb("nodes", "drain", "n1")
+    assert result.exit_code == 0, result.output
+    assert "n1 drained" in result.stdout
+    assert cluster.view().drained == {"n1"}
+    assert "(drained)" in raftlb("nodes").stdout
+    assert raftlb("nodes", "undrain", "n1").exit_code == 0
+    assert cluster.view().drained == set()
+    unknown = raftlb("nodes", "drain", "n9")
+    assert unknown.exit_code == 1
+    assert "not a member" in unknown.stderr
 
 
 def test_tables_are_plain_and_120_wide_when_piped(raftlb: Run, populated: None) -> None:

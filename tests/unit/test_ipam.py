@@ -760,7 +760,7 @@ def test_batch_sees_its_own_earlier_commands() -> None:
         {"v": "1", "type": "allocation.create", "request": {"owner": "o1"}},
         {"type": "allocation.create", "request": {"owner": "o1"}},
         {"v": 1, "type": "pool.rename", "name": "p"},
-        {"v": 1, "type": "lease.renew", "node": "lb1"},
+        {"v": 1, "type": "lease.frobnicate", "node": "lb1"},
         {"v": 1},
         {"v": 1, "type": None},
         {"v": 1, "type": "POOL.PUT", "pool": {"name": "p", "addresses": ["192.0.2.0/30"]}},

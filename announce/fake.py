@@ -1,0 +1,76 @@
+"""A stand-in for `L2Announcer` for unit tests of the agent: no socket, no thread, no root.
+
+It keeps the same decisions (`L2State`: a VIP is held only while its lease is valid) against an
+injectable clock and records every call, so tests can assert what the agent asked for and what
+would have been answered at any moment. Not thread-safe: one test drives it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from announce.l2_logic import Change, L2State, Schedule, Vip
+
+if TYPE_CHECKING:
+    from announce.l2 import VipAnnouncer
+
+
+class FakeAnnouncer:
+    """Records `set`/`clear`/`close` calls and what each one took over or released."""
+
+    def __init__(
+        self,
+        interface: str = "fake0",
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule | None = None,
+    ) -> None:
+        self.interface = interface
+        self.clock = clock
+        self.calls: list[tuple[str, frozenset[Vip], float]] = []
+        self.changes: list[Change] = []
+        self.closed = False
+        self._state = L2State(schedule)
+        self._counts = {"takeovers": 0, "releases": 0, "lapses": 0}
+
+    def set(self, vips: Iterable[Vip], valid_until: float) -> None:
+        """Record the desired set and deadline; same validation and semantics as the real one."""
+        if self.closed:
+            raise RuntimeError(f"l2 announcer on {self.interface} is closed")
+        wanted = frozenset(vips)
+        self._record(self._state.set(wanted, valid_until, self.clock()))
+        self.calls.append(("set", wanted, valid_until))
+
+    def clear(self) -> None:
+        """Record a clear; nothing is held afterwards."""
+        if self.closed:
+            return
+        self._record(self._state.clear(self.clock()))
+        self.calls.append(("clear", frozenset(), float("-inf")))
+
+    def close(self) -> None:
+        """Record a close (idempotent); `set()` raises afterwards, like the real one."""
+        if self.closed:
+            return
+        self._record(self._state.clear(self.clock()))
+        self.closed = True
+        self.calls.append(("close", frozenset(), float("-inf")))
+
+    def held(self) -> frozenset[Vip]:
+        """The VIPs a real announcer would answer for now (by `clock`)."""
+        return self._state.held(self.clock())
+
+    def stats(self) -> dict[str, int]:
+        """takeovers, releases, lapses and held, like the real counters of the same names."""
+        return {**self._counts, "held": len(self.held())}
+
+    def _record(self, change: Change) -> None:
+        self.changes.append(change)
+        self._counts["takeovers"] += len(change.taken)
+        self._counts["releases"] += len(change.released)
+        self._counts["lapses"] += len(change.lapsed)
+
+
+if TYPE_CHECKING:
+    _conforms: type[VipAnnouncer] = FakeAnnouncer

@@ -1,0 +1,191 @@
+"""The decisions of the layer-2 announcer, as plain values: no sockets, no clock, no threads.
+
+`L2State` knows which VIPs are held, until when (the lease deadline, a `time.monotonic()` value)
+and when each one is due to be announced again; every method takes `now` from its caller. The
+announcer in `announce.l2` reads the clock and asks `should_answer(vip, now)` right before every
+frame it sends, so the rule "answer only under a valid lease" lives here and is tested here.
+
+A VIP is *held* while it is in the last desired set and `now < valid_until`. Becoming held is a
+takeover: a burst of announcements at once, one more at each `repeats` offset, then one every
+`refresh_interval`. A lapsed lease releases everything; a later `set()` with a fresh deadline is a
+new takeover (someone else may have answered meanwhile), so it announces again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+Vip = IPv4Address | IPv6Address
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a held VIP is announced, as offsets from its takeover.
+
+    Slot 0 is the takeover burst (`burst` copies); slots 1..len(repeats) are at the `repeats`
+    offsets; after them one slot every `refresh_interval`.
+    """
+
+    burst: int = 3
+    repeats: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    refresh_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.burst < 1:
+            raise ValueError(f"burst must be at least 1, got {self.burst}")
+        if not math.isfinite(self.refresh_interval) or self.refresh_interval <= 0:
+            raise ValueError(f"refresh_interval must be > 0, got {self.refresh_interval}")
+        previous = 0.0
+        for offset in self.repeats:
+            if not math.isfinite(offset) or offset <= previous:
+                raise ValueError(f"repeats must be positive and increasing, got {self.repeats}")
+            previous = offset
+
+    def offset(self, slot: int) -> float:
+        """Seconds after the takeover at which announcement `slot` is due."""
+        if slot <= 0:
+            return 0.0
+        if slot <= len(self.repeats):
+            return self.repeats[slot - 1]
+        last = self.repeats[-1] if self.repeats else 0.0
+        return last + self.refresh_interval * (slot - len(self.repeats))
+
+    def slot_after(self, elapsed: float) -> int:
+        """The first slot due strictly after `elapsed` seconds since the takeover.
+
+        Used after sending, so a late wake-up sends once and skips the slots it missed instead of
+        sending them all back to back.
+        """
+        if elapsed < 0:
+            return 0
+        if self.repeats and elapsed < self.repeats[-1]:
+            return 1 + bisect.bisect_right(self.repeats, elapsed)
+        last = self.repeats[-1] if self.repeats else 0.0
+        slot = len(self.repeats) + math.floor((elapsed - last) / self.refresh_interval) + 1
+        while self.offset(slot) <= elapsed:  # float rounding at a slot boundary
+            slot += 1
+        return slot
+
+    def copies(self, slot: int) -> int:
+        """How many copies of the announcement to send in `slot`."""
+        return self.burst if slot == 0 else 1
+
+
+@dataclass
+class _Held:
+    taken_at: float
+    slot: int  # the next announcement slot
+    due_at: float
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one call changed: VIPs taken over, released by the caller, lapsed with the lease."""
+
+    taken: frozenset[Vip] = frozenset()
+    released: frozenset[Vip] = frozenset()
+    lapsed: frozenset[Vip] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.taken or self.released or self.lapsed)
+
+
+class L2State:
+    """Held VIPs, their lease deadline and their announcement schedule (pure, not thread-safe)."""
+
+    def __init__(self, schedule: Schedule | None = None) -> None:
+        self.schedule = schedule or Schedule()
+        self._held: dict[Vip, _Held] = {}
+        self._wanted: frozenset[Vip] = frozenset()
+        self._valid_until = -math.inf
+        self._next_due = math.inf
+
+    @property
+    def valid_until(self) -> float:
+        """The lease deadline of the last `set()` (-inf before any)."""
+        return self._valid_until
+
+    def set(self, vips: Iterable[Vip], valid_until: float, now: float) -> Change:
+        """Make `vips` the whole desired set, held until `valid_until` (idempotent)."""
+        wanted = frozenset(vips)
+        for vip in wanted:
+            check_vip(vip)
+        if math.isnan(valid_until) or valid_until == math.inf:
+            # A lease always ends: an endless one would outlive a lost quorum.
+            raise ValueError(f"valid_until must be a finite deadline, got {valid_until}")
+        lapsed = self.expire(now)
+        self._wanted = wanted
+        self._valid_until = valid_until
+        keep = wanted if now < valid_until else frozenset()
+        released = frozenset(v for v in self._held if v not in keep)
+        taken = frozenset(v for v in keep if v not in self._held)
+        for vip in released:
+            del self._held[vip]
+        for vip in taken:
+            self._held[vip] = _Held(taken_at=now, slot=0, due_at=now)
+        if taken:
+            self._next_due = now
+        return Change(taken=taken, released=released, lapsed=lapsed)
+
+    def clear(self, now: float) -> Change:
+        """Drop every VIP at once."""
+        return self.set((), -math.inf, now)
+
+    def expire(self, now: float) -> frozenset[Vip]:
+        """Release everything if the lease has ended; returns what lapsed (once)."""
+        if not self._held or now < self._valid_until:
+            return frozenset()
+        lapsed = frozenset(self._held)
+        self._held.clear()
+        self._next_due = math.inf
+        return lapsed
+
+    def should_answer(self, vip: Vip, now: float) -> bool:
+        """The one rule: answer for `vip` only if it is held and the lease is valid at `now`."""
+        return now < self._valid_until and vip in self._held
+
+    def is_wanted(self, vip: Vip) -> bool:
+        """`vip` is in the last desired set, whatever its lease (to count stale refusals)."""
+        return vip in self._wanted
+
+    def held(self, now: float) -> frozenset[Vip]:
+        """The VIPs answered at `now`."""
+        return frozenset(self._held) if now < self._valid_until else frozenset()
+
+    def due(self, now: float) -> list[tuple[Vip, int]]:
+        """Announcements due at `now` as (vip, copies); advances their schedule.
+
+        Nothing is due once the lease has ended, whether or not `expire()` ran.
+        """
+        if now < self._next_due or now >= self._valid_until:
+            return []
+        out: list[tuple[Vip, int]] = []
+        next_due = math.inf
+        for vip, held in self._held.items():
+            if held.due_at <= now:
+                out.append((vip, self.schedule.copies(held.slot)))
+                held.slot = self.schedule.slot_after(now - held.taken_at)
+                held.due_at = held.taken_at + self.schedule.offset(held.slot)
+            next_due = min(next_due, held.due_at)
+        self._next_due = next_due
+        return out
+
+    def next_wakeup(self) -> float:
+        """When the caller must act next: an announcement or the lease end (inf if idle)."""
+        if not self._held:
+            return math.inf
+        return min(self._next_due, self._valid_until)
+
+
+def check_vip(vip: object) -> None:
+    """Raise if `vip` cannot be announced on a LAN (wrong type, multicast, unspecified...)."""
+    if not isinstance(vip, IPv4Address | IPv6Address):
+        raise TypeError(f"VIP must be an IPv4Address or IPv6Address, got {vip!r}")
+    if vip.is_multicast or vip.is_unspecified or vip.is_loopback:
+        raise ValueError(f"{vip} cannot be a layer-2 VIP")
+    if isinstance(vip, IPv4Address) and vip == IPv4Address("255.255.255.255"):
+        raise ValueError(f"{vip} cannot be a layer-2 VIP")

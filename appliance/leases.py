@@ -1,0 +1,229 @@
+"""The agent's ownership loops: lease renewals, the leader's assignment decisions, and the
+reconciler that makes the announcer hold exactly the VIPs this node may answer for.
+
+The safety argument lives in raft/ownership.py; this module only wires it to clocks, the Raft
+cluster and the announcer. `desired_vips` is the pure heart of the reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from appliance.metrics import Metrics
+from appliance.model import Assignment, IPAddress, LeaseRenewal
+from raft.cluster import RaftCluster, SubmitError
+from raft.ownership import Liveness, lease_deadline, plan_assignments
+from raft.timing import TimingProfile
+
+log = logging.getLogger("raftlb.ownership")
+
+
+class Announcer(Protocol):
+    """What the reconciler drives (announce/): the whole desired set, idempotent."""
+
+    def set(self, vips: Iterable[IPAddress], valid_until: float) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullAnnouncer:
+    """`announce: none`: ownership is decided and shown, nothing is announced."""
+
+    def __init__(self) -> None:
+        self.vips: frozenset[IPAddress] = frozenset()
+        self.valid_until = 0.0
+
+    def set(self, vips: Iterable[IPAddress], valid_until: float) -> None:
+        self.vips, self.valid_until = frozenset(vips), valid_until
+
+    def clear(self) -> None:
+        self.vips = frozenset()
+
+    def close(self) -> None:
+        self.clear()
+
+
+def desired_vips(
+    assignments: Mapping[str, Assignment],
+    renewals: Mapping[str, LeaseRenewal],
+    me: str,
+    incarnation: int,
+    lease: float,
+    now: float,
+) -> tuple[frozenset[str], float]:
+    """The VIPs this node may answer for now, and until when (its lease end, monotonic)."""
+    deadline = lease_deadline(renewals, me, incarnation, lease)
+    if deadline is None or now >= deadline:
+        return frozenset(), 0.0
+    mine = frozenset(vip for vip, a in assignments.items() if a.node == me)
+    return mine, deadline
+
+
+class OwnershipLoops:
+    """Renewal, leader and reconcile loops of one agent."""
+
+    def __init__(
+        self,
+        cluster: RaftCluster,
+        metrics: Metrics,
+        members: list[str],
+        timing: TimingProfile,
+        announcer: Announcer,
+    ) -> None:
+        self.cluster = cluster
+        self.metrics = metrics
+        self.me = cluster.node_id
+        self.members = sorted(members)
+        self.timing = timing
+        self.announcer = announcer
+        self.incarnation = time.time_ns() // 1000
+        self.seq = 0
+        self.held: frozenset[str] = frozenset()
+        self.valid_until = 0.0
+        self.seen = Liveness(timing.dead_after)  # every node's view, for `lease_age`
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._acked: set[tuple[str, int]] = set()
+        self.takeovers = 0
+
+    def wake(self) -> None:
+        """Called (thread-safely, via the loop) whenever a Raft entry was applied."""
+        self._wake.set()
+
+    def _fire(self, command: dict[str, Any], timeout: float) -> None:
+        if len(self._inflight) > 50:
+            return  # no quorum for a while: do not pile up commands
+        task = asyncio.create_task(self._submit_quietly(command, timeout))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _submit_quietly(self, command: dict[str, Any], timeout: float) -> None:
+        with contextlib.suppress(SubmitError):
+            await self.metrics.submit(command, timeout)
+
+    # -- renewals ---------------------------------------------------------------------------
+
+    async def renew_loop(self) -> None:
+        period = self.timing.renew_period
+        while True:
+            self.seq += 1
+            renewal = LeaseRenewal(
+                node=self.me, incarnation=self.incarnation, seq=self.seq, sent_at=time.monotonic()
+            )
+            self._fire(
+                {"v": 1, "type": "lease.renew", "renewal": renewal.model_dump(mode="json")},
+                timeout=self.timing.lease,
+            )
+            await asyncio.sleep(period)
+
+    # -- the leader's decisions -------------------------------------------------------------
+
+    async def leader_loop(self, period: float = 0.02) -> None:
+        liveness = Liveness(self.timing.dead_after)
+        leading = False
+        first_seq = 0
+        while True:
+            await asyncio.sleep(period)
+            status = self.cluster.status()
+            if status.role != "leader":
+                leading = False
+                continue
+            state = self.cluster.view()
+            now = time.monotonic()
+            if not leading:
+                leading, first_seq = True, self.seq + 1
+                liveness.reset(now, state.renewals)
+                log.info("leading: deciding VIP owners once this term's first renewal applies")
+            own = state.renewals.get(self.me)
+            if own is None or own.mark() < (self.incarnation, first_seq):
+                continue  # not yet applied everything inherited from the previous leader
+            liveness.observe(now, state.renewals)
+            alive = {n for n in self.members if liveness.alive(n, now)}
+            decision = plan_assignments(
+                self.members,
+                state.drained,
+                state.services,
+                state.assignments,
+                alive,
+                time.time(),
+                liveness.marks(),
+            )
+            if decision is None:
+                continue
+            for vip, placement in decision.placements.items():
+                before = state.assignments.get(vip)
+                log.info(
+                    "assign %s: %s -> %s%s (alive: %s)",
+                    vip,
+                    before.node if before else None,
+                    placement.node,
+                    f", releasing {placement.releasing}" if placement.releasing else "",
+                    ", ".join(sorted(alive)),
+                )
+            try:
+                result = await self.metrics.submit(decision.model_dump(mode="json"), 1.0)
+            except SubmitError as exc:
+                log.warning("assignment not committed: %s", exc.message)
+                continue
+            refused = (result.get("value") or {}).get("refused")
+            if refused:
+                log.info("assignment refused for %s: their owner renewed meanwhile", refused)
+
+    # -- the reconciler ---------------------------------------------------------------------
+
+    async def reconcile_loop(self) -> None:
+        try:
+            while True:
+                self.reconcile()
+                wait = 0.05
+                if self.held:
+                    wait = max(0.001, min(wait, self.valid_until - time.monotonic()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                self._wake.clear()
+        finally:
+            self.announcer.clear()
+
+    def reconcile(self) -> None:
+        state = self.cluster.view()
+        now = time.monotonic()
+        self.seen.observe(now, state.renewals)
+        vips, until = desired_vips(
+            state.assignments, state.renewals, self.me, self.incarnation, self.timing.lease, now
+        )
+        if vips != self.held or until != self.valid_until:
+            for vip in sorted(vips - self.held):
+                a = state.assignments[vip]
+                self.takeovers += 1
+                lag = (
+                    f", {1000 * (time.time() - a.since):.0f} ms after the decision"
+                    if a.since
+                    else ""
+                )
+                log.info("took %s (epoch %d)%s", vip, a.epoch, lag)
+            for vip in sorted(self.held - vips):
+                reason = "lease lapsed" if not until else "assigned elsewhere"
+                log.info("released %s (%s)", vip, reason)
+            self.announcer.set([ipaddress.ip_address(v) for v in vips], until)
+            self.held, self.valid_until = vips, until
+        acks = [
+            vip
+            for vip, a in state.assignments.items()
+            if a.releasing == self.me and vip not in self.held and (vip, a.epoch) not in self._acked
+        ]
+        if acks:
+            self._acked.update((vip, state.assignments[vip].epoch) for vip in acks)
+            self._fire({"v": 1, "type": "vips.released", "node": self.me, "vips": acks}, 1.0)
+
+    def lease_ages(self) -> dict[str, float | None]:
+        """Seconds since this node last saw each member's renewal change (its own clock)."""
+        now = time.monotonic()
+        return {n: self.seen.age(n, now) for n in self.members}

@@ -1,0 +1,193 @@
+"""VIP ownership under quorum leases (mechanism A of DESIGN.md): the pure parts.
+
+The invariant: at no moment do two nodes answer for one layer-2 VIP. The argument:
+
+1. Node X answers for a VIP only while (a) the committed assignment names X and (b) X's lease is
+   valid: its last *committed* renewal was sent less than L ago by X's own monotonic clock
+   (`lease_deadline`). X rechecks (b) against the clock before every answer, so a frozen X that
+   thaws after L answers nothing, and a crashed X answers nothing at all (answers come from the
+   agent's userspace, never from the kernel).
+2. The leader takes a VIP from X for another node Y only when no renewal of X reached its log for
+   `dead_after` = L x (1 + drift) + margin by the leader's clock (`Liveness`). X's last committed
+   renewal was sent before the leader saw it, so by then X's lease has ended, whatever X's clock
+   rate within `drift`. The decision carries the last (incarnation, seq) of X the leader saw;
+   applying it is refused when a newer renewal of X is committed (`apply_assign`), so a renewal
+   racing the decision, or a deposed leader's queued decision, cannot take the VIP from a live X.
+3. Y starts answering only after it applied the assignment, i.e. after it committed.
+4. A planned move from a live X (drain, rebalance) is break-before-make: the VIP goes to nobody
+   with `releasing=X`; X stops answering, then commits `vips.released`; only then is it given to
+   Y. If X dies before acknowledging, rule 2 applies.
+5. A new leader knows nothing of the past timing: its `Liveness` starts every node as seen at the
+   moment it took over, so it waits a full `dead_after` before declaring anyone dead, and it
+   decides only once it has applied an entry of its own term (everything it inherited).
+6. Without quorum no renewal commits, so a minority node's lease lapses within L: layer-2 VIPs
+   are withdrawn without quorum (documented minority behaviour).
+
+L must outlast an election plus the worst renewal delay, or a leader crash drops every VIP: the
+timing profiles check this (raft/timing.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from appliance.model import Assignment, LeaseRenewal, Service
+from raft.commands import AssignVips, CommandError, Placement
+from raft.scheduler import NodeFacts, VipDemand, schedule
+
+
+def lease_deadline(
+    renewals: Mapping[str, LeaseRenewal], node: str, incarnation: int, lease: float
+) -> float | None:
+    """When node's lease ends on its own monotonic clock, or None if it holds none now."""
+    renewal = renewals.get(node)
+    if renewal is None or renewal.incarnation != incarnation:
+        return None
+    return renewal.sent_at + lease
+
+
+def apply_renewal(renewals: dict[str, LeaseRenewal], renewal: LeaseRenewal) -> bool:
+    """Keep the newest renewal of each node (by incarnation, then seq). True if it was newer."""
+    current = renewals.get(renewal.node)
+    if current is not None and current.mark() >= renewal.mark():
+        return False
+    renewals[renewal.node] = renewal
+    return True
+
+
+def apply_assign(
+    assignments: dict[str, Assignment],
+    renewals: Mapping[str, LeaseRenewal],
+    command: AssignVips,
+) -> dict[str, Any]:
+    """Apply the leader's placements; refuse each VIP taken from a node that renewed since."""
+    changed, refused = [], []
+    for vip, placement in sorted(command.placements.items()):
+        current = assignments.get(vip)
+        old_node = current.node if current else None
+        old_releasing = current.releasing if current else None
+        if current and (old_node, old_releasing) == (placement.node, placement.releasing):
+            continue
+        # Taking the VIP from a holder (or an unacknowledged releaser) without its consent.
+        holder = old_node if old_node not in (None, placement.node) else old_releasing
+        if holder is not None and holder not in (placement.node, placement.releasing):
+            seen = command.based_on.get(holder)
+            renewal = renewals.get(holder)
+            if renewal is not None and (seen is None or renewal.mark() > tuple(seen)):
+                refused.append(vip)
+                continue
+        epoch = (current.epoch if current else 0) + (old_node != placement.node)
+        assignments[vip] = Assignment(
+            vip=vip,
+            node=placement.node,
+            epoch=epoch,
+            releasing=placement.releasing,
+            since=command.at
+            if old_node != placement.node
+            else (current.since if current else None),
+        )
+        changed.append(vip)
+    return {"changed": changed, "refused": refused}
+
+
+def apply_released(assignments: dict[str, Assignment], node: str, vips: list[str]) -> list[str]:
+    done = []
+    for vip in vips:
+        current = assignments.get(vip)
+        if current is not None and current.releasing == node:
+            assignments[vip] = current.model_copy(update={"releasing": None})
+            done.append(vip)
+    return done
+
+
+def check_drain(node: str, members: Mapping[str, Any]) -> None:
+    if node not in members:
+        raise CommandError("not_found", f"node {node!r} is not a member that has reported")
+
+
+def vip_demands(services: Mapping[str, Service]) -> list[VipDemand]:
+    """One demand per service address; sharing services allow the intersection of their nodes."""
+    allowed: dict[str, frozenset[str] | None] = {}
+    keys: dict[str, tuple[int, int]] = {}
+    for service in services.values():
+        vip = str(service.address)
+        keys[vip] = (service.address.version, int(service.address))
+        mine = frozenset(service.spec.nodes) if service.spec.nodes is not None else None
+        if vip not in allowed:
+            allowed[vip] = mine
+        elif mine is not None:
+            theirs = allowed[vip]
+            allowed[vip] = mine if theirs is None else theirs & mine
+    return [VipDemand(vip, allowed[vip], sort_key=keys[vip]) for vip in sorted(allowed)]
+
+
+class Liveness:
+    """The leader's view of which nodes renew: last time (its own clock) each renewal changed."""
+
+    def __init__(self, dead_after: float) -> None:
+        self.dead_after = dead_after
+        self._seen: dict[str, tuple[tuple[int, int], float]] = {}
+
+    def reset(self, now: float, renewals: Mapping[str, LeaseRenewal]) -> None:
+        """A new leader: every node counts as just seen (rule 5)."""
+        self._seen = {node: (r.mark(), now) for node, r in renewals.items()}
+
+    def observe(self, now: float, renewals: Mapping[str, LeaseRenewal]) -> None:
+        for node, renewal in renewals.items():
+            seen = self._seen.get(node)
+            if seen is None or seen[0] != renewal.mark():
+                self._seen[node] = (renewal.mark(), now)
+
+    def alive(self, node: str, now: float) -> bool:
+        seen = self._seen.get(node)
+        return seen is not None and now - seen[1] <= self.dead_after
+
+    def age(self, node: str, now: float) -> float | None:
+        seen = self._seen.get(node)
+        return None if seen is None else now - seen[1]
+
+    def marks(self) -> dict[str, tuple[int, int]]:
+        return {node: mark for node, (mark, _) in self._seen.items()}
+
+
+def plan_assignments(
+    members: list[str],
+    drained: set[str],
+    services: Mapping[str, Service],
+    assignments: Mapping[str, Assignment],
+    alive: set[str],
+    at: float,
+    based_on: Mapping[str, tuple[int, int]],
+) -> AssignVips | None:
+    """The leader's next decision, or None when the committed assignment is already right."""
+    nodes = [NodeFacts(n, alive=n in alive, drained=n in drained) for n in members]
+    demands = vip_demands(services)
+    previous: dict[str, str | None] = {}
+    for vip, a in assignments.items():
+        # A VIP being released counts as still with its old owner while that one lives: the
+        # scheduler then keeps wanting it elsewhere, and we wait for the acknowledgement.
+        previous[vip] = a.node if a.node is not None else None
+    target = schedule(nodes, demands, previous)
+    placements: dict[str, Placement] = {}
+    for vip, want in target.items():
+        current = assignments.get(vip)
+        node = current.node if current else None
+        releasing = current.releasing if current else None
+        if node == want and releasing is None:
+            continue
+        if node is not None and node != want and node in alive:
+            placements[vip] = Placement(node=None, releasing=node)  # break before make
+        elif releasing is not None and releasing in alive and releasing != want:
+            continue  # wait for the old owner's acknowledgement
+        elif node != want or releasing is not None:
+            placements[vip] = Placement(node=want)
+    for vip in assignments:
+        if vip not in target and (assignments[vip].node or assignments[vip].releasing):
+            holder = assignments[vip].node
+            placements[vip] = (
+                Placement(node=None, releasing=holder) if holder in alive else Placement(node=None)
+            )
+    if not placements:
+        return None
+    return AssignVips(placements=placements, based_on=dict(based_on), at=at)

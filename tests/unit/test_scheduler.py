@@ -1,0 +1,105 @@
+"""The VIP scheduler: eligibility, balance, minimal moves, determinism (tables + hypothesis)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raft.scheduler import NodeFacts, VipDemand, schedule
+
+NODES = [NodeFacts(f"n{i}") for i in range(1, 4)]
+
+
+def vips(count: int) -> list[VipDemand]:
+    return [VipDemand(f"192.0.2.{200 + i}") for i in range(count)]
+
+
+def test_never_on_dead_drained_or_quorumless_nodes() -> None:
+    nodes = [
+        NodeFacts("n1", alive=False),
+        NodeFacts("n2", drained=True),
+        NodeFacts("n3", in_quorum=False),
+        NodeFacts("n4"),
+    ]
+    owners = schedule(nodes, vips(5), {})
+    assert set(owners.values()) == {"n4"}
+
+
+def test_no_eligible_node_means_no_owner() -> None:
+    owners = schedule([NodeFacts("n1", alive=False)], vips(2), {"192.0.2.200": "n1"})
+    assert owners == {"192.0.2.200": None, "192.0.2.201": None}
+
+
+def test_constraints_are_honoured() -> None:
+    demand = [VipDemand("192.0.2.200", allowed=frozenset({"n2"}))]
+    assert schedule(NODES, demand, {"192.0.2.200": "n1"}) == {"192.0.2.200": "n2"}
+    assert schedule(NODES, [VipDemand("192.0.2.9", allowed=frozenset())], {}) == {"192.0.2.9": None}
+
+
+def test_weights_give_capacity() -> None:
+    nodes = [NodeFacts("n1", weight=3), NodeFacts("n2", weight=1)]
+    counts = Counter(schedule(nodes, vips(8), {}).values())
+    assert counts == {"n1": 6, "n2": 2}
+
+
+def test_a_returning_node_takes_only_its_share() -> None:
+    before = schedule(NODES[:2], vips(9), {})
+    after = schedule(NODES, vips(9), before)
+    moved = [v for v in before if before[v] != after[v]]
+    assert len(moved) == 3
+    assert all(after[v] == "n3" for v in moved)
+
+
+nodes_st = st.lists(
+    st.builds(
+        NodeFacts,
+        id=st.sampled_from([f"n{i}" for i in range(1, 7)]),
+        alive=st.booleans(),
+        drained=st.booleans(),
+    ),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda n: n.id,
+)
+vips_st = st.integers(min_value=0, max_value=40).map(vips)
+
+
+@settings(max_examples=150, deadline=None)
+@given(nodes_st, vips_st, st.randoms(use_true_random=False))
+def test_balanced_within_one_and_order_independent(
+    nodes: list[NodeFacts], demands: list[VipDemand], rnd: random.Random
+) -> None:
+    owners = schedule(nodes, demands, {})
+    eligible = {n.id for n in nodes if n.eligible}
+    counts = Counter(o for o in owners.values() if o is not None)
+    assert set(counts) <= eligible
+    if eligible and demands:
+        assert all(o is not None for o in owners.values())
+        loads = [counts.get(n, 0) for n in eligible]
+        assert max(loads) - min(loads) <= 1
+    shuffled_nodes, shuffled_vips = nodes[:], demands[:]
+    rnd.shuffle(shuffled_nodes)
+    rnd.shuffle(shuffled_vips)
+    assert schedule(shuffled_nodes, shuffled_vips, {}) == owners
+
+
+@settings(max_examples=150, deadline=None)
+@given(nodes_st, vips_st, st.data())
+def test_minimal_moves(
+    nodes: list[NodeFacts], demands: list[VipDemand], data: st.DataObject
+) -> None:
+    before = schedule(nodes, demands, {})
+    # Nothing changed: nothing moves.
+    assert schedule(nodes, demands, before) == before
+    # One eligible node dies: only its VIPs move (the survivors stay balanced within one).
+    eligible = [n for n in nodes if n.eligible]
+    if len(eligible) < 2:
+        return
+    victim = data.draw(st.sampled_from(eligible))
+    survivors = [n if n.id != victim.id else NodeFacts(n.id, alive=False) for n in nodes]
+    after = schedule(survivors, demands, before)
+    moved = {v for v in before if before[v] != after[v]}
+    assert moved == {v for v in before if before[v] == victim.id}
