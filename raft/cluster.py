@@ -171,6 +171,49 @@ def _settle_resent_delete(command: dict[str, Any], result: dict[str, Any]) -> di
     return {"ok": True, "value": {"deleted": target, "already_gone": True}}
 
 
+class _StallGuardedSyncObj(SyncObj):  # type: ignore[misc]
+    """Stand-in for Raft's PreVote, which pysyncobj lacks (FACTS.md, trap 2).
+
+    A node that was frozen (SIGSTOP, a paused VM, a long GC) wakes with its election deadline
+    long past and campaigns at once with a higher term, deposing a healthy leader. Around each
+    tick, if the tick thread was stalled longer than raft_max_timeout, push the election deadline
+    out by 2 x raft_max_timeout: a live leader's heartbeat reaches the node first and it simply
+    follows; without a leader it campaigns a little later.
+
+    A subclass, not a patched instance: attributes set on a SyncObj after its __init__ are
+    pickled into the full dump, and a closure there makes every log compaction fail.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Set before SyncObj.__init__ so that pysyncobj counts them as its own properties
+        # (never dumped), and before its tick thread starts calling _onTick.
+        conf = kwargs["conf"]
+        self._raftlb_stall = float(conf.raftMaxTimeout)
+        self._raftlb_last_tick = time.monotonic()
+        super().__init__(*args, **kwargs)
+
+    def _raftlb_hold_back(self, since: float) -> None:
+        now = time.monotonic()
+        if now - since > self._raftlb_stall and not self._isLeader():
+            self._SyncObj__raftElectionDeadline = now + 2 * self._raftlb_stall
+            log.warning(
+                "Raft tick thread was stalled %.2fs (frozen?): waiting for the leader's "
+                "heartbeat before any election",
+                now - since,
+            )
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - pysyncobj's names
+        self._raftlb_hold_back(self._raftlb_last_tick)  # stalled between ticks
+        started = time.monotonic()
+        try:
+            super()._onTick(timeToWait)
+        finally:
+            # A freeze usually lands in the tick's poll(): catch it before the next tick's
+            # election check runs.
+            self._raftlb_hold_back(started)
+            self._raftlb_last_tick = time.monotonic()
+
+
 class RaftCluster:
     """One node of the replicated state. Create it on the thread that lives as long as it."""
 
@@ -180,53 +223,14 @@ class RaftCluster:
         self._id_by_address = {addr: node for node, addr in settings.peers.items()}
         others = [addr for node, addr in sorted(settings.peers.items()) if node != self.node_id]
         self.state = ReplicatedState()
-        self._syncobj = SyncObj(
+        syncobj_class = _StallGuardedSyncObj if settings.prevote else SyncObj
+        self._syncobj = syncobj_class(
             settings.address, others, conf=syncobj_conf(settings), consumers=[self.state]
         )
         self._keepalive_period = settings.timing.connection_timeout / 4
         self._last_keepalive = 0.0
         if settings.keepalive:
             self._syncobj.addOnTickCallback(self._keep_links_warm)
-        if settings.prevote:
-            self._install_stall_guard()
-
-    def _install_stall_guard(self) -> None:
-        """Stand-in for Raft's PreVote, which pysyncobj lacks.
-
-        A node that was frozen (SIGSTOP, a paused VM, a long GC) wakes with its election
-        deadline long past and campaigns at once with a higher term, deposing a healthy leader.
-        Before each tick, if the tick thread was stalled longer than raft_max_timeout, push the
-        election deadline out by 2 x raft_max_timeout: a live leader's heartbeat reaches the
-        node first and it simply follows; if there is no leader, it campaigns a little later.
-        pysyncobj calls `self._onTick` through the instance, so wrapping it here is enough.
-        """
-        obj = self._syncobj
-        original = obj._onTick
-        stall = self._settings.timing.raft_max_timeout
-        last = [time.monotonic()]
-
-        def hold_back(since: float) -> None:
-            now = time.monotonic()
-            if now - since > stall and not obj._isLeader():
-                obj._SyncObj__raftElectionDeadline = now + 2 * stall
-                log.warning(
-                    "Raft tick thread was stalled %.2fs (frozen?): waiting for the leader's "
-                    "heartbeat before any election",
-                    now - since,
-                )
-
-        def guarded_tick(timeToWait: float = 0.0) -> None:  # noqa: N803 - pysyncobj's name
-            hold_back(last[0])  # stalled between ticks
-            started = time.monotonic()
-            try:
-                original(timeToWait)
-            finally:
-                # A freeze usually lands in the tick's poll(): catch it before the next
-                # tick's election check runs.
-                hold_back(started)
-                last[0] = time.monotonic()
-
-        obj._onTick = guarded_tick
 
     def _keep_links_warm(self) -> None:
         """On the tick thread: a small message to every peer every connection_timeout / 4.
