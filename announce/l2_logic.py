@@ -27,7 +27,7 @@ class Schedule:
     """When a held VIP is announced, as offsets from its takeover.
 
     Slot 0 is the takeover burst (`burst` copies); slots 1..len(repeats) are at the `repeats`
-    offsets; after them one slot every `refresh_interval`.
+    offsets; after them one slot every `refresh_interval` (math.inf: no periodic refresh).
     """
 
     burst: int = 3
@@ -37,7 +37,7 @@ class Schedule:
     def __post_init__(self) -> None:
         if self.burst < 1:
             raise ValueError(f"burst must be at least 1, got {self.burst}")
-        if not math.isfinite(self.refresh_interval) or self.refresh_interval <= 0:
+        if math.isnan(self.refresh_interval) or self.refresh_interval <= 0:
             raise ValueError(f"refresh_interval must be > 0, got {self.refresh_interval}")
         previous = 0.0
         for offset in self.repeats:

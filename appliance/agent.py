@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 import ssl
@@ -20,9 +21,16 @@ from typing import Any
 
 from aiohttp import web
 
+from announce.l2 import L2Announcer
 from appliance.api.app import ApiContext, build_app
-from appliance.config import AgentConfig, check_files, read_secret, split_host_port
-from appliance.leases import NullAnnouncer, OwnershipLoops
+from appliance.config import (
+    AgentConfig,
+    check_host,
+    pool_checker,
+    read_secret,
+    split_host_port,
+)
+from appliance.leases import Announcer, NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import MemberReport, format_field_errors
 from raft.cluster import RaftCluster, RaftSettings, SubmitError
@@ -191,11 +199,30 @@ async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
         return
 
 
+def build_announcer(config: AgentConfig) -> Announcer:
+    """The announcer `announce:` asks for, opened on the data interface."""
+    if config.announce != "l2" or config.data_interface is None:
+        return NullAnnouncer()
+    l2 = config.l2
+    try:
+        return L2Announcer(
+            config.data_interface,
+            refresh_interval=l2.refresh_interval or math.inf,
+            burst=l2.burst,
+            repeats=tuple(l2.repeats),
+        )
+    except (OSError, ValueError) as exc:
+        raise AgentStartError(
+            f"announce: l2 on data_interface {config.data_interface}: {exc} "
+            "(the agent needs CAP_NET_RAW and an Ethernet interface)"
+        ) from None
+
+
 async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     """Run the API and the node's loops until SIGTERM/SIGINT."""
     metrics = Metrics(cluster)
     loops = OwnershipLoops(
-        cluster, metrics, list(config.peer_map()), config.timing_profile(), NullAnnouncer()
+        cluster, metrics, list(config.peer_map()), config.timing_profile(), build_announcer(config)
     )
     ctx = ApiContext(
         cluster=cluster,
@@ -205,6 +232,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         version=package_version(),
         write_timeout=config.api.write_timeout,
         lease_ages=loops.lease_ages,
+        pool_check=pool_checker(config),
     )
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
     await runner.setup()
@@ -251,7 +279,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
 
 def run_agent(config: AgentConfig) -> None:
     """Start the agent from a validated config; raise AgentStartError if it cannot run."""
-    problems = check_files(config)
+    problems = check_host(config)
     if problems:
         raise AgentStartError("refusing to start:\n  " + "\n  ".join(format_field_errors(problems)))
     token = read_secret(config.api.token_file)

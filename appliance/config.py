@@ -1,20 +1,23 @@
 """Agent configuration: one YAML file parsed into a checked `AgentConfig`, or every error at once.
 
-Errors name the field (dotted path) and the value. Files the config points at (Raft password,
-API token, TLS) are checked by `check_files`, which both `raftlb config check` and the agent run,
-so the agent refuses to start with a missing or weak Raft password.
+Errors name the field (dotted path) and the value. What the config needs from the host (the Raft
+password, API token and TLS files; the data interface and its subnets) is checked by
+`check_host`, which both `raftlb config check` and the agent run, so the agent refuses to start
+with a missing or weak Raft password, or a layer-2 pool off its data interface's segment.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from appliance.model import Name, Pool, ServiceSpec, field_errors
+from announce.interfaces import InterfaceError, interface_networks
+from appliance.model import AnnounceMode, Name, Pool, ServiceSpec, field_errors
 from raft.timing import PROFILES, TimingProfile
 
 MIN_SECRET_LENGTH = 16
@@ -88,6 +91,31 @@ class ApiConfig(_Strict):
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
 
+class L2Config(_Strict):
+    """`announce: l2`: when gratuitous ARP / unsolicited NA go out for a held VIP."""
+
+    burst: int = Field(default=3, ge=1, le=20, description="copies sent at takeover")
+    repeats: list[Annotated[float, Field(gt=0, le=60)]] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0],
+        max_length=10,
+        description="seconds after the takeover at which one more copy goes out",
+    )
+    refresh_interval: float | None = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="then one copy every this many seconds, for switches and routers that "
+        "keep stale entries; null turns the refresh off",
+    )
+
+    @field_validator("repeats")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"repeats must increase, got {value}")
+        return value
+
+
 class AgentConfig(_Strict):
     """One agent's settings. Build it with `parse_config`/`load_config`, which add the checks
     that span several fields (`cross_checks`)."""
@@ -97,7 +125,8 @@ class AgentConfig(_Strict):
     data_dir: Path
     api: ApiConfig
     data_interface: str | None = Field(default=None, max_length=15)
-    announce: Literal["none"] = "none"
+    announce: Literal["none", "l2"] = "none"
+    l2: L2Config = Field(default_factory=L2Config)
     timing: Literal["fast", "safe"] = "fast"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     pools: list[Pool] = Field(default_factory=list)
@@ -160,6 +189,10 @@ def cross_checks(config: AgentConfig) -> list[dict[str, Any]]:
                 _err(f"services.{i}.id", service.id, f"service id {service.id!r} appears twice")
             )
         seen_ids.add(service.id)
+    if config.announce == "l2" and config.data_interface is None:
+        errors.append(
+            _err("data_interface", None, "announce: l2 needs the data interface to answer on")
+        )
     for problem in config.timing_profile().problems():
         errors.append(_err("timing", config.timing, problem))
     return errors
@@ -214,6 +247,69 @@ def read_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
+def segment_errors(
+    pools: list[Pool], networks: list[Any], interface: str, field_prefix: str = "pools"
+) -> list[dict[str, Any]]:
+    """Layer-2 pool blocks off the data interface's subnets.
+
+    A node answers ARP/NS for a VIP with its own MAC, so the VIP must sit on the node's segment:
+    elsewhere no neighbour would ever ask this node for it.
+    """
+    errors = []
+    subnets = ", ".join(str(n) for n in networks) or "no address"
+    for i, pool in enumerate(pools):
+        if pool.announce != AnnounceMode.L2:
+            continue
+        prefix = f"{field_prefix}.{i}." if field_prefix else ""
+        for j, text in pool.outside(networks):
+            errors.append(
+                _err(
+                    f"{prefix}addresses.{j}",
+                    text,
+                    f"layer-2 pool {pool.name!r}: {text} is outside the subnets of data "
+                    f"interface {interface} ({subnets})",
+                )
+            )
+    return errors
+
+
+def data_networks(config: AgentConfig) -> list[Any] | None:
+    """The data interface's subnets when this node announces on layer 2, else None."""
+    if config.announce != "l2" or config.data_interface is None:
+        return None
+    return list(interface_networks(config.data_interface))
+
+
+def pool_checker(config: AgentConfig) -> Any:
+    """For the API: a check of new pools against the data interface as it is now (addresses
+    can change while the agent runs), or None when this node does not announce on layer 2."""
+    interface = config.data_interface
+    if config.announce != "l2" or interface is None:
+        return None
+
+    def check(pools: list[Pool], prefix: str) -> list[dict[str, Any]]:
+        try:
+            networks = list(interface_networks(interface))
+        except InterfaceError as exc:
+            return [_err("data_interface", interface, str(exc))]
+        return segment_errors(pools, networks, interface, prefix)
+
+    return check
+
+
+def check_host(config: AgentConfig) -> list[dict[str, Any]]:
+    """What the config needs from this host: secret files (present, strong), TLS files, and
+    for `announce: l2` a data interface whose subnets hold every static layer-2 pool."""
+    errors = check_files(config)
+    try:
+        networks = data_networks(config)
+    except InterfaceError as exc:
+        return [*errors, _err("data_interface", config.data_interface, str(exc))]
+    if networks is not None and config.data_interface is not None:
+        errors += segment_errors(config.pools, networks, config.data_interface)
+    return errors
+
+
 def check_files(config: AgentConfig) -> list[dict[str, Any]]:
     """Problems with the files the config names: missing, unreadable, empty or weak secrets."""
     errors: list[dict[str, Any]] = []
@@ -254,7 +350,9 @@ def summary(config: AgentConfig) -> list[str]:
         f"{len(config.raft.peers)} member(s) ({', '.join(p.id for p in config.raft.peers)})",
         f"api {config.api.listen} ({'TLS' if config.api.tls else 'plain HTTP'}), "
         f"data dir {config.data_dir}",
-        f"announce {config.announce}, timing {timing.name} "
+        f"announce {config.announce}"
+        + (f" on {config.data_interface}" if config.announce == "l2" else "")
+        + f", timing {timing.name} "
         f"(election {timing.raft_min_timeout:g}-{timing.raft_max_timeout:g}s)",
         f"{len(config.pools)} static pool(s), {len(config.services)} static service(s)",
     ]

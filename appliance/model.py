@@ -195,6 +195,20 @@ class Pool(_Frozen):
             if family_of(first) == family
         )
 
+    def outside(
+        self, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    ) -> list[tuple[int, str]]:
+        """The blocks (index, text) that do not lie whole inside one of `networks`."""
+        return [
+            (i, text)
+            for i, (text, (first, last)) in enumerate(
+                zip(self.addresses, self.blocks(), strict=True)
+            )
+            if not any(
+                net.version == first.version and first in net and last in net for net in networks
+            )
+        ]
+
     def overlaps(self, other: Pool) -> str | None:
         """Return a description of the first overlap with another pool, or None."""
         for first, last in self.blocks():

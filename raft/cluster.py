@@ -12,9 +12,11 @@ their result to asyncio with `call_soon_threadsafe` and never block the tick thr
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +28,11 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 
 from raft.state import ClusterState
 from raft.timing import TimingProfile
+
+# Importing pysyncobj replaces socket.inet_ntop process-wide, on Linux too, with a Windows-only
+# function that raises TypeError (pysyncobj/win_inet_pton.py; pysyncobj only ever uses
+# inet_pton). scapy and pyroute2 decode addresses with inet_ntop: put the real one back.
+socket.inet_ntop = _socket.inet_ntop
 
 log = logging.getLogger(__name__)
 

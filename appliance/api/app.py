@@ -55,6 +55,9 @@ class ApiContext:
     write_timeout: float
     # Seconds since this node last saw each member's lease renewal change (None: never).
     lease_ages: Callable[[], dict[str, float | None]] | None = None
+    # Problems of pools this node cannot serve (layer-2 pools off its data segment), as field
+    # errors under a prefix; None when the node checks nothing (announce: none).
+    pool_check: Callable[[list[Pool], str], list[dict[str, Any]]] | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -225,8 +228,15 @@ async def _body_named(request: web.Request, key: str, url_param: str) -> Any:
     return body
 
 
+def _check_pools(ctx: ApiContext, pools: list[Pool], prefix: str) -> None:
+    problems = ctx.pool_check(pools, prefix) if ctx.pool_check and pools else []
+    if problems:
+        raise ApiError(422, "invalid", "pool not on this appliance's data segment", problems)
+
+
 async def put_pool(request: web.Request) -> web.Response:
     pool = _parse(Pool, await _body_named(request, "name", "name"))
+    _check_pools(_ctx(request), [pool], "")
     command = {"v": 1, "type": "pool.put", "pool": pool.model_dump(mode="json")}
     value = await _commit(_ctx(request), command)
     return web.json_response(value["pool"])
@@ -305,6 +315,7 @@ async def apply_batch(request: web.Request) -> web.Response:
         pools = _POOLS.validate_python(body.get("pools", []))
     except ValidationError as exc:
         raise ApiError(422, "invalid", "invalid pools", field_errors(exc, "pools")) from None
+    _check_pools(_ctx(request), pools, "pools")
     try:
         services = _SERVICES.validate_python(body.get("services", []))
     except ValidationError as exc:

@@ -16,7 +16,7 @@ import click
 from appliance.cli.context import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliContext, pass_cli
 from appliance.cli.lab import lab_group
 from appliance.cli.resources import COMMANDS
-from appliance.config import ConfigError, check_files, load_config, summary
+from appliance.config import ConfigError, check_host, load_config, summary
 from appliance.model import format_field_errors
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "cli", "main"]
@@ -105,7 +105,7 @@ def config_check(cli_ctx: CliContext, path: Path) -> None:
     except ConfigError as exc:
         errors = exc.errors
     else:
-        errors = check_files(config)
+        errors = check_host(config)
     if errors:
         if cli_ctx.as_json:
             cli_ctx.print_json({"valid": False, "errors": errors})

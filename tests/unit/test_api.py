@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from appliance.api.app import ApiContext, build_app
+from appliance.config import segment_errors
 from appliance.metrics import Metrics
 from raft.fake import InMemoryCluster
 
@@ -486,3 +488,31 @@ async def test_metrics_expose_raft_state_sizes_and_commit_latency(
 async def test_a_body_that_is_not_utf8_is_400(api: TestClient[Any, Any]) -> None:
     response = await api.request("PUT", "/v1/pools/web", data=b'{"name": "\xff"}', headers=AUTH)
     assert response.status == 400
+
+
+async def test_layer2_pool_off_the_segment_is_refused_before_any_commit(
+    aiohttp_client: Any, cluster: InMemoryCluster
+) -> None:
+    networks = [ipaddress.ip_network("192.0.2.0/24")]
+    ctx = ApiContext(
+        cluster=cluster,
+        metrics=Metrics(cluster),
+        token=TOKEN,
+        peers=cluster.peers,
+        version="1.2.3",
+        write_timeout=0.05,
+        pool_check=lambda pools, prefix: segment_errors(pools, networks, "eth0", prefix),
+    )
+    api: TestClient[Any, Any] = await aiohttp_client(build_app(ctx))
+    off = {"name": "far", "addresses": ["198.51.100.0/28"]}
+    error = (await call(api, "PUT", "/v1/pools/far", off, status=422))["error"]
+    assert [(f["field"], f["value"]) for f in error["fields"]] == [
+        ("addresses.0", "198.51.100.0/28")
+    ]
+    body = {"pools": [POOL, off], "services": [service("a/one", 80)]}
+    error = (await call(api, "POST", "/v1/apply", body, status=422))["error"]
+    assert [f["field"] for f in error["fields"]] == ["pools.1.addresses.0"]
+    assert cluster.applied == []
+    # Pools announced by BGP are routed, not on the segment: not this check's business.
+    await call(api, "PUT", "/v1/pools/far", {**off, "announce": "bgp"})
+    await call(api, "PUT", "/v1/pools/web", POOL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,15 @@ from appliance.config import (
     ConfigError,
     PeerConfig,
     check_files,
+    check_host,
     load_config,
     parse_config,
+    pool_checker,
+    segment_errors,
     split_host_port,
     summary,
 )
+from appliance.model import Pool
 
 GOOD_SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -96,6 +101,15 @@ def test_base_config_parses() -> None:
         pytest.param(lambda d: d.update(timing="safe"), id="timing-safe"),
         pytest.param(lambda d: d.update(log_level="debug"), id="log-level"),
         pytest.param(lambda d: d.update(data_interface="eth0"), id="data-interface"),
+        pytest.param(lambda d: d.update(data_interface="eth0", announce="l2"), id="l2"),
+        pytest.param(
+            lambda d: d.update(
+                data_interface="eth0",
+                announce="l2",
+                l2={"burst": 5, "repeats": [0.2, 1.5], "refresh_interval": None},
+            ),
+            id="l2-no-refresh",
+        ),
         pytest.param(lambda d: d["raft"].update(bind="0.0.0.0:7001"), id="raft-bind"),
         pytest.param(
             lambda d: d.update(
@@ -221,6 +235,12 @@ def test_split_host_port(address: str, host: str, port: int) -> None:
         (lambda d: d.update(timing="slow"), "timing", "slow"),
         (lambda d: d.update(announce="bgp"), "announce", "bgp"),
         (lambda d: d.update(log_level="trace"), "log_level", "trace"),
+        (lambda d: d.update(announce="l2"), "data_interface", None),
+        (lambda d: d.update(l2={"burst": 0}), "l2.burst", 0),
+        (lambda d: d.update(l2={"repeats": [1.0, 0.5]}), "l2.repeats", [1.0, 0.5]),
+        (lambda d: d.update(l2={"repeats": [0]}), "l2.repeats.0", 0),
+        (lambda d: d.update(l2={"refresh_interval": 0}), "l2.refresh_interval", 0),
+        (lambda d: d.update(l2={"garp": True}), "l2.garp", True),
         (lambda d: d.update(data_interface="x" * 16), "data_interface", "x" * 16),
         (lambda d: d["api"].update(write_timeout=0.1), "api.write_timeout", 0.1),
         (lambda d: d["api"].update(tls={"cert_file": "/c"}), "api.tls.key_file", None),
@@ -620,3 +640,60 @@ def test_summary_tls_safe_pools_services() -> None:
     assert lines[1] == "api 0.0.0.0:8080 (TLS), data dir /nonexistent/data"
     assert lines[2] == "announce none, timing safe (election 1-2s)"
     assert lines[3] == "2 static pool(s), 1 static service(s)"
+
+
+# --- announce: l2 and the data interface's segment ----------------------------------------------
+
+
+def l2_config(tmp_path: Path, interface: str, pools: list[dict[str, Any]]) -> AgentConfig:
+    data = base_config(tmp_path)
+    (tmp_path / "raft.pw").write_text(GOOD_SECRET)
+    (tmp_path / "api.token").write_text(GOOD_SECRET)
+    data.update(announce="l2", data_interface=interface, pools=pools)
+    return parse_config(data)
+
+
+def test_segment_errors_name_each_block_off_the_subnets() -> None:
+    networks = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8:1::/64")]
+    pools = [
+        Pool(name="ok", addresses=["192.0.2.200-192.0.2.250", "2001:db8:1::200"]),
+        Pool(name="bad", addresses=["192.0.2.250-192.0.3.5", "198.51.100.0/28", "192.0.2.9"]),
+        Pool(name="routed", addresses=["203.0.113.0/24"], announce="bgp"),
+    ]
+    errors = segment_errors(pools, networks, "eth0")
+    assert [(e["field"], e["value"]) for e in errors] == [
+        ("pools.1.addresses.0", "192.0.2.250-192.0.3.5"),
+        ("pools.1.addresses.1", "198.51.100.0/28"),
+    ]
+    assert (
+        "outside the subnets of data interface eth0 (192.0.2.0/24, 2001:db8:1::/64)"
+        in (errors[0]["message"])
+    )
+    # Without a prefix (PUT /v1/pools/NAME names the pool in the URL), fields start at the pool.
+    assert segment_errors(pools[1:2], networks, "eth0", "")[0]["field"] == "addresses.0"
+
+
+def test_check_host_refuses_a_layer2_pool_off_the_data_interface(tmp_path: Path) -> None:
+    # The loopback interface (127.0.0.0/8, ::1/128) exists everywhere and needs no root.
+    config = l2_config(tmp_path, "lo", [{"name": "lan", "addresses": ["192.0.2.0/28"]}])
+    assert [(e["field"], e["value"]) for e in check_host(config)] == [
+        ("pools.0.addresses.0", "192.0.2.0/28")
+    ]
+    inside = l2_config(tmp_path, "lo", [{"name": "lan", "addresses": ["127.0.0.16/28"]}])
+    assert check_host(inside) == []
+
+
+def test_check_host_names_a_missing_data_interface(tmp_path: Path) -> None:
+    config = l2_config(tmp_path, "nosuchif0", [])
+    errors = check_host(config)
+    assert [(e["field"], e["value"]) for e in errors] == [("data_interface", "nosuchif0")]
+    assert "no interface named 'nosuchif0'" in errors[0]["message"]
+
+
+def test_pool_checker_only_when_announcing_on_layer2(tmp_path: Path) -> None:
+    assert pool_checker(files_config(tmp_path)) is None
+    config = l2_config(tmp_path, "lo", [])
+    check = pool_checker(config)
+    assert check is not None
+    bad = Pool(name="lan", addresses=["192.0.2.0/28"])
+    assert [e["field"] for e in check([bad], "pools")] == ["pools.0.addresses.0"]

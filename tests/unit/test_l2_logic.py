@@ -64,7 +64,7 @@ def test_slot_after_is_the_first_slot_strictly_later(
     [
         {"burst": 0},
         {"refresh_interval": 0.0},
-        {"refresh_interval": math.inf},
+        {"refresh_interval": math.nan},
         {"repeats": (1.0, 0.5)},
         {"repeats": (0.0, 1.0)},
         {"repeats": (1.0, 1.0)},
@@ -99,6 +99,13 @@ def test_a_late_wakeup_sends_once_and_skips_missed_slots() -> None:
     assert state.due(3.0) == [(V4, 1)]  # slots 0.5, 1.0 and 2.0 missed: one send
     assert state.due(3.5) == []
     assert state.next_wakeup() == 4.0
+
+
+def test_refresh_off_stops_after_the_repeats() -> None:
+    state = L2State(Schedule(refresh_interval=math.inf))
+    state.set([V4], valid_until=100.0, now=0.0)
+    assert announcement_times(state, until=60.0) == [0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 4.0]
+    assert state.next_wakeup() == 100.0  # only the lease end is left to act on
 
 
 def test_announcing_stops_with_the_lease_even_without_expire() -> None:
