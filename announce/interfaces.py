@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 from ipaddress import IPv4Network, IPv6Network
 
@@ -13,10 +14,18 @@ class InterfaceError(Exception):
 
 
 def interface_networks(name: str) -> list[IPv4Network | IPv6Network]:
-    """The subnets of the addresses on `name` (in this process's network namespace).
+    """The subnets of the addresses on `name` (in the calling thread's network namespace).
 
-    IPv6 link-local subnets are left out: no VIP lives there.
+    IPv6 link-local subnets are left out: no VIP lives there. Safe to call from a coroutine:
+    pyroute2's synchronous API runs its own event loop and refuses to run inside a running
+    one (the API's handlers), so the query runs on a short-lived thread, which inherits the
+    caller's network namespace.
     """
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netlink") as pool:
+        return pool.submit(_networks, name).result()
+
+
+def _networks(name: str) -> list[IPv4Network | IPv6Network]:
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:

@@ -189,7 +189,12 @@ class NetLab:
             for h in self.plan.of_kind("node")
         ]
         data = cluster_config_data(
-            addresses, self.dir, password_file, token_file, timing, extra={"data_interface": "eth0"}
+            addresses,
+            self.dir,
+            password_file,
+            token_file,
+            timing,
+            extra={"data_interface": "eth0", "announce": "l2"},
         )
         for name, config in data.items():
             path = self.config_path(name)

@@ -199,5 +199,11 @@ class NsThread:
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return self._pool.submit(fn, *args, **kwargs).result()
 
+    def submit(
+        self, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        """Start fn there and return at once (one call at a time: later ones queue)."""
+        return self._pool.submit(fn, *args, **kwargs)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -288,24 +288,37 @@ def ping(lab: NetLab, host: str, address: object) -> subprocess.CompletedProcess
     )
 
 
-def status_in(lab: NetLab, node: str, via: str | None = None, timeout: float = 1.0) -> Any:
-    """`node`'s /v1/status asked from inside `via`'s namespace (default: the node's own);
-    None when it does not answer."""
-    token = lab.token()
-    url = f"http://{lab.plan.host(node).ipv4}:{API_PORT}/v1/status"
+def api_call(
+    lab: NetLab,
+    node: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    via: str = "client",
+    timeout: float = 2.0,
+) -> Any:
+    """`node`'s API asked from inside `via`'s namespace; the JSON answer, or None on failure."""
+    url = f"http://{lab.plan.host(node).ipv4}:{API_PORT}{path}"
+    headers = {"Authorization": f"Bearer {lab.token()}"}
 
     def ask() -> Any:
         try:
-            resp = requests.get(url, timeout=timeout, headers={"Authorization": f"Bearer {token}"})
+            resp = requests.request(method, url, json=body, timeout=timeout, headers=headers)
         except requests.RequestException:
             return None
         return resp.json() if resp.ok else None
 
-    thread = lab.in_ns(via or node)
+    thread = lab.in_ns(via)
     try:
         return thread.run(ask)
     finally:
         thread.close()
+
+
+def status_in(lab: NetLab, node: str, via: str | None = None, timeout: float = 1.0) -> Any:
+    """`node`'s /v1/status asked from inside `via`'s namespace (default: the node's own);
+    None when it does not answer."""
+    return api_call(lab, node, "GET", "/v1/status", via=via or node, timeout=timeout)
 
 
 def agreed_leader(lab: NetLab, nodes: Iterable[str]) -> str | None:

@@ -39,6 +39,7 @@ import pytest
 from announce import frames
 from announce.l2 import L2Announcer
 from appliance.lab import netns, topology
+from appliance.lab.neighask import NeighbourAsker
 
 pytestmark = [
     pytest.mark.lab,
@@ -50,11 +51,6 @@ VIP4 = IPv4Address("192.0.2.210")
 VIP6 = IPv6Address("2001:db8:1::210")
 ONLY_N1 = IPv4Address("192.0.2.211")
 ONLY_N2 = IPv4Address("192.0.2.212")
-ID_SENDER4 = IPv4Address("198.51.100.7")  # off-subnet: no host learns a neighbour from it
-ETH_P_ALL = 0x0003
-SOL_PACKET = 263
-PACKET_ADD_MEMBERSHIP = 1
-PACKET_MR_PROMISC = 1
 RTMGRP_NEIGH = 0x4
 RTM_NEWNEIGH = 28
 NDA_DST, NDA_LLADDR = 1, 2
@@ -64,91 +60,17 @@ REPO = Path(__file__).resolve().parents[2]
 # --- the client's view -------------------------------------------------------------------------
 
 
-def id_mac(ident: int) -> bytes:
-    return b"\x02\xfe" + ident.to_bytes(4, "big")
-
-
-class Prober:
-    """A raw socket on the client's eth0: sends requests with an id, collects replies by id."""
+class Prober(NeighbourAsker):
+    """The product's neighbour asker on the client's eth0, plus a kernel-style baseline."""
 
     def __init__(self, client_mac: bytes, client4: IPv4Address) -> None:
         # Made on the client's NsThread: the socket belongs to the client namespace.
+        super().__init__("eth0")
         self.client_mac = client_mac
         self.client4 = client4
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        self.sock.bind(("eth0", ETH_P_ALL))
-        mreq = struct.pack("iHH8s", socket.if_nametoindex("eth0"), PACKET_MR_PROMISC, 0, b"")
-        self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-        self.sock.settimeout(0.001)
-        self.next_id = 1
-        self.sent: dict[int, tuple[str, float]] = {}  # id -> (vip, send time)
-        self.replies: list[tuple[int, str, str, float]] = []  # (id, vip, owner mac, arrival)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, vip: IPv4Address | IPv6Address) -> int:
-        ident = self.next_id
-        self.next_id += 1
-        mac = id_mac(ident)
-        if isinstance(vip, IPv4Address):
-            frame = frames.arp_request(mac, ID_SENDER4, vip)
-        else:
-            source = IPv6Address(int(IPv6Address("2001:db8:1::ff:0")) + ident)
-            frame = frames.neighbor_solicitation(mac, source, vip)
-        self.sent[ident] = (str(vip), time.monotonic())
-        self.sock.send(frame)
-        return ident
-
-    def collect(self, seconds: float) -> None:
-        """Read replies for `seconds` (at least one read)."""
-        end = time.monotonic() + seconds
-        while True:
-            try:
-                frame = self.sock.recv(2048)
-            except TimeoutError:
-                frame = b""
-            now = time.monotonic()
-            if frame:
-                self._note(frame, now)
-            if now >= end:
-                return
-
-    def _note(self, frame: bytes, now: float) -> None:
-        dst = frame[0:6]
-        if dst[:2] != b"\x02\xfe":
-            return
-        ident = int.from_bytes(dst[2:], "big")
-        owner = frames.mac_str(frame[6:12])
-        if frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x02":
-            self.replies.append((ident, str(IPv4Address(frame[28:32])), owner, now))
-        elif frame[12:14] == b"\x86\xdd" and frame[20] == 58 and frame[54] == 136:
-            self.replies.append((ident, str(IPv6Address(frame[62:78])), owner, now))
-
-    def ask(self, vip: IPv4Address | IPv6Address, timeout: float = 0.2) -> tuple[str, float] | None:
-        """One request; (answering MAC, round trip) of the first reply, or None."""
-        ident = self.send(vip)
-        start = self.sent[ident][1]
-        end = start + timeout
-        while time.monotonic() < end:
-            self.collect(0.0)
-            for rid, _, mac, at in self.replies:
-                if rid == ident:
-                    return mac, at - start
-        return None
-
-    def probe(self, vips: list[Any], duration: float, interval: float = 0.003) -> None:
-        """Ask for each of `vips` in turn every `interval` for `duration`, recording all."""
-        end = time.monotonic() + duration
-        i = 0
-        while time.monotonic() < end:
-            self.send(vips[i % len(vips)])
-            i += 1
-            self.collect(interval)
-        self.collect(0.05)
 
     def answered_by(self, ident: int) -> set[str]:
-        return {mac for rid, _, mac, _ in self.replies if rid == ident}
+        return {r.mac for r in self.replies if r.ident == ident}
 
     def kernel_ask4(self, target: IPv4Address, timeout: float = 0.2) -> float | None:
         """Round trip of an ordinary ARP request from the client's own MAC/IP (a baseline)."""
@@ -482,7 +404,7 @@ def test_nothing_answers_after_the_lease_ends(l2lab: Lab) -> None:
         )
         assert len(answered_before) >= len(before) * 0.9
         assert answered_after == [], "answered on an ended lease"
-        last = max(at for _, _, _, at in l2lab.prober.replies)
+        last = max(r.at for r in l2lab.prober.replies)
         print(f"last reply arrived {(last - deadline) * 1e3:+.3f} ms from the deadline")
         assert n1.held() == frozenset()
         stats = n1.stats()
@@ -567,19 +489,19 @@ def test_two_owners_never_answer_together_and_takeover_moves_the_client(l2lab: L
         # was given the VIPs, so all n1 replies come before all n2 replies. A request in flight
         # at the handover may be answered by both, one after the other (n2 finds it queued in
         # its socket): the client then holds n2's MAC, because n2's GARP overrides.
-        by = {mac: [r for r in l2lab.prober.replies if r[2] == mac] for mac in (n1_mac, n2_mac)}
+        by = {mac: [r for r in l2lab.prober.replies if r.mac == mac] for mac in (n1_mac, n2_mac)}
         assert by[n1_mac] and by[n2_mac]
-        assert all(l2lab.prober.sent[r[0]][1] < handover for r in by[n1_mac])
-        assert all(r[3] >= n2_from for r in by[n2_mac])
-        gap = min(r[3] for r in by[n2_mac]) - max(r[3] for r in by[n1_mac])
+        assert all(l2lab.prober.sent[r.ident][1] < handover for r in by[n1_mac])
+        assert all(r.at >= n2_from for r in by[n2_mac])
+        gap = min(r.at for r in by[n2_mac]) - max(r.at for r in by[n1_mac])
         assert gap > 0, "n1 and n2 answered at the same time"
         both = [i for i in l2lab.prober.sent if len(l2lab.prober.answered_by(i)) > 1]
         print(
             f"handover under probing: last n1 reply -> first n2 reply {gap * 1e3:.3f} ms; "
             f"{len(both)} in-flight requests answered by n1 then n2"
         )
-        assert {r[1] for r in by[n1_mac]} <= {str(VIP4), str(VIP6), str(ONLY_N1)}
-        assert {r[1] for r in by[n2_mac]} <= {str(VIP4), str(VIP6), str(ONLY_N2)}
+        assert {r.vip for r in by[n1_mac]} <= {str(VIP4), str(VIP6), str(ONLY_N1)}
+        assert {r.vip for r in by[n2_mac]} <= {str(VIP4), str(VIP6), str(ONLY_N2)}
         for vip in (VIP4, VIP6):
             assert (l2lab.neigh(vip) or {}).get("lladdr") in (None, n2_mac)
 

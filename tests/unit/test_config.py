@@ -697,3 +697,10 @@ def test_pool_checker_only_when_announcing_on_layer2(tmp_path: Path) -> None:
     assert check is not None
     bad = Pool(name="lan", addresses=["192.0.2.0/28"])
     assert [e["field"] for e in check([bad], "pools")] == ["pools.0.addresses.0"]
+
+
+async def test_pool_checker_works_inside_a_running_event_loop(tmp_path: Path) -> None:
+    # The API calls it from a request handler; pyroute2's sync API refuses a running loop.
+    check = pool_checker(l2_config(tmp_path, "lo", []))
+    assert check is not None
+    assert check([Pool(name="lan", addresses=["127.0.0.16/28"])], "pools") == []
