@@ -271,3 +271,23 @@ def lab_demo(base: Path | None) -> None:
         run_demo(_base(base))
     except LabError as exc:
         _fail(str(exc))
+
+
+@lab_group.group("bench")
+def bench_group() -> None:
+    """Benchmarks in a namespace lab (root); each prints its figures, or JSON with --json."""
+
+
+@bench_group.command("lab")
+@click.option("--seconds", default=5.0, show_default=True, type=click.FloatRange(1, 120))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_BASE
+def bench_lab(seconds: float, as_json: bool, base: Path | None) -> None:
+    """Lab up/down time and the prober's resolution (send gaps, short cuts it can see)."""
+    from appliance.lab.bench import main_lab
+    from appliance.lab.netlab import LabError
+
+    try:
+        click.echo(main_lab(_base(base), seconds, as_json, _progress))
+    except LabError as exc:
+        _fail(str(exc))

@@ -6,6 +6,7 @@ it with `lab down`. Whatever happens, the module's base dir is cleaned at the en
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -139,3 +140,22 @@ def test_down_removes_everything(cli_lab: CliLab) -> None:
     again = raftlb("lab", "down", "--base", str(cli_lab.base), cli_lab.run_id)
     assert again.returncode == 1
     assert f"no lab {cli_lab.run_id!r}" in again.stderr
+
+
+def test_bench_lab_sees_short_cuts_and_leaves_nothing(tmp_path: Path) -> None:
+    veths = root_veths()
+    try:
+        bench = raftlb("lab", "bench", "lab", "--seconds", "1", "--json", "--base", str(tmp_path))
+        assert bench.returncode == 0, bench.stdout + bench.stderr
+        result = json.loads(bench.stdout)
+        for proto, figures in result["schedule"].items():
+            assert figures["failed"] == 0, (proto, figures)
+            assert 5 < figures["gap_p50_ms"] < 20, (proto, figures)  # the 10 ms schedule
+        for cut in result["cuts"]:
+            # Each cut is one outage about as long as the cut (plus up to a probe interval).
+            assert len(cut["seen_ms"]) == 1, cut
+            assert cut["cut_ms"] - 10 <= cut["seen_ms"][0] <= cut["cut_ms"] + 100, cut
+        assert [p.name for p in tmp_path.iterdir()] == [], "the bench left a run dir"
+        assert root_veths() == veths
+    finally:
+        remove_labs_under(tmp_path)
