@@ -1,9 +1,10 @@
 """`raftlb lab bench lab`: what the lab itself costs and how fine the prober sees.
 
-Measures, in one run: `NetLab.up` and `down` times (3 nodes, 2 backends, agents up and a leader elected); the prober's achieved
-schedule against a backend directly (send gaps p50/p99/max per protocol: its resolution); and the
-outage it reports for short cuts of known length (the backend's switch port down for 20, 50 and
-100 ms), which is the smallest outage it can see in practice.
+Measures, in one run: `NetLab.up` and `down` times (the default lab: 3 nodes with their agents
+up and a leader elected, 2 backends); the prober's achieved schedule against a backend directly
+(send gaps p50/p99/max per protocol: its resolution); and the outage it reports for short cuts
+of known length (the backend's switch port down for 20, 50 and 100 ms), which is the smallest
+outage it can see in practice.
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ def bench_lab(base: Path, seconds: float, progress: Progress) -> dict[str, Any]:
 
 
 def render_lab(result: dict[str, Any]) -> str:
-    lines = [f"lab up {result['up_s']:.2f}s (3 nodes, 2 backends, agents up and a leader elected), down {result['down_s']:.2f}s"]
+    lines = [
+        f"lab up {result['up_s']:.2f}s (3 nodes, 2 backends, agents up and a leader elected), "
+        f"down {result['down_s']:.2f}s"
+    ]
     lines.append("prober against a backend directly (its resolution):")
     lines.append("  proto  samples failed  gap p50/p99/max ms     latency p50/p99 ms")
     for proto, s in result["schedule"].items():
