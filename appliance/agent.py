@@ -17,6 +17,7 @@ import ssl
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from appliance.config import (
     read_secret,
     split_host_port,
 )
+from appliance.dataplane.nft import DataPlane, NftApplier
 from appliance.leases import Announcer, NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import MemberReport, format_field_errors
@@ -199,6 +201,32 @@ async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
         return
 
 
+# What a forwarding node needs: routing on, and no ICMP redirects telling clients to go to a
+# backend directly (they would bypass the VIP's NAT).
+FORWARDING_SYSCTLS = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv6/conf/all/forwarding": "1",
+    "net/ipv4/conf/all/send_redirects": "0",
+    "net/ipv4/conf/default/send_redirects": "0",
+}
+
+
+def set_forwarding_sysctls(root: Path = Path("/proc/sys")) -> list[str]:
+    """Set FORWARDING_SYSCTLS; the problems, each saying what to do."""
+    problems = []
+    for key, value in FORWARDING_SYSCTLS.items():
+        path = root / key
+        try:
+            if path.read_text().strip() != value:
+                path.write_text(value)
+        except OSError as exc:
+            problems.append(
+                f"cannot set {key.replace('/', '.')}={value} ({exc.strerror}): forwarding through "
+                f"this node may fail; set it with sysctl -w {key.replace('/', '.')}={value}"
+            )
+    return problems
+
+
 def build_announcer(config: AgentConfig) -> Announcer:
     """The announcer `announce:` asks for, opened on the data interface."""
     if config.announce != "l2" or config.data_interface is None:
@@ -221,8 +249,18 @@ def build_announcer(config: AgentConfig) -> Announcer:
 async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     """Run the API and the node's loops until SIGTERM/SIGINT."""
     metrics = Metrics(cluster)
+    dataplane = None
+    if config.forward == "nftables":
+        for problem in set_forwarding_sysctls():
+            log.warning("%s", problem)
+        dataplane = DataPlane(NftApplier())
     loops = OwnershipLoops(
-        cluster, metrics, list(config.peer_map()), config.timing_profile(), build_announcer(config)
+        cluster,
+        metrics,
+        list(config.peer_map()),
+        config.timing_profile(),
+        build_announcer(config),
+        dataplane,
     )
     ctx = ApiContext(
         cluster=cluster,

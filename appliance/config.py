@@ -127,6 +127,9 @@ class AgentConfig(_Strict):
     data_interface: str | None = Field(default=None, max_length=15)
     announce: Literal["none", "l2"] = "none"
     l2: L2Config = Field(default_factory=L2Config)
+    # nftables: held VIPs are forwarded to their backends (the `inet raftlb` table); none: no
+    # forwarding (a control-plane-only node, or agents sharing one host in tests).
+    forward: Literal["nftables", "none"] = "nftables"
     timing: Literal["fast", "safe"] = "fast"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     pools: list[Pool] = Field(default_factory=list)
@@ -352,7 +355,7 @@ def summary(config: AgentConfig) -> list[str]:
         f"data dir {config.data_dir}",
         f"announce {config.announce}"
         + (f" on {config.data_interface}" if config.announce == "l2" else "")
-        + f", timing {timing.name} "
+        + f", forward {config.forward}, timing {timing.name} "
         f"(election {timing.raft_min_timeout:g}-{timing.raft_max_timeout:g}s)",
         f"{len(config.pools)} static pool(s), {len(config.services)} static service(s)",
     ]

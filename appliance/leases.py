@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from appliance.dataplane.nft import DataPlane
 from appliance.metrics import Metrics
 from appliance.model import Assignment, IPAddress, LeaseRenewal
 from raft.cluster import RaftCluster, SubmitError
@@ -67,6 +68,10 @@ def desired_vips(
     return mine, deadline
 
 
+def _addresses(vips: Iterable[str]) -> list[IPAddress]:
+    return [ipaddress.ip_address(v) for v in vips]
+
+
 class OwnershipLoops:
     """Renewal, leader and reconcile loops of one agent."""
 
@@ -77,6 +82,7 @@ class OwnershipLoops:
         members: list[str],
         timing: TimingProfile,
         announcer: Announcer,
+        dataplane: DataPlane | None = None,
     ) -> None:
         self.cluster = cluster
         self.metrics = metrics
@@ -84,6 +90,7 @@ class OwnershipLoops:
         self.members = sorted(members)
         self.timing = timing
         self.announcer = announcer
+        self.dataplane = dataplane
         self.incarnation = time.time_ns() // 1000
         self.seq = 0
         self.held: frozenset[str] = frozenset()
@@ -191,6 +198,8 @@ class OwnershipLoops:
                 self._wake.clear()
         finally:
             self.announcer.clear()
+            if self.dataplane is not None:
+                self.dataplane.stop()  # not serving any more: no table left behind
 
     def reconcile(self) -> None:
         state = self.cluster.view()
@@ -199,6 +208,9 @@ class OwnershipLoops:
         vips, until = desired_vips(
             state.assignments, state.renewals, self.me, self.incarnation, self.timing.lease, now
         )
+        if self.dataplane is not None:
+            # Rules for a gained VIP are in place before it is announced.
+            self.dataplane.sync(state.services.values(), _addresses(vips | self.held))
         if vips != self.held or until != self.valid_until:
             for vip in sorted(vips - self.held):
                 a = state.assignments[vip]
@@ -212,8 +224,11 @@ class OwnershipLoops:
             for vip in sorted(self.held - vips):
                 reason = "lease lapsed" if not until else "assigned elsewhere"
                 log.info("released %s (%s)", vip, reason)
-            self.announcer.set([ipaddress.ip_address(v) for v in vips], until)
+            self.announcer.set(_addresses(vips), until)
             self.held, self.valid_until = vips, until
+        if self.dataplane is not None:
+            # Rules of a dropped VIP go once it is no longer announced.
+            self.dataplane.sync(state.services.values(), _addresses(vips))
         acks = [
             vip
             for vip, a in state.assignments.items()

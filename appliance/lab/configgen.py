@@ -48,6 +48,8 @@ def cluster_config_data(
             "data_dir": str(base_dir / node.node_id / "data"),
             "api": {"listen": node.api, "token_file": str(token_file)},
             "announce": "none",
+            # Agents of one host share its network namespace: they must not install rules.
+            "forward": "none",
             "timing": timing,
             **(extra or {}),
         }

@@ -194,7 +194,7 @@ class NetLab:
             password_file,
             token_file,
             timing,
-            extra={"data_interface": "eth0", "announce": "l2"},
+            extra={"data_interface": "eth0", "announce": "l2", "forward": "nftables"},
         )
         for name, config in data.items():
             path = self.config_path(name)

@@ -26,6 +26,7 @@ def _config(tmp_path: Path, port: int, data_dir: Path | None = None) -> dict[str
         },
         "data_dir": str(data_dir or tmp_path / "data"),
         "api": {"listen": "127.0.0.1:1", "token_file": str(tmp_path / "tok")},
+        "forward": "none",  # never touch the host's nftables or sysctls
     }
 
 

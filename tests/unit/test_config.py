@@ -622,7 +622,7 @@ def test_summary_plain() -> None:
     assert lines == [
         "node lb1: raft 192.0.2.1:7001, 3 member(s) (lb1, lb2, lb3)",
         "api 0.0.0.0:8080 (plain HTTP), data dir /nonexistent/data",
-        "announce none, timing fast (election 0.15-0.3s)",
+        "announce none, forward nftables, timing fast (election 0.15-0.3s)",
         "0 static pool(s), 0 static service(s)",
     ]
 
@@ -638,7 +638,7 @@ def test_summary_tls_safe_pools_services() -> None:
     data["services"] = [{"id": "s", "ports": [{"port": 80}]}]
     lines = summary(parse_config(data))
     assert lines[1] == "api 0.0.0.0:8080 (TLS), data dir /nonexistent/data"
-    assert lines[2] == "announce none, timing safe (election 1-2s)"
+    assert lines[2] == "announce none, forward nftables, timing safe (election 1-2s)"
     assert lines[3] == "2 static pool(s), 1 static service(s)"
 
 

@@ -1,0 +1,126 @@
+"""Loads rendered rulesets with `nft -f` and keeps the node's data plane in step with what it holds.
+
+`NftApplier` runs nft (in the calling process's network namespace): a ruleset is loaded whole or
+not at all (a broken one changes nothing and raises `NftError` with nft's message), and is not
+reloaded when the same text is already in place, also across an agent restart (the table carries
+the digest of its rules). `DataPlane` renders from the replicated state and the VIPs held, and
+applies only when that input changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Iterable
+
+from appliance.dataplane.render import TABLE, Healthy, digest_of, forwards, removal, render
+from appliance.model import IPAddress, Service
+
+log = logging.getLogger("raftlb.dataplane")
+
+
+class NftError(Exception):
+    """nft refused a ruleset or could not run; nothing was changed."""
+
+
+class NftApplier:
+    def __init__(self, table: str = TABLE, nft: str = "nft", timeout: float = 10.0) -> None:
+        self.table = table
+        self.nft = nft
+        self.timeout = timeout
+        self.loaded: str | None = None  # the digest of what is in the kernel, when known
+        self.loads = 0
+        self.last_load_seconds = 0.0
+
+    def _run(self, args: list[str], text: str | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [self.nft, *args],
+                input=text,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NftError(f"cannot run {self.nft}: {exc}") from None
+
+    def current_digest(self) -> str | None:
+        """The digest of the table now in the kernel (None: no table, or not ours)."""
+        result = self._run(["list", "table", "inet", self.table])
+        return digest_of(result.stdout) if result.returncode == 0 else None
+
+    def apply(self, text: str) -> bool:
+        """Load `text` unless it is what is loaded already; True if it was loaded."""
+        digest = digest_of(text)
+        if self.loaded is None:
+            self.loaded = self.current_digest()
+        if digest is not None and digest == self.loaded:
+            return False
+        started = time.monotonic()
+        result = self._run(["-f", "-"], text)
+        if result.returncode != 0:
+            raise NftError(
+                f"nft refused the ruleset (nothing changed): {result.stderr.strip()[:2000]}"
+            )
+        self.last_load_seconds = time.monotonic() - started
+        self.loads += 1
+        self.loaded = digest
+        return True
+
+    def remove(self) -> None:
+        result = self._run(["-f", "-"], removal(self.table))
+        if result.returncode != 0:
+            raise NftError(f"cannot remove table inet {self.table}: {result.stderr.strip()}")
+        self.loaded = None
+
+
+class DataPlane:
+    """Keeps the forwarding rules equal to (services, held VIPs, health)."""
+
+    def __init__(self, applier: NftApplier, healthy: Healthy | None = None) -> None:
+        self.applier = applier
+        self.healthy = healthy
+        self.health_version = 0  # bumped by the health checker when a backend changes state
+        self._key: tuple[frozenset[IPAddress], tuple[Service, ...], int] | None = None
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def sync(self, services: Iterable[Service], held: Iterable[IPAddress]) -> None:
+        vips = frozenset(held)
+        mine = tuple(s for s in services if s.address in vips)
+        key = (vips, mine, self.health_version)
+        old = self._key
+        if (
+            old is not None
+            and old[0] == key[0]
+            and old[2] == key[2]
+            and len(old[1]) == len(mine)
+            and all(a is b for a, b in zip(old[1], mine, strict=True))
+        ):
+            return  # same objects: the models are frozen, so the same rules
+        text = render(forwards(mine, vips, self.healthy), self.applier.table)
+        try:
+            if self.applier.apply(text):
+                log.info(
+                    "data plane: %d VIP(s), %d service(s) loaded in %.1f ms",
+                    len(vips),
+                    len(mine),
+                    1000 * self.applier.last_load_seconds,
+                )
+        except NftError as exc:
+            self.errors += 1
+            if str(exc) != self.last_error:  # retried on every reconcile: say it once
+                log.error("%s; the previous rules stay in place. Check `nft --version` (1.0+)", exc)
+            self.last_error = str(exc)
+            return  # key not stored: the next sync tries again
+        self.last_error = None
+        self._key = key
+
+    def stop(self) -> None:
+        try:
+            self.applier.remove()
+        except NftError as exc:
+            log.error("%s; remove it by hand: nft delete table inet %s", exc, self.applier.table)
+        self._key = None
