@@ -147,7 +147,8 @@ class OwnershipLoops:
             now = time.monotonic()
             if not leading:
                 leading, first_seq = True, self.seq + 1
-                liveness.reset(now, state.renewals)
+                self.seen.observe(now, state.renewals)
+                liveness.reset(now, state.renewals, self.seen)
                 log.info("leading: deciding VIP owners once this term's first renewal applies")
             own = state.renewals.get(self.me)
             if own is None or own.mark() < (self.incarnation, first_seq):

@@ -17,9 +17,13 @@ The invariant: at no moment do two nodes answer for one layer-2 VIP. The argumen
 4. A planned move from a live X (drain, rebalance) is break-before-make: the VIP goes to nobody
    with `releasing=X`; X stops answering, then commits `vips.released`; only then is it given to
    Y. If X dies before acknowledging, rule 2 applies.
-5. A new leader knows nothing of the past timing: its `Liveness` starts every node as seen at the
-   moment it took over, so it waits a full `dead_after` before declaring anyone dead, and it
-   decides only once it has applied an entry of its own term (everything it inherited).
+5. A new leader starts its `Liveness` from what it saw as a follower: for each node, the time
+   (its own clock) at which it applied that node's latest renewal. A follower applies only
+   committed entries, and a renewal is sent before it commits, so X's lease began before that
+   time and rule 2's argument holds unchanged; a renewal it never saw counts as seen when it
+   took over (a full `dead_after` of waiting). The election then overlaps the wait instead of
+   adding to it. It decides only once it has applied an entry of its own term (everything it
+   inherited).
 6. Without quorum no renewal commits, so a minority node's lease lapses within L: layer-2 VIPs
    are withdrawn without quorum (documented minority behaviour).
 
@@ -129,9 +133,15 @@ class Liveness:
         self.dead_after = dead_after
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
 
-    def reset(self, now: float, renewals: Mapping[str, LeaseRenewal]) -> None:
-        """A new leader: every node counts as just seen (rule 5)."""
-        self._seen = {node: (r.mark(), now) for node, r in renewals.items()}
+    def reset(
+        self, now: float, renewals: Mapping[str, LeaseRenewal], seen: Liveness | None = None
+    ) -> None:
+        """A new leader (rule 5): each node as `seen` observed its current renewal, else now."""
+        known = seen._seen if seen is not None else {}
+        self._seen = {}
+        for node, renewal in renewals.items():
+            mark, at = known.get(node, (renewal.mark(), now))
+            self._seen[node] = (mark, at) if mark == renewal.mark() else (renewal.mark(), now)
 
     def observe(self, now: float, renewals: Mapping[str, LeaseRenewal]) -> None:
         for node, renewal in renewals.items():

@@ -291,3 +291,18 @@ def bench_lab(seconds: float, as_json: bool, base: Path | None) -> None:
         click.echo(main_lab(_base(base), seconds, as_json, _progress))
     except LabError as exc:
         _fail(str(exc))
+
+
+@bench_group.command("failover")
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(1, 100))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_BASE
+def bench_failover(runs: int, as_json: bool, base: Path | None) -> None:
+    """Client-seen outage when a VIP's owner is killed, cut off or frozen, and on a drain."""
+    from appliance.lab.bench_failover import main_failover
+    from appliance.lab.netlab import LabError
+
+    try:
+        click.echo(main_failover(_base(base), runs, as_json, _progress))
+    except LabError as exc:
+        _fail(str(exc))

@@ -313,24 +313,40 @@ class NetLab:
         """A thread inside host's namespace (close it when done)."""
         return netns.NsThread(self.plan.host(host).netns)
 
-    def statuses(self, via: str = "client", timeout: float = 1.0) -> dict[str, Any]:
-        """Each running node's /v1/status, asked from inside `via`'s namespace (None: no answer)."""
+    def api(
+        self,
+        node: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        via: str = "client",
+        timeout: float = 2.0,
+    ) -> Any:
+        """`node`'s API asked from inside `via`'s namespace: the JSON answer, None on failure."""
+        return self.api_many([(node, method, path, body)], via, timeout)[0]
+
+    def api_many(
+        self, calls: list[tuple[str, str, str, Any]], via: str = "client", timeout: float = 2.0
+    ) -> list[Any]:
+        """Several API calls (node, method, path, body) from one thread inside `via`."""
         import requests
 
-        token = self.token()
+        headers = {"Authorization": f"Bearer {self.token()}"}
 
-        def ask() -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for node in self.node_names():
+        def ask() -> list[Any]:
+            out = []
+            for node, method, path, body in calls:
                 try:
-                    resp = requests.get(
-                        f"{self.api_url(node)}/v1/status",
+                    resp = requests.request(
+                        method,
+                        f"{self.api_url(node)}{path}",
+                        json=body,
                         timeout=timeout,
-                        headers={"Authorization": f"Bearer {token}"},
+                        headers=headers,
                     )
-                    out[node] = resp.json() if resp.ok else None
-                except requests.RequestException:
-                    out[node] = None
+                    out.append(resp.json() if resp.ok else None)
+                except (requests.RequestException, ValueError):
+                    out.append(None)
             return out
 
         thread = self.in_ns(via)
@@ -338,6 +354,12 @@ class NetLab:
             return thread.run(ask)
         finally:
             thread.close()
+
+    def statuses(self, via: str = "client", timeout: float = 1.0) -> dict[str, Any]:
+        """Each node's /v1/status, asked from inside `via`'s namespace (None: no answer)."""
+        nodes = self.node_names()
+        calls = [(node, "GET", "/v1/status", None) for node in nodes]
+        return dict(zip(nodes, self.api_many(calls, via, timeout), strict=True))
 
     def wait_leader(self, timeout: float = 30.0, exclude: tuple[str, ...] = ()) -> str:
         """Wait until the running nodes agree on a leader not in `exclude`; return it."""

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import requests
 
 from appliance.lab import netns, procs
 from appliance.lab.netlab import REGISTRY, RUN_ID, STATE_FILE, NetLab
-from appliance.lab.topology import API_PORT, NS_PREFIX, LabPlan, plan
+from appliance.lab.topology import NS_PREFIX, LabPlan, plan
 
 T = TypeVar("T")
 MakeLab = Callable[..., NetLab]  # the make_lab fixture: make_lab(nodes=3, backends=2, ...)
@@ -298,21 +297,7 @@ def api_call(
     timeout: float = 2.0,
 ) -> Any:
     """`node`'s API asked from inside `via`'s namespace; the JSON answer, or None on failure."""
-    url = f"http://{lab.plan.host(node).ipv4}:{API_PORT}{path}"
-    headers = {"Authorization": f"Bearer {lab.token()}"}
-
-    def ask() -> Any:
-        try:
-            resp = requests.request(method, url, json=body, timeout=timeout, headers=headers)
-        except requests.RequestException:
-            return None
-        return resp.json() if resp.ok else None
-
-    thread = lab.in_ns(via)
-    try:
-        return thread.run(ask)
-    finally:
-        thread.close()
+    return lab.api(node, method, path, body, via, timeout)
 
 
 def status_in(lab: NetLab, node: str, via: str | None = None, timeout: float = 1.0) -> Any:

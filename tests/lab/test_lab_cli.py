@@ -19,7 +19,7 @@ import pytest
 from appliance.lab.netlab import NetLab
 from tests.lab.labkit import Footprint, remove_labs_under, root_veths
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(360)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -159,3 +159,17 @@ def test_bench_lab_sees_short_cuts_and_leaves_nothing(tmp_path: Path) -> None:
         assert root_veths() == veths
     finally:
         remove_labs_under(tmp_path)
+
+
+def test_bench_failover_runs_every_case_and_never_sees_two_macs(tmp_path: Path) -> None:
+    bench = raftlb(
+        "lab", "bench", "failover", "--runs", "1", "--json", "--base", str(tmp_path), timeout=300
+    )
+    assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
+    summary = json.loads(bench.stdout)["summary"]
+    assert len(summary) == 7, sorted(summary)
+    for case, figures in summary.items():
+        assert figures["two_mac_runs"] == 0, (case, figures)
+        assert figures["no_takeover_runs"] == 0, (case, figures)  # the VIP moved every time
+        assert figures["open_runs"] == 0, (case, figures)  # and the client got answers again
+    assert [p.name for p in tmp_path.iterdir()] == [], "the bench left a run dir"

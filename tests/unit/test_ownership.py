@@ -96,6 +96,21 @@ def test_liveness_new_leader_waits_a_full_period() -> None:
     assert not live.alive("n2", 10.0)
 
 
+def test_new_leader_counts_from_what_it_saw_as_a_follower() -> None:
+    state = ClusterState()
+    renew(state, "n1", 1)
+    renew(state, "n2", 1)
+    as_follower = Liveness(dead_after=0.8)
+    as_follower.observe(9.5, state.renewals)  # both renewals applied at 9.5 on this node
+    renew(state, "n2", 2)  # applied, but not yet observed when leadership starts
+    renew(state, "n3", 1)  # never observed
+    live = Liveness(dead_after=0.8)
+    live.reset(10.0, state.renewals, as_follower)
+    assert not live.alive("n1", 10.31)  # 9.5 + 0.8: the election overlapped the wait
+    assert live.alive("n2", 10.79) and not live.alive("n2", 10.81)  # a newer mark: from now
+    assert live.alive("n3", 10.79)
+
+
 def test_plan_moves_a_live_owner_break_before_make_and_a_dead_one_directly() -> None:
     state = with_service()
     members = ["n1", "n2", "n3"]

@@ -1,0 +1,202 @@
+"""`raftlb lab bench failover`: the outage a client sees when a VIP's owner fails, per crash kind.
+
+One lab (3 nodes, 2 backends) with three HTTP services, so each node owns one VIP. Each run
+picks the VIP owned by the Raft leader (or by a follower), starts the HTTP prober (a request
+every 10 ms) and the neighbour asker (an ARP request every 5 ms) in the client, crashes the owner
+(kill -9 of its agent's process group, its link cut, or its processes frozen), and reports the
+client-seen outage (first failed request to first answered one) and whether two MACs ever
+answered one ARP request for the VIP. Then it undoes the crash and waits until the cluster is
+whole and balanced again. A planned drain of the owner is measured the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.lab import topology
+from appliance.lab.bench import run_prober
+from appliance.lab.neighask import NeighbourAsker, double_answers, reply_runs
+from appliance.lab.netlab import LabError, NetLab, Progress
+from appliance.lab.outage import outages, percentile
+from appliance.lab.prober import read_samples
+
+METHODS = ("kill", "link", "freeze")
+ROLES = ("leader", "follower")
+SERVICES = 3
+PROBE_SECONDS = 4.0
+CRASH_AT = 1.0
+
+
+def setup_services(lab: NetLab) -> list[str]:
+    leader = lab.wait_leader()
+    pool = {"addresses": [topology.L2_VIPS4, topology.L2_VIPS6], "default": True}
+    if lab.api(leader, "PUT", "/v1/pools/bench", pool) is None:
+        raise LabError("could not create the pool")
+    backends = [
+        {"address": str(h.ipv4), "port": topology.BACKEND_HTTP_PORT}
+        for h in lab.plan.of_kind("backend")
+    ]
+    vips = []
+    for i in range(SERVICES):
+        body = {"ports": [{"port": topology.BACKEND_HTTP_PORT, "backends": backends}]}
+        answer = lab.api(leader, "PUT", f"/v1/services/bench/default/web{i}", body)
+        if answer is None:
+            raise LabError(f"could not create service web{i}")
+        vips.append(str(answer["address"]))
+    return vips
+
+
+def steady(lab: NetLab, vips: list[str], timeout: float = 60.0) -> tuple[str, dict[str, str]]:
+    """Wait until all nodes are connected, agree on a leader, and own one VIP each."""
+    deadline = time.monotonic() + timeout
+    nodes = lab.node_names()
+    while time.monotonic() < deadline:
+        statuses = lab.statuses()
+        leaders = {s["raft"]["leader"] if s else None for s in statuses.values()}
+        whole = all(s and all(s["raft"]["connected"].values()) for s in statuses.values())
+        if whole and len(leaders) == 1 and None not in leaders:
+            leader = str(leaders.pop())
+            found = lab.api(leader, "GET", "/v1/vips") or []
+            owner = {v["address"]: v["node"] for v in found if v["address"] in vips}
+            counts = [list(owner.values()).count(n) for n in nodes]
+            if len(owner) == len(vips) and None not in owner.values() and max(counts) <= 1:
+                return leader, {v: str(n) for v, n in owner.items()}
+        time.sleep(0.1)
+    raise LabError(f"the lab did not settle within {timeout:g}s; see {lab.dir}/logs")
+
+
+def measure(lab: NetLab, vip: str, old: str, key: str, act: Any) -> dict[str, Any]:
+    """Probe `vip` while `act()` runs at CRASH_AT; the outage and the two-MAC verdict.
+
+    `takeover_s`: from the act to the first ARP answer from another MAC than `old`'s. It is
+    reported beside the HTTP outage because a node whose agent died or froze still forwards
+    with the rules it had (the kernel data plane outlives the agent) until clients move.
+    """
+    thread = lab.in_ns("client")
+    try:
+        asker = thread.run(NeighbourAsker, "eth0")
+        asking = thread.submit(asker.probe, [ipaddress.ip_address(vip)], PROBE_SECONDS + 0.5, 0.005)
+        acted: list[float] = []
+
+        def during() -> None:
+            time.sleep(CRASH_AT)
+            acted.append(time.monotonic())
+            act()
+
+        out = run_prober(lab, key, vip, "http", PROBE_SECONDS, during)
+        asking.result(timeout=60)
+        replies = list(asker.replies)
+        thread.run(asker.close)
+    finally:
+        thread.close()
+    samples = read_samples(out)
+    out.unlink(missing_ok=True)
+    windows = [o for o in outages(samples) if o.end >= acted[0] - 0.05]
+    old_mac = lab.plan.host(old).interfaces[0].mac
+    moved = [r.at for r in replies if r.mac != old_mac and r.at >= acted[0]]
+    return {
+        "takeover_s": round(min(moved) - acted[0], 4) if moved else None,
+        "outage_s": round(max((o.duration for o in windows), default=0.0), 4),
+        "windows": len(windows),
+        "open": any(o.open for o in windows),
+        "two_macs": bool(double_answers(replies)),
+        "macs": len(reply_runs(replies, vip)),
+    }
+
+
+def crash_run(lab: NetLab, vips: list[str], method: str, role: str, n: int) -> dict[str, Any]:
+    leader, owner = steady(lab, vips)
+    vip = next(v for v, node in owner.items() if (node == leader) == (role == "leader"))
+    victim = owner[vip]
+    key = f"bench-{method}-{role}-{n}"
+    result = measure(lab, vip, victim, key, lambda: lab.crash(victim, method))
+    lab.recover(victim, method)
+    return {"victim": victim, **result}
+
+
+def drain_run(lab: NetLab, vips: list[str], n: int) -> dict[str, Any]:
+    leader, owner = steady(lab, vips)
+    vip = vips[n % len(vips)]
+    victim = owner[vip]
+
+    def drain() -> None:
+        if lab.api(leader, "POST", f"/v1/nodes/{victim}/drain") is None:
+            raise LabError(f"drain of {victim} failed")
+
+    result = measure(lab, vip, victim, f"bench-drain-{n}", drain)
+    lab.api(leader, "POST", f"/v1/nodes/{victim}/undrain")
+    return {"victim": victim, **result}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    values = [r["outage_s"] for r in runs]
+    takeovers = [r["takeover_s"] for r in runs if r["takeover_s"] is not None]
+    return {
+        "runs": len(runs),
+        "takeover_p50_ms": round(1000 * percentile(takeovers, 50), 1) if takeovers else None,
+        "takeover_max_ms": round(1000 * max(takeovers), 1) if takeovers else None,
+        "no_takeover_runs": len(runs) - len(takeovers),
+        "p50_ms": round(1000 * percentile(values, 50), 1),
+        "p90_ms": round(1000 * percentile(values, 90), 1),
+        "max_ms": round(1000 * max(values), 1),
+        "two_mac_runs": sum(1 for r in runs if r["two_macs"]),
+        "open_runs": sum(1 for r in runs if r["open"]),
+    }
+
+
+def bench_failover(base: Path, runs: int, progress: Progress) -> dict[str, Any]:
+    lab = NetLab.up(nodes=3, backends=2, base=base, progress=lambda _: None)
+    cases: dict[str, list[dict[str, Any]]] = {}
+    try:
+        vips = setup_services(lab)
+        total = runs * (len(METHODS) * len(ROLES) + 1)
+        done = 0
+        for n in range(runs):
+            for method in METHODS:
+                for role in ROLES:
+                    case = f"{method} ({role} owns the VIP)"
+                    run = crash_run(lab, vips, method, role, n)
+                    cases.setdefault(case, []).append(run)
+                    done += 1
+                    progress(f"[{done}/{total}] {case}: {1000 * run['outage_s']:.0f} ms")
+            run = drain_run(lab, vips, n)
+            cases.setdefault("planned drain", []).append(run)
+            done += 1
+            progress(f"[{done}/{total}] planned drain: {1000 * run['outage_s']:.0f} ms")
+    finally:
+        lab.down(progress=lambda _: None)
+    return {
+        "summary": {case: summarize(found) for case, found in cases.items()},
+        "runs": cases,
+    }
+
+
+def render_failover(result: dict[str, Any]) -> str:
+    lines = [
+        "client-seen outage (HTTP request every 10 ms through the VIP) when its owner fails,",
+        "and ARP takeover (act to the first answer from the new owner's MAC):",
+        f"  {'case':<30} {'runs':>4} {'outage p50':>10} {'p90':>7} {'max':>7}  "
+        f"{'takeover p50':>12} {'max':>7}  two MACs",
+    ]
+    for case, s in result["summary"].items():
+        take = (
+            f"{s['takeover_p50_ms']:>12.0f} {s['takeover_max_ms']:>7.0f}"
+            if s["takeover_p50_ms"] is not None
+            else f"{'none':>12} {'':>7}"
+        )
+        lines.append(
+            f"  {case:<30} {s['runs']:>4} {s['p50_ms']:>10.0f} {s['p90_ms']:>7.0f} "
+            f"{s['max_ms']:>7.0f}  {take}  {s['two_mac_runs']} of {s['runs']}"
+        )
+    lines.append("  (ms; kill and freeze stop the agent, not the kernel: the old owner forwards")
+    lines.append("   with its last rules until the new owner's GARP moves the client)")
+    return "\n".join(lines)
+
+
+def main_failover(base: Path, runs: int, as_json: bool, progress: Progress) -> str:
+    result = bench_failover(base, runs, progress)
+    return json.dumps(result, indent=2) if as_json else render_failover(result)
