@@ -287,23 +287,10 @@ def ping(lab: NetLab, host: str, address: object) -> subprocess.CompletedProcess
     )
 
 
-def api_call(
-    lab: NetLab,
-    node: str,
-    method: str,
-    path: str,
-    body: Any = None,
-    via: str = "client",
-    timeout: float = 2.0,
-) -> Any:
-    """`node`'s API asked from inside `via`'s namespace; the JSON answer, or None on failure."""
-    return lab.api(node, method, path, body, via, timeout)
-
-
 def status_in(lab: NetLab, node: str, via: str | None = None, timeout: float = 1.0) -> Any:
     """`node`'s /v1/status asked from inside `via`'s namespace (default: the node's own);
     None when it does not answer."""
-    return api_call(lab, node, "GET", "/v1/status", via=via or node, timeout=timeout)
+    return lab.api(node, "GET", "/v1/status", via=via or node, timeout=timeout)
 
 
 def agreed_leader(lab: NetLab, nodes: Iterable[str]) -> str | None:

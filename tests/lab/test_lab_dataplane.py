@@ -12,7 +12,7 @@ from appliance.lab import topology
 from appliance.lab.netlab import NetLab
 from appliance.lab.outage import Sample, backends_seen, outages
 from appliance.lab.prober import read_samples
-from tests.lab.labkit import MakeLab, api_call
+from tests.lab.labkit import MakeLab
 from tests.lab.test_lab_ownership import wait_owner
 
 pytestmark = pytest.mark.timeout(180)
@@ -22,7 +22,7 @@ def web_service(lab: NetLab, family: str = "ipv4", extra_ports: int = 0) -> str:
     """A pool and an HTTP service over every backend; its VIP."""
     leader = lab.wait_leader()
     pool = {"addresses": [topology.L2_VIPS4, topology.L2_VIPS6], "default": True}
-    assert api_call(lab, leader, "PUT", "/v1/pools/lan", pool) is not None
+    assert lab.api(leader, "PUT", "/v1/pools/lan", pool) is not None
     attr = "ipv4" if family == "ipv4" else "ipv6"
     backends = [
         {"address": str(getattr(h, attr)), "port": topology.BACKEND_HTTP_PORT}
@@ -31,7 +31,7 @@ def web_service(lab: NetLab, family: str = "ipv4", extra_ports: int = 0) -> str:
     ports = [{"port": 80, "backends": backends}]
     ports += [{"port": 81 + i, "backends": []} for i in range(extra_ports)]
     body = {"ip_family": family, "ports": ports}
-    answer = api_call(lab, leader, "PUT", "/v1/services/t/default/web", body)
+    answer = lab.api(leader, "PUT", "/v1/services/t/default/web", body)
     assert answer is not None
     return str(answer["address"])
 

@@ -20,7 +20,7 @@ from appliance.lab import topology
 from appliance.lab.neighask import NeighbourAsker, Reply, double_answers, reply_runs
 from appliance.lab.netlab import NetLab
 from raft.timing import PROFILES
-from tests.lab.labkit import MakeLab, api_call, wait_for
+from tests.lab.labkit import MakeLab, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 LEASE = PROFILES["fast"].lease
@@ -32,11 +32,11 @@ def setup_vips(lab: NetLab) -> tuple[str, str]:
     """A pool and two services through the leader's API; their (IPv4, IPv6) VIPs."""
     leader = lab.wait_leader()
     pool = {"addresses": [topology.L2_VIPS4, topology.L2_VIPS6], "default": True}
-    assert api_call(lab, leader, "PUT", "/v1/pools/lan", pool) is not None
+    assert lab.api(leader, "PUT", "/v1/pools/lan", pool) is not None
     vips = []
     for family in ("ipv4", "ipv6"):
         body = {"ip_family": family, "ports": [{"port": 80}]}
-        answer = api_call(lab, leader, "PUT", f"/v1/services/t/default/web-{family}", body)
+        answer = lab.api(leader, "PUT", f"/v1/services/t/default/web-{family}", body)
         assert answer is not None, f"service {family} not created"
         vips.append(answer["address"])
     return vips[0], vips[1]
@@ -45,7 +45,7 @@ def setup_vips(lab: NetLab) -> tuple[str, str]:
 def owners(lab: NetLab, nodes: list[str]) -> dict[str, str | None] | None:
     """VIP -> owning node as the first answering node of `nodes` has it committed."""
     for node in nodes:
-        answer = api_call(lab, node, "GET", "/v1/vips", timeout=1.0)
+        answer = lab.api(node, "GET", "/v1/vips", timeout=1.0)
         if answer is not None:
             return {v["address"]: v["node"] for v in answer}
     return None
@@ -242,7 +242,7 @@ def test_a_returning_node_does_not_make_vips_flap(make_lab: MakeLab) -> None:
     lab.recover(victim, "kill")
 
     def rejoined() -> bool | None:
-        answer = api_call(lab, victim, "GET", "/v1/status", timeout=1.0)
+        answer = lab.api(victim, "GET", "/v1/status", timeout=1.0)
         return (answer is not None and all(answer["raft"]["connected"].values())) or None
 
     wait_for(rejoined, SETTLE, f"{victim} to rejoin")
