@@ -296,13 +296,18 @@ def bench_lab(seconds: float, as_json: bool, base: Path | None) -> None:
 @bench_group.command("failover")
 @click.option("--runs", default=5, show_default=True, type=click.IntRange(1, 100))
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option(
+    "--compare",
+    type=click.Choice(["keepalived"]),
+    help="Also run keepalived (VRRP, default and 100 ms timers) in the same lab.",
+)
 @_BASE
-def bench_failover(runs: int, as_json: bool, base: Path | None) -> None:
+def bench_failover(runs: int, as_json: bool, compare: str | None, base: Path | None) -> None:
     """Client-seen outage when a VIP's owner is killed, cut off or frozen, and on a drain."""
     from appliance.lab.bench_failover import main_failover
     from appliance.lab.netlab import LabError
 
     try:
-        click.echo(main_failover(_base(base), runs, as_json, _progress))
+        click.echo(main_failover(_base(base), runs, as_json, _progress, compare == "keepalived"))
     except LabError as exc:
         _fail(str(exc))

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from appliance.lab import topology
 from appliance.lab.bench import run_prober
+from appliance.lab.keepalived import KA_VIP, TIMERS, Keepalived, ensure_installed
 from appliance.lab.neighask import NeighbourAsker, double_answers, reply_runs
 from appliance.lab.netlab import LabError, NetLab, Progress
 from appliance.lab.outage import outages, percentile
@@ -148,7 +150,41 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def bench_failover(base: Path, runs: int, progress: Progress) -> dict[str, Any]:
+def keepalived_run(lab: NetLab, ka: Keepalived, method: str, n: int) -> dict[str, Any]:
+    master = ka.steady()
+    act = (lambda: ka.kill(master)) if method == "kill" else (lambda: lab.crash(master, method))
+    result = measure(lab, KA_VIP, master, f"bench-ka-{ka.timers}-{method}-{n}", act)
+    if method == "kill":
+        ka.forget(master)  # the orphaned VIP would answer for ever
+        ka.start(master)
+    else:
+        lab.recover(master, method)
+    return {"victim": master, **result}
+
+
+def compare_keepalived(lab: NetLab, runs: int, progress: Progress) -> dict[str, Any]:
+    ensure_installed(progress)
+    cases: dict[str, list[dict[str, Any]]] = {}
+    for timers in TIMERS:
+        ka = Keepalived(lab, timers)
+        try:
+            for n in range(runs):
+                for method in METHODS:
+                    run = keepalived_run(lab, ka, method, n)
+                    case = f"keepalived {timers}: {method}"
+                    cases.setdefault(case, []).append(run)
+                    progress(
+                        f"{case}: outage {1000 * run['outage_s']:.0f} ms, "
+                        f"two MACs: {run['two_macs']}"
+                    )
+        finally:
+            ka.stop()
+    return cases
+
+
+def bench_failover(
+    base: Path, runs: int, progress: Progress, compare: bool = False
+) -> dict[str, Any]:
     lab = NetLab.up(nodes=3, backends=2, base=base, progress=lambda _: None)
     cases: dict[str, list[dict[str, Any]]] = {}
     try:
@@ -167,6 +203,8 @@ def bench_failover(base: Path, runs: int, progress: Progress) -> dict[str, Any]:
             cases.setdefault("planned drain", []).append(run)
             done += 1
             progress(f"[{done}/{total}] planned drain: {1000 * run['outage_s']:.0f} ms")
+        if compare:
+            cases.update(compare_keepalived(lab, runs, progress))
     finally:
         lab.down(progress=lambda _: None)
     return {
@@ -194,9 +232,38 @@ def render_failover(result: dict[str, Any]) -> str:
         )
     lines.append("  (ms; kill and freeze stop the agent, not the kernel: the old owner forwards")
     lines.append("   with its last rules until the new owner's GARP moves the client)")
+    lines += _ratios(result["summary"])
     return "\n".join(lines)
 
 
-def main_failover(base: Path, runs: int, as_json: bool, progress: Progress) -> str:
-    result = bench_failover(base, runs, progress)
+def _ratios(summary: dict[str, Any]) -> list[str]:
+    """keepalived next to raftlb per crash kind: p50 ARP takeover and p50 outage ratios."""
+    if not any(case.startswith("keepalived") for case in summary):
+        return []
+    lines = ["keepalived / raftlb, p50 (higher: raftlb is faster):"]
+    for method in METHODS:
+        ours = [summary[f"{method} ({role} owns the VIP)"] for role in ROLES]
+        take = statistics.median(s["takeover_p50_ms"] or 0.0 for s in ours)
+        out = statistics.median(s["p50_ms"] for s in ours)
+        for timers in TIMERS:
+            theirs = summary.get(f"keepalived {timers}: {method}")
+            if theirs is None:
+                continue
+            take_ratio = (
+                f"{theirs['takeover_p50_ms'] / take:.2f}x"
+                if take and theirs["takeover_p50_ms"]
+                else "-"
+            )
+            out_ratio = f"{theirs['p50_ms'] / out:.2f}x" if out else "-"
+            lines.append(
+                f"  {method:<7} vs {timers:<12} takeover {take_ratio:>7}  outage {out_ratio:>7}"
+                f"  (two MACs in {theirs['two_mac_runs']} of {theirs['runs']} keepalived runs)"
+            )
+    return lines
+
+
+def main_failover(
+    base: Path, runs: int, as_json: bool, progress: Progress, compare: bool = False
+) -> str:
+    result = bench_failover(base, runs, progress, compare)
     return json.dumps(result, indent=2) if as_json else render_failover(result)
