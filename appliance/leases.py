@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from appliance.dataplane.nft import DataPlane
 from appliance.metrics import Metrics
-from appliance.model import Assignment, IPAddress, LeaseRenewal
+from appliance.model import Assignment, ChangeReason, IPAddress, LeaseRenewal
 from raft.cluster import RaftCluster, SubmitError
 from raft.ownership import Liveness, lease_deadline, plan_assignments
 from raft.timing import TimingProfile
@@ -163,17 +163,20 @@ class OwnershipLoops:
                 alive,
                 time.time(),
                 liveness.marks(),
+                {n: liveness.age(n, now) for n in self.members},
             )
             if decision is None:
                 continue
             for vip, placement in decision.placements.items():
                 before = state.assignments.get(vip)
                 log.info(
-                    "assign %s: %s -> %s%s (alive: %s)",
+                    "assign %s: %s -> %s%s (%s%s; alive: %s)",
                     vip,
                     before.node if before else None,
                     placement.node,
                     f", releasing {placement.releasing}" if placement.releasing else "",
+                    placement.reason,
+                    f", not renewed for {placement.dead_for:.3f}s" if placement.dead_for else "",
                     ", ".join(sorted(alive)),
                 )
             try:
@@ -214,14 +217,7 @@ class OwnershipLoops:
             self.dataplane.sync(state.services.values(), _addresses(vips | self.held))
         if vips != self.held or until != self.valid_until:
             for vip in sorted(vips - self.held):
-                a = state.assignments[vip]
-                self.takeovers += 1
-                lag = (
-                    f", {1000 * (time.time() - a.since):.0f} ms after the decision"
-                    if a.since
-                    else ""
-                )
-                log.info("took %s (epoch %d)%s", vip, a.epoch, lag)
+                self._took(state.assignments[vip])
             for vip in sorted(self.held - vips):
                 reason = "lease lapsed" if not until else "assigned elsewhere"
                 log.info("released %s (%s)", vip, reason)
@@ -238,6 +234,31 @@ class OwnershipLoops:
         if acks:
             self._acked.update((vip, state.assignments[vip].epoch) for vip in acks)
             self._fire({"v": 1, "type": "vips.released", "node": self.me, "vips": acks}, 1.0)
+
+    def _took(self, a: Assignment) -> None:
+        """Log and count a VIP this node starts answering for."""
+        self.takeovers += 1
+        reason = str(a.reason or "unknown")
+        self.metrics.takeovers.labels(reason).inc()
+        lag = time.time() - a.since if a.since else None
+        if a.reason == ChangeReason.DEAD and a.dead_for is not None and lag is not None:
+            total = a.dead_for + max(0.0, lag)
+            self.metrics.failover_seconds.observe(total)
+            log.warning(
+                "failover: took %s (epoch %d) from %s, which stopped renewing: answering %.0f "
+                "ms after its last renewal was seen (%.0f ms to declare it dead, %.0f ms to "
+                "take over)",
+                a.vip,
+                a.epoch,
+                a.previous,
+                1000 * total,
+                1000 * a.dead_for,
+                1000 * lag,
+            )
+            return
+        after = f", {1000 * lag:.0f} ms after the decision" if lag is not None else ""
+        origin = f" from {a.previous}" if a.previous else ""
+        log.info("took %s (epoch %d, %s%s)%s", a.vip, a.epoch, reason, origin, after)
 
     def lease_ages(self) -> dict[str, float | None]:
         """Seconds since this node last saw each member's renewal change (its own clock)."""

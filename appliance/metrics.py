@@ -91,6 +91,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.takeovers = Counter(
+            "raftlb_vip_takeovers_total",
+            "VIPs this node started answering for, by why they changed owner",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.failover_seconds = Histogram(
+            "raftlb_failover_seconds",
+            "VIPs taken over from a dead owner: from the last renewal the leader saw of the "
+            "old owner to this node answering",
+            buckets=(0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10),
+            registry=self.registry,
+        )
+
     async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
         started = time.monotonic()
         try:

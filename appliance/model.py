@@ -404,6 +404,17 @@ class NodeInfo(_Frozen):
     vips: int = Field(default=0, description="VIPs the committed assignment gives it")
 
 
+class ChangeReason(StrEnum):
+    """Why a VIP changed owner: its owner stopped renewing (a failover), a drain or rebalance
+    (break-before-make), a new VIP, or a VIP whose services are gone."""
+
+    DEAD = "dead"
+    DRAIN = "drain"
+    REBALANCE = "rebalance"
+    NEW = "new"
+    REMOVED = "removed"
+
+
 class Assignment(_Frozen):
     """Which node owns a VIP, and the epoch raised on every change of owner.
 
@@ -416,6 +427,12 @@ class Assignment(_Frozen):
     epoch: int = Field(ge=0)
     releasing: Name | None = None
     since: float | None = Field(default=None, description="unix time of the last change")
+    previous: Name | None = Field(default=None, description="the owner before the last change")
+    reason: ChangeReason | None = Field(default=None, description="why it last changed owner")
+    dead_for: float | None = Field(
+        default=None,
+        description="for reason dead: seconds the leader had not seen the old owner renew",
+    )
 
 
 class LeaseRenewal(_Frozen):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from appliance.model import (
     AllocationRequest,
+    ChangeReason,
     LeaseRenewal,
     MemberReport,
     Name,
@@ -78,6 +79,8 @@ class Placement(BaseModel):
 
     node: Name | None
     releasing: Name | None = None
+    reason: ChangeReason | None = None
+    dead_for: float | None = Field(default=None, ge=0)
 
 
 class AssignVips(_Command):

@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from appliance.model import Assignment, LeaseRenewal, Service
+from appliance.model import Assignment, ChangeReason, LeaseRenewal, Service
 from raft.commands import AssignVips, CommandError, Placement
 from raft.scheduler import NodeFacts, VipDemand, schedule
 
@@ -82,14 +82,26 @@ def apply_assign(
                 refused.append(vip)
                 continue
         epoch = (current.epoch if current else 0) + (old_node != placement.node)
+        if old_node != placement.node:
+            # The record of the last change; the second half of a planned move keeps the node
+            # it came from.
+            previous = old_node or (current.releasing or current.previous if current else None)
+            change = {
+                "since": command.at,
+                "previous": previous,
+                "reason": placement.reason,
+                "dead_for": placement.dead_for,
+            }
+        else:
+            keep = current or Assignment(vip=vip, node=None, epoch=0)
+            change = {
+                "since": keep.since,
+                "previous": keep.previous,
+                "reason": keep.reason,
+                "dead_for": keep.dead_for,
+            }
         assignments[vip] = Assignment(
-            vip=vip,
-            node=placement.node,
-            epoch=epoch,
-            releasing=placement.releasing,
-            since=command.at
-            if old_node != placement.node
-            else (current.since if current else None),
+            vip=vip, node=placement.node, epoch=epoch, releasing=placement.releasing, **change
         )
         changed.append(vip)
     return {"changed": changed, "refused": refused}
@@ -169,8 +181,14 @@ def plan_assignments(
     alive: set[str],
     at: float,
     based_on: Mapping[str, tuple[int, int]],
+    ages: Mapping[str, float | None] | None = None,
 ) -> AssignVips | None:
-    """The leader's next decision, or None when the committed assignment is already right."""
+    """The leader's next decision, or None when the committed assignment is already right.
+
+    Each placement says why (`ChangeReason`); taking a VIP from a dead owner also says how long
+    the leader had not seen that owner renew (`ages`, by the leader's clock), so that a
+    failover's duration can be shown and counted.
+    """
     nodes = [NodeFacts(n, alive=n in alive, drained=n in drained) for n in members]
     demands = vip_demands(services)
     previous: dict[str, str | None] = {}
@@ -180,6 +198,10 @@ def plan_assignments(
         previous[vip] = a.node if a.node is not None else None
     target = schedule(nodes, demands, previous)
     placements: dict[str, Placement] = {}
+
+    def moving(node: str) -> ChangeReason:
+        return ChangeReason.DRAIN if node in drained else ChangeReason.REBALANCE
+
     for vip, want in target.items():
         current = assignments.get(vip)
         node = current.node if current else None
@@ -187,16 +209,29 @@ def plan_assignments(
         if node == want and releasing is None:
             continue
         if node is not None and node != want and node in alive:
-            placements[vip] = Placement(node=None, releasing=node)  # break before make
+            # break before make
+            placements[vip] = Placement(node=None, releasing=node, reason=moving(node))
         elif releasing is not None and releasing in alive and releasing != want:
             continue  # wait for the old owner's acknowledgement
+        elif node is not None and node != want:
+            age = (ages or {}).get(node)
+            placements[vip] = Placement(
+                node=want, reason=ChangeReason.DEAD, dead_for=round(age, 4) if age else None
+            )
         elif node != want or releasing is not None:
-            placements[vip] = Placement(node=want)
+            # a new VIP, or the second half of a planned move (the release was acknowledged,
+            # or the releasing node died meanwhile)
+            reason = (current.reason if current else None) or ChangeReason.NEW
+            if releasing is not None and releasing not in alive:
+                reason = ChangeReason.DEAD
+            placements[vip] = Placement(node=want, reason=reason)
     for vip in assignments:
         if vip not in target and (assignments[vip].node or assignments[vip].releasing):
             holder = assignments[vip].node
             placements[vip] = (
-                Placement(node=None, releasing=holder) if holder in alive else Placement(node=None)
+                Placement(node=None, releasing=holder, reason=ChangeReason.REMOVED)
+                if holder in alive
+                else Placement(node=None, reason=ChangeReason.REMOVED)
             )
     if not placements:
         return None

@@ -69,6 +69,9 @@ def vips_view(state: ClusterState) -> list[dict[str, Any]]:
                 "epoch": assignment.epoch if assignment else None,
                 "since": assignment.since if assignment else None,
                 "releasing": assignment.releasing if assignment else None,
+                "previous": assignment.previous if assignment else None,
+                "reason": str(assignment.reason) if assignment and assignment.reason else None,
+                "dead_for": assignment.dead_for if assignment else None,
             }
         )
     return out

@@ -5,6 +5,7 @@ Nothing here talks to the API or prints; the commands do. Missing values show as
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -204,7 +205,19 @@ def service_view(service: Service, allocation: Allocation | None = None) -> Grou
 
 def vips_table(vips: list[dict[str, Any]]) -> Table:
     """`raftlb vips`: each allocated address, who holds it, on which ports, owned by which node."""
-    table = _table("ADDRESS", "POOL", "ANNOUNCE", "OWNERS", "PORTS", "SHARING KEY", "NODE", "EPOCH")
+    table = _table(
+        "ADDRESS",
+        "POOL",
+        "ANNOUNCE",
+        "OWNERS",
+        "PORTS",
+        "SHARING KEY",
+        "NODE",
+        "EPOCH",
+        "SINCE",
+        "LAST CHANGE",
+    )
+    now = time.time()
     for vip in vips:
         _add(
             table,
@@ -216,5 +229,32 @@ def vips_table(vips: list[dict[str, Any]]) -> Table:
             _text(vip.get("sharing_key")),
             _text(vip.get("node")),
             _text(vip.get("epoch")),
+            _since(vip.get("since"), now),
+            _last_change(vip),
         )
     return table
+
+
+def _since(at: Any, now: float) -> str:
+    if not isinstance(at, int | float):
+        return "-"
+    ago = max(0.0, now - at)
+    return (
+        f"{ago:.0f}s ago" if ago < 120 else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    )
+
+
+def _last_change(vip: dict[str, Any]) -> str:
+    """Why the VIP last changed owner; for a failover, how long its old owner was silent."""
+    reason = vip.get("reason")
+    if not reason:
+        return "-"
+    text = str(reason)
+    if vip.get("previous"):
+        text += f" (from {vip['previous']}"
+        if reason == "dead" and isinstance(vip.get("dead_for"), int | float):
+            text += f", silent {1000 * vip['dead_for']:.0f} ms"
+        text += ")"
+    if vip.get("releasing"):
+        text += f", releasing on {vip['releasing']}"
+    return text

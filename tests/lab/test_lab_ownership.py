@@ -15,6 +15,7 @@ import json
 import time
 
 import pytest
+import requests
 
 from appliance.lab import topology
 from appliance.lab.neighask import NeighbourAsker, Reply, double_answers, reply_runs
@@ -129,6 +130,18 @@ def neigh_mac(lab: NetLab, vip: str) -> str | None:
     return entries[0].get("lladdr") if entries else None
 
 
+def metrics_text(lab: NetLab, node: str) -> str:
+    def get() -> str:
+        headers = {"Authorization": f"Bearer {lab.token()}"}
+        return requests.get(f"{lab.api_url(node)}/metrics", headers=headers, timeout=2).text
+
+    thread = lab.in_ns("client")
+    try:
+        return thread.run(get)
+    finally:
+        thread.close()
+
+
 def wait_entry(lab: NetLab, vip: str, mac: str, what: str) -> None:
     wait_for(lambda: neigh_mac(lab, vip) == mac or None, 5.0, what)
 
@@ -160,6 +173,17 @@ def test_takeover_moves_the_clients_neighbour_entry_to_the_new_owner(make_lab: M
         # can move the entry.
         wait_entry(lab, vip, by_name[new], f"the client's entry for {vip} to carry {new}'s MAC")
     print(f"kill -9 of {victim}: client entries moved {time.monotonic() - killed:.2f}s later")
+
+    # The failover is visible: in `raftlb vips` (reason, from where, how long the owner was
+    # silent), in the new owner's log and in its /metrics.
+    new = wait_owner(lab, vip4, survivors, not_on=(victim,))
+    entry = next(v for v in lab.api(new, "GET", "/v1/vips") if v["address"] == vip4)
+    assert (entry["reason"], entry["previous"]) == ("dead", victim), entry
+    assert 0.5 < entry["dead_for"] < 5.0, entry
+    assert "failover: took " + vip4 in lab.log_path(f"agent-{new}").read_text()
+    metrics = metrics_text(lab, new)
+    assert 'raftlb_vip_takeovers_total{reason="dead"} 1.0' in metrics
+    assert "raftlb_failover_seconds_count 1.0" in metrics
 
 
 # --- no two owners, ever ---------------------------------------------------------------------

@@ -415,6 +415,9 @@ async def test_vips_show_shared_addresses(api: TestClient[Any, Any]) -> None:
             "epoch": None,
             "since": None,
             "releasing": None,
+            "previous": None,
+            "reason": None,
+            "dead_for": None,
         },
         {
             "address": "192.0.2.11",
@@ -428,6 +431,9 @@ async def test_vips_show_shared_addresses(api: TestClient[Any, Any]) -> None:
             "epoch": None,
             "since": None,
             "releasing": None,
+            "previous": None,
+            "reason": None,
+            "dead_for": None,
         },
     ]
 

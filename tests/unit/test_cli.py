@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -293,8 +294,8 @@ def test_vips(raftlb: Run, populated: None) -> None:
     result = raftlb("vips")
     assert result.exit_code == 0
     out = lines(result.stdout)
-    assert "192.0.2.10 web l2 prod/default/web 80/tcp, 443/tcp - - -" in out
-    assert "192.0.2.11 web l2 prod/default/dns 53/udp [red]shared - -" in out
+    assert "192.0.2.10 web l2 prod/default/web 80/tcp, 443/tcp - - - - -" in out
+    assert "192.0.2.11 web l2 prod/default/dns 53/udp [red]shared - - - -" in out
     data = json.loads(raftlb("--json", "vips").stdout)
     assert [v["address"] for v in data] == ["192.0.2.10", "192.0.2.11"]
 
@@ -499,3 +500,24 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     commands = set(re.findall(r"^  (\S+)", result.stdout.split("Commands:")[1], re.M))
     assert {"agent", "config", "status", "nodes", "pools", "services", "vips"} <= commands
+
+
+def test_vips_table_shows_the_last_change_of_owner() -> None:
+    from rich.console import Console
+
+    from appliance.cli.render import vips_table
+
+    vip = {
+        "address": "192.0.2.200",
+        "node": "n3",
+        "epoch": 4,
+        "since": time.time() - 5,
+        "previous": "n1",
+        "reason": "dead",
+        "dead_for": 0.842,
+    }
+    console = Console(width=250, record=True)
+    console.print(vips_table([vip, {**vip, "reason": "drain", "dead_for": None}]))
+    text = " ".join(console.export_text().split())
+    assert "n3 4 5s ago dead (from n1, silent 842 ms)" in text
+    assert "drain (from n1)" in text

@@ -141,6 +141,48 @@ def test_plan_moves_a_live_owner_break_before_make_and_a_dead_one_directly() -> 
     assert dead.placements[VIP].node not in (None, owner)
 
 
+def apply_plan(state: ClusterState, members: list[str], **kw: Any) -> dict[str, Any]:
+    decision = plan_assignments(
+        members,
+        kw.get("drained", set()),
+        state.services,
+        state.assignments,
+        kw.get("alive", set(members)),
+        kw.get("at", 1.0),
+        {},
+        kw.get("ages"),
+    )
+    assert decision is not None
+    state.apply({"v": 1, **decision.model_dump(mode="json")})
+    return decision.model_dump(mode="json")["placements"]
+
+
+def test_every_change_of_owner_says_why_and_from_where() -> None:
+    state = with_service()
+    members = ["n1", "n2", "n3"]
+    apply_plan(state, members)
+    first = state.assignments[VIP]
+    assert (first.reason, first.previous, first.since) == ("new", None, 1.0)
+    owner = str(first.node)
+    # A drain: release (reason drain), acknowledge, then give it to another node (still drain,
+    # and still from the drained node).
+    apply_plan(state, members, drained={owner}, at=2.0)
+    assert (state.assignments[VIP].reason, state.assignments[VIP].previous) == ("drain", owner)
+    ok(state, {"type": "vips.released", "node": owner, "vips": [VIP]})
+    apply_plan(state, members, drained={owner}, at=3.0)
+    moved = state.assignments[VIP]
+    assert moved.node not in (None, owner)
+    assert (moved.reason, moved.previous, moved.since) == ("drain", owner, 3.0)
+    # Its owner dies: a failover, with how long the leader had not seen it renew.
+    dead = str(moved.node)
+    alive = set(members) - {dead}
+    placements = apply_plan(state, members, drained={owner}, alive=alive, ages={dead: 0.84}, at=4.0)
+    assert placements[VIP]["reason"] == "dead"
+    after = state.assignments[VIP]
+    assert (after.reason, after.previous, after.dead_for, after.since) == ("dead", dead, 0.84, 4.0)
+    assert after.epoch == moved.epoch + 1
+
+
 def test_plan_honours_service_node_constraints() -> None:
     state = with_service(nodes=["n3"])
     decision = plan_assignments(
