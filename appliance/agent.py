@@ -17,7 +17,6 @@ import ssl
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,11 +26,13 @@ from appliance.api.app import ApiContext, build_app
 from appliance.config import (
     AgentConfig,
     check_host,
+    firewall,
     pool_checker,
     read_secret,
     split_host_port,
 )
-from appliance.dataplane.nft import DataPlane, NftApplier
+from appliance.dataplane.nft import DataPlane, NftApplier, set_forwarding_sysctls
+from appliance.health import HealthChecker
 from appliance.leases import Announcer, NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import MemberReport, format_field_errors
@@ -201,32 +202,6 @@ async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
         return
 
 
-# What a forwarding node needs: routing on, and no ICMP redirects telling clients to go to a
-# backend directly (they would bypass the VIP's NAT).
-FORWARDING_SYSCTLS = {
-    "net/ipv4/ip_forward": "1",
-    "net/ipv6/conf/all/forwarding": "1",
-    "net/ipv4/conf/all/send_redirects": "0",
-    "net/ipv4/conf/default/send_redirects": "0",
-}
-
-
-def set_forwarding_sysctls(root: Path = Path("/proc/sys")) -> list[str]:
-    """Set FORWARDING_SYSCTLS; the problems, each saying what to do."""
-    problems = []
-    for key, value in FORWARDING_SYSCTLS.items():
-        path = root / key
-        try:
-            if path.read_text().strip() != value:
-                path.write_text(value)
-        except OSError as exc:
-            problems.append(
-                f"cannot set {key.replace('/', '.')}={value} ({exc.strerror}): forwarding through "
-                f"this node may fail; set it with sysctl -w {key.replace('/', '.')}={value}"
-            )
-    return problems
-
-
 def build_announcer(config: AgentConfig) -> Announcer:
     """The announcer `announce:` asks for, opened on the data interface."""
     if config.announce != "l2" or config.data_interface is None:
@@ -249,11 +224,15 @@ def build_announcer(config: AgentConfig) -> Announcer:
 async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     """Run the API and the node's loops until SIGTERM/SIGINT."""
     metrics = Metrics(cluster)
-    dataplane = None
+    dataplane = health = None
     if config.forward == "nftables":
         for problem in set_forwarding_sysctls():
             log.warning("%s", problem)
-        dataplane = DataPlane(NftApplier())
+        health = HealthChecker()
+        rules, notes = firewall(config)
+        for note in notes:
+            log.warning("firewall: %s", note)
+        dataplane = DataPlane(NftApplier(), health, rules)
     loops = OwnershipLoops(
         cluster,
         metrics,
@@ -261,7 +240,10 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         config.timing_profile(),
         build_announcer(config),
         dataplane,
+        health,
     )
+    if health is not None:
+        health.on_change = loops.wake  # a backend up or down: re-render now
     ctx = ApiContext(
         cluster=cluster,
         metrics=metrics,
@@ -271,6 +253,8 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         write_timeout=config.api.write_timeout,
         lease_ages=loops.lease_ages,
         pool_check=pool_checker(config),
+        backend_health=health.of_service if health is not None else None,
+        dataplane_status=dataplane.status if dataplane is not None else None,
     )
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
     await runner.setup()
@@ -312,6 +296,8 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         loops.announcer.close()
+        if health is not None:
+            await health.close()
         await runner.cleanup()
 
 

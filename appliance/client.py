@@ -204,7 +204,13 @@ class ApiClient:
         return _parse(_SERVICES, self._request("GET", "/v1/services"))
 
     def service(self, service_id: str) -> Service:
-        return _parse(Service, self._request("GET", f"/v1/services/{service_path(service_id)}"))
+        return self.service_with_health(service_id)[0]
+
+    def service_with_health(self, service_id: str) -> tuple[Service, dict[str, Any] | None]:
+        """The service, and the answering node's view of its backends' health (if it checks)."""
+        data = self._request("GET", f"/v1/services/{service_path(service_id)}")
+        health = data.pop("health", None) if isinstance(data, dict) else None
+        return _parse(Service, data), health if isinstance(health, dict) else None
 
     def allocations(self) -> list[Allocation]:
         return _parse(_ALLOCATIONS, self._request("GET", "/v1/allocations"))

@@ -17,6 +17,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from announce.interfaces import InterfaceError, interface_networks
+from appliance.dataplane.render import Firewall
 from appliance.model import AnnounceMode, Name, Pool, ServiceSpec, field_errors
 from raft.timing import PROFILES, TimingProfile
 
@@ -79,6 +80,11 @@ class ApiConfig(_Strict):
     tls: TlsConfig | None = None
     url: str | None = Field(default=None, description="URL other nodes and the CLI use")
     write_timeout: float = Field(default=5.0, ge=0.2, le=120, description="seconds")
+    allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = Field(
+        default=None,
+        description="networks whose clients may reach the API besides the peers (with "
+        "forward: nftables); omitted: every client",
+    )
 
     def public_url(self) -> str:
         if self.url:
@@ -144,6 +150,26 @@ class AgentConfig(_Strict):
 
 def _err(field: str, value: Any, message: str) -> dict[str, Any]:
     return {"field": field, "value": value, "message": message}
+
+
+def firewall(config: AgentConfig) -> tuple[Firewall | None, list[str]]:
+    """The appliance's own firewall for this config, and why parts of it are left out."""
+    notes = []
+    peers = []
+    for peer in config.raft.peers:
+        host, _ = split_host_port(peer.address)
+        try:
+            peers.append(ipaddress.ip_address(host))
+        except ValueError:
+            notes.append(f"peer {peer.id} is named by host name {host!r}, not an address")
+    if notes:
+        return None, [*notes, "the Raft and API ports are left unfiltered: use addresses"]
+    _, raft_port = split_host_port(config.raft.bind or config.raft.address)
+    _, api_port = split_host_port(config.api.listen)
+    allow = tuple(config.api.allow) if config.api.allow is not None else None
+    if allow is None:
+        notes.append("the API is reachable from every client: set api.allow to restrict it")
+    return Firewall(raft_port, api_port, tuple(peers), allow), notes
 
 
 def cross_checks(config: AgentConfig) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from appliance.dataplane.nft import DataPlane
+from appliance.health import HealthChecker
 from appliance.metrics import Metrics
 from appliance.model import Assignment, ChangeReason, IPAddress, LeaseRenewal
 from raft.cluster import RaftCluster, SubmitError
@@ -83,6 +84,7 @@ class OwnershipLoops:
         timing: TimingProfile,
         announcer: Announcer,
         dataplane: DataPlane | None = None,
+        health: HealthChecker | None = None,
     ) -> None:
         self.cluster = cluster
         self.metrics = metrics
@@ -91,6 +93,7 @@ class OwnershipLoops:
         self.timing = timing
         self.announcer = announcer
         self.dataplane = dataplane
+        self.health = health
         self.incarnation = time.time_ns() // 1000
         self.seq = 0
         self.held: frozenset[str] = frozenset()
@@ -212,6 +215,8 @@ class OwnershipLoops:
         vips, until = desired_vips(
             state.assignments, state.renewals, self.me, self.incarnation, self.timing.lease, now
         )
+        if self.health is not None:
+            self.health.update(state.services)
         if self.dataplane is not None:
             # Rules for a gained VIP are in place before it is announced.
             self.dataplane.sync(state.services.values(), _addresses(vips | self.held))

@@ -58,6 +58,9 @@ class ApiContext:
     # Problems of pools this node cannot serve (layer-2 pools off its data segment), as field
     # errors under a prefix; None when the node checks nothing (announce: none).
     pool_check: Callable[[list[Pool], str], list[dict[str, Any]]] | None = None
+    # This node's view of a service's backends (appliance.health), None when it checks none.
+    backend_health: Callable[[str], list[dict[str, Any]]] | None = None
+    dataplane_status: Callable[[], dict[str, Any]] | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -171,6 +174,7 @@ async def get_status(request: web.Request) -> web.Response:
     view = status_view(
         ctx.cluster.view(), ctx.cluster.status(), ctx.peers, ctx.version, time.time(), ages
     )
+    view["dataplane"] = ctx.dataplane_status() if ctx.dataplane_status else {"forward": "none"}
     return web.json_response(view)
 
 
@@ -258,7 +262,11 @@ async def get_service(request: web.Request) -> web.Response:
     service = _ctx(request).cluster.view().services.get(service_id)
     if service is None:
         raise ApiError(404, "not_found", f"service {service_id!r} does not exist")
-    return web.json_response(service.model_dump(mode="json"))
+    body = service.model_dump(mode="json")
+    ctx = _ctx(request)
+    if ctx.backend_health is not None:
+        body["health"] = {"node": ctx.cluster.node_id, "backends": ctx.backend_health(service_id)}
+    return web.json_response(body)
 
 
 async def put_service(request: web.Request) -> web.Response:

@@ -77,8 +77,20 @@ def status_view(status: dict[str, Any]) -> Table:
             ("services", _text(status.get("services"))),
             ("allocations", _text(status.get("allocations"))),
             ("vips", _text(status.get("vips"))),
+            ("data plane", _dataplane(status.get("dataplane"))),
         ]
     )
+
+
+def _dataplane(plane: Any) -> str:
+    if not isinstance(plane, dict) or plane.get("forward") != "nftables":
+        return "not forwarding (forward: none)"
+    parts = [f"nftables, {plane.get('loads', 0)} ruleset load(s)"]
+    if plane.get("sysctl_problems"):
+        parts.append("[red]WRONG sysctls: " + ", ".join(plane["sysctl_problems"]))
+    if plane.get("last_error"):
+        parts.append(f"[red]last load failed: {plane['last_error']}")
+    return "; ".join(parts)
 
 
 def nodes_table(nodes: list[NodeInfo]) -> Table:
@@ -157,8 +169,11 @@ def services_table(services: list[Service], allocations: list[Allocation] | None
     return table
 
 
-def service_view(service: Service, allocation: Allocation | None = None) -> Group:
-    """`raftlb services get ID`: the whole spec, then one row per port and backend."""
+def service_view(
+    service: Service, allocation: Allocation | None = None, health: dict[str, Any] | None = None
+) -> Group:
+    """`raftlb services get ID`: the whole spec, then one row per port and backend, with the
+    backend's health as the answering node sees it."""
     spec = service.spec
     check = spec.health_check
     if check.type == "none":
@@ -183,11 +198,15 @@ def service_view(service: Service, allocation: Allocation | None = None) -> Grou
             ("nodes", ", ".join(spec.nodes) if spec.nodes else "any"),
         ]
     )
-    ports = _table("PORT", "NAME", "BACKEND", "WEIGHT", "NODE")
+    checked = {
+        (str(b.get("address")), b.get("port")): b for b in (health or {}).get("backends", [])
+    }
+    now = time.time()
+    ports = _table("PORT", "NAME", "BACKEND", "WEIGHT", "NODE", "HEALTH")
     for port in spec.ports:
         key = f"{port.port}/{port.protocol}"
         if not port.backends:
-            _add(ports, key, _text(port.name), "(none)", "-", "-")
+            _add(ports, key, _text(port.name), "(none)", "-", "-", "-")
         for backend in port.backends:
             address = (
                 f"[{backend.address}]" if backend.address.version == 6 else str(backend.address)
@@ -199,8 +218,19 @@ def service_view(service: Service, allocation: Allocation | None = None) -> Grou
                 f"{address}:{backend.port}",
                 str(backend.weight),
                 _text(backend.node),
+                _health(checked.get((str(backend.address), backend.port)), now),
             )
-    return Group(grid, "", ports)
+    seen_by = f"health as seen by {health['node']}" if health and health.get("node") else ""
+    return Group(grid, "", ports, seen_by) if seen_by else Group(grid, "", ports)
+
+
+def _health(track: dict[str, Any] | None, now: float) -> str:
+    if track is None:
+        return "-"
+    state = "up" if track.get("healthy") else "[red]DOWN"
+    last = track.get("last_check")
+    when = f", checked {now - last:.1f}s ago" if isinstance(last, int | float) else ""
+    return f"{state} ({track.get('reason', '')}{when})"
 
 
 def vips_table(vips: list[dict[str, Any]]) -> Table:

@@ -180,14 +180,15 @@ def services_list(cli_ctx: CliContext) -> None:
 @click.argument("service_id", metavar="ID")
 @pass_cli
 def services_get(cli_ctx: CliContext, service_id: str) -> None:
-    """Show one service (ID like cluster/namespace/name): spec, address, ports and backends."""
+    """Show one service (ID like cluster/namespace/name): spec, address, ports, backends and
+    their health as the answering node sees it."""
     with cli_ctx.api_client() as client:
-        service = client.service(service_id)
+        service, health = client.service_with_health(service_id)
         allocation = next((a for a in client.allocations() if a.owner == service_id), None)
     if cli_ctx.as_json:
-        cli_ctx.print_json(service.model_dump(mode="json"))
+        cli_ctx.print_json({**service.model_dump(mode="json"), "health": health})
     else:
-        cli_ctx.print(render.service_view(service, allocation))
+        cli_ctx.print(render.service_view(service, allocation, health))
 
 
 @services.command("apply")

@@ -13,11 +13,53 @@ import logging
 import subprocess
 import time
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
 
-from appliance.dataplane.render import TABLE, Healthy, digest_of, forwards, removal, render
-from appliance.model import IPAddress, Service
+from appliance.dataplane.render import TABLE, Firewall, digest_of, forwards, removal, render
+from appliance.model import Backend, IPAddress, Service
 
 log = logging.getLogger("raftlb.dataplane")
+
+
+# What a forwarding node needs: routing on, and no ICMP redirects telling clients to go to a
+# backend directly (they would bypass the VIP's NAT).
+FORWARDING_SYSCTLS = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv6/conf/all/forwarding": "1",
+    "net/ipv4/conf/all/send_redirects": "0",
+    "net/ipv4/conf/default/send_redirects": "0",
+}
+
+
+def sysctl_problems(root: Path = Path("/proc/sys")) -> list[str]:
+    """The forwarding sysctls that are not as they must be, as `name=value (want W)`."""
+    wrong = []
+    for key, value in FORWARDING_SYSCTLS.items():
+        try:
+            now = (root / key).read_text().strip()
+        except OSError:
+            now = "unreadable"
+        if now != value:
+            wrong.append(f"{key.replace('/', '.')}={now} (want {value})")
+    return wrong
+
+
+def set_forwarding_sysctls(root: Path = Path("/proc/sys")) -> list[str]:
+    """Set FORWARDING_SYSCTLS; the problems, each saying what to do."""
+    problems = []
+    for key, value in FORWARDING_SYSCTLS.items():
+        path = root / key
+        try:
+            if path.read_text().strip() != value:
+                path.write_text(value)
+        except OSError as exc:
+            name = key.replace("/", ".")
+            problems.append(
+                f"cannot set {name}={value} ({exc.strerror}): forwarding through this node "
+                f"may fail; set it with sysctl -w {name}={value}"
+            )
+    return problems
 
 
 class NftError(Exception):
@@ -76,13 +118,23 @@ class NftApplier:
         self.loaded = None
 
 
-class DataPlane:
-    """Keeps the forwarding rules equal to (services, held VIPs, health)."""
+class Health(Protocol):
+    """What the data plane needs of the health checker (appliance.health)."""
 
-    def __init__(self, applier: NftApplier, healthy: Healthy | None = None) -> None:
+    version: int
+
+    def healthy(self, service_id: str, backend: Backend) -> bool: ...
+
+
+class DataPlane:
+    """Keeps the forwarding rules equal to (services, held VIPs, backend health)."""
+
+    def __init__(
+        self, applier: NftApplier, health: Health | None = None, firewall: Firewall | None = None
+    ) -> None:
         self.applier = applier
-        self.healthy = healthy
-        self.health_version = 0  # bumped by the health checker when a backend changes state
+        self.health = health
+        self.firewall = firewall
         self._key: tuple[frozenset[IPAddress], tuple[Service, ...], int] | None = None
         self.errors = 0
         self.last_error: str | None = None
@@ -90,7 +142,7 @@ class DataPlane:
     def sync(self, services: Iterable[Service], held: Iterable[IPAddress]) -> None:
         vips = frozenset(held)
         mine = tuple(s for s in services if s.address in vips)
-        key = (vips, mine, self.health_version)
+        key = (vips, mine, self.health.version if self.health else 0)
         old = self._key
         if (
             old is not None
@@ -100,7 +152,8 @@ class DataPlane:
             and all(a is b for a, b in zip(old[1], mine, strict=True))
         ):
             return  # same objects: the models are frozen, so the same rules
-        text = render(forwards(mine, vips, self.healthy), self.applier.table)
+        healthy = self.health.healthy if self.health else None
+        text = render(forwards(mine, vips, healthy), self.applier.table, self.firewall)
         try:
             if self.applier.apply(text):
                 log.info(
@@ -117,6 +170,16 @@ class DataPlane:
             return  # key not stored: the next sync tries again
         self.last_error = None
         self._key = key
+
+    def status(self) -> dict[str, object]:
+        """For `raftlb status`: the sysctls forwarding needs, and how loading rules went."""
+        return {
+            "forward": "nftables",
+            "sysctl_problems": sysctl_problems(),
+            "loads": self.applier.loads,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
 
     def stop(self) -> None:
         try:

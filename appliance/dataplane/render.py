@@ -16,6 +16,7 @@ One table, `inet raftlb`, owned by raftlb and replaced whole (`nft -f` of this t
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +48,18 @@ class Forward:
 
 
 Healthy = Callable[[str, Backend], bool]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Firewall:
+    """The appliance's own ports: Raft only from the peers, the API only from the peers and
+    `api_clients` (None: from anywhere). Loopback is always allowed."""
+
+    raft_port: int
+    api_port: int
+    peers: tuple[IPAddress, ...]
+    api_clients: tuple[Network, ...] | None = None
 
 
 def forwards(
@@ -121,7 +134,31 @@ def _set(name: str, kind: str, members: Sequence[IPAddress]) -> list[str]:
     return [*lines, "\t}"]
 
 
-def render(forward_list: Iterable[Forward], table: str = TABLE) -> str:
+def _firewall(fw: Firewall) -> list[str]:
+    peers4 = [str(p) for p in fw.peers if p.version == 4]
+    peers6 = [str(p) for p in fw.peers if p.version == 6]
+    lines = [
+        "\tchain input {",
+        "\t\ttype filter hook input priority filter; policy accept;",
+        '\t\tiif "lo" accept',
+    ]
+    for port, extra in ((fw.raft_port, None), (fw.api_port, fw.api_clients)):
+        if port == fw.api_port and extra is None:
+            continue  # the API is open to every client
+        allowed4 = peers4 + [str(n) for n in extra or () if n.version == 4]
+        allowed6 = peers6 + [str(n) for n in extra or () if n.version == 6]
+        if allowed4:
+            lines.append(f"\t\ttcp dport {port} ip saddr {{ {', '.join(allowed4)} }} accept")
+        if allowed6:
+            lines.append(f"\t\ttcp dport {port} ip6 saddr {{ {', '.join(allowed6)} }} accept")
+        what = "raft: peers only" if port == fw.raft_port else "api: peers and api.allow"
+        lines.append(f'\t\ttcp dport {port} reject with tcp reset comment "{what}"')
+    return [*lines, "\t}"]
+
+
+def render(
+    forward_list: Iterable[Forward], table: str = TABLE, firewall: Firewall | None = None
+) -> str:
     """The whole table as an `nft -f` file that replaces any previous version atomically."""
     items = list(forward_list)
     vips = sorted({f.vip for f in items}, key=lambda a: (a.version, int(a)))
@@ -151,6 +188,7 @@ def render(forward_list: Iterable[Forward], table: str = TABLE) -> str:
         "\t\tip6 daddr @vips6 meta l4proto tcp reject with tcp reset",
         "\t\tip6 daddr @vips6 reject",
         "\t}",
+        *(_firewall(firewall) if firewall is not None else []),
         "\tchain postrouting {",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
         "\t\tct status dnat ct original ip daddr @vips4 masquerade",

@@ -2,18 +2,20 @@
 
 It builds a lab, applies a pool and a service through the CLI inside the client namespace, shows
 client traffic measured by the prober, crashes the node that matters and shows what happened,
-then removes everything (also on Ctrl-C or failure). It grows as the product does: today the
-node that matters is the Raft leader; with VIP ownership it becomes the VIP's owner.
+then removes everything (also on Ctrl-C or failure). The node that matters is the VIP's owner:
+the demo cuts it off the network and shows the client's traffic move to the new owner.
 """
 
 from __future__ import annotations
 
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from appliance.lab.bench import run_prober
 from appliance.lab.netlab import LabError, NetLab
-from appliance.lab.outage import parse_samples, summary_line
+from appliance.lab.outage import backends_seen, mac_changes, macs_seen, summary_line
+from appliance.lab.prober import read_samples
 
 POOL_YAML = """\
 pools:
@@ -44,30 +46,33 @@ def _service_yaml(lab: NetLab) -> str:
     )
 
 
-def _probe(lab: NetLab, target: str, seconds: float) -> str:
-    out = lab.dir / f"probe-{time.monotonic_ns()}.jsonl"
-    lab.exec(
-        "client",
-        [
-            sys.executable,
-            "-m",
-            "appliance.lab.prober",
-            "--target",
-            target,
-            "--port",
-            "80",
-            "--proto",
-            "http",
-            "--duration",
-            str(seconds),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
+def _probe(
+    lab: NetLab, target: str, seconds: float, during: Callable[[], None] | None = None
+) -> str:
+    """Run the prober in the client (calling `during` meanwhile) and describe what it saw."""
+    out = run_prober(lab, f"demo-{time.monotonic_ns()}", target, "http", seconds, during)
+    samples = read_samples(out)
+    backends = ", ".join(f"{b} {n}" for b, n in sorted(backends_seen(samples).items()))
+    macs = {h.interfaces[0].mac: h.name for h in lab.plan.of_kind("node")}
+    moves = [f"{macs.get(c.old, c.old)} -> {macs.get(c.new, c.new)}" for c in mac_changes(samples)]
+    seen = macs_seen(samples)
+    via = ", ".join(macs.get(m.mac, m.mac) for m in seen) or "unknown"
+    return (
+        f"{summary_line(samples)}\nanswered by: {backends or 'nobody'}; the client's neighbour "
+        f"entry for {target} pointed at {via}" + (f" (moved {', '.join(moves)})" if moves else "")
     )
-    samples = parse_samples(out.read_text().splitlines())
-    backends = sorted({s.backend for s in samples if s.backend})
-    return f"{summary_line(samples)}; answered by {', '.join(backends) or 'nobody'}"
+
+
+def _owner(lab: NetLab, vip: str, ask: list[str]) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for node in ask:
+            found = lab.api(node, "GET", "/v1/vips") or []
+            owner = next((v["node"] for v in found if v["address"] == vip), None)
+            if owner:
+                return str(owner)
+        time.sleep(0.1)
+    raise LabError(f"nobody took {vip} within 30s; see {lab.dir}/logs")
 
 
 def run_demo(base: Path) -> None:
@@ -91,42 +96,43 @@ def run_demo(base: Path) -> None:
         (lab.dir / "service.yaml").write_text(_service_yaml(lab))
         _show(lab, "client", ["raftlb", "pools", "apply", "-f", str(lab.dir / "pool.yaml")])
         _show(lab, "client", ["raftlb", "services", "apply", "-f", str(lab.dir / "service.yaml")])
-        _show(lab, "client", ["raftlb", "status"])
+        vip = str(lab.api(lab.wait_leader(), "GET", "/v1/services/demo/default/web")["address"])
+        owner = _owner(lab, vip, lab.node_names())
+        _show(lab, "client", ["raftlb", "vips"])
 
         _say(
-            "3. Client traffic: the prober sends an HTTP request every 10 ms and records who "
-            "answered. (The VIP is allocated; answering it arrives with VIP ownership, so the "
-            "client talks to a backend directly for now.)"
+            f"3. Client traffic to the VIP {vip}: the prober sends an HTTP request every 10 ms. "
+            f"{owner} owns the VIP: it answers ARP for it and forwards to both backends "
+            "(nftables DNAT)."
         )
-        backend = str(lab.plan.of_kind("backend")[0].ipv4)
-        print(_probe(lab, backend, 2.0), flush=True)
+        print(_probe(lab, vip, 2.0), flush=True)
 
-        leader = lab.wait_leader()
         _say(
-            f"4. Crash the node that matters, the Raft leader {leader}: kill -9 of its agent's "
-            "whole process group."
+            f"4. The node that matters, {owner}, drops off the network (its link is cut), "
+            "while the client keeps sending. Its lease lapses, the Raft leader gives the VIP "
+            "to another node, which announces it (gratuitous ARP)."
         )
-        t0 = time.monotonic()
-        lab.crash(leader, "kill")
-        new = lab.wait_leader(timeout=30, exclude=(leader,))
-        print(
-            f"new leader {new}, agreed by the survivors {time.monotonic() - t0:.2f}s after "
-            "the kill",
-            flush=True,
-        )
-        _show(lab, "client", ["raftlb", "nodes"])
 
-        _say("5. The cluster still takes writes with one node down, and kept every service.")
+        def cut() -> None:
+            time.sleep(1.0)
+            lab.crash(owner, "link")
+
+        print(_probe(lab, vip, 4.0, cut), flush=True)
+        survivors = [n for n in lab.node_names() if n != owner]
+        new = _owner(lab, vip, survivors)
+        api = ["raftlb", "--api", lab.api_url(new)]
+        _show(lab, "client", [*api, "vips"])
+
+        _say("5. The cluster still takes writes with one node gone, and kept every service.")
         (lab.dir / "more.yaml").write_text(
             _service_yaml(lab).replace("demo/default/web", "demo/default/api")
         )
-        api = ["raftlb", "--api", lab.api_url(new)]
         _show(lab, "client", [*api, "services", "apply", "-f", str(lab.dir / "more.yaml")])
         _show(lab, "client", [*api, "services", "list"])
-        _say(f"6. {leader} comes back and rejoins as a follower.")
-        lab.recover(leader, "kill")
+        _say(f"6. {owner} comes back and rejoins; the VIP stays where it is (no flap).")
+        lab.recover(owner, "link")
         lab.wait_leader(timeout=30)
-        time.sleep(1.0)
+        time.sleep(1.5)
         _show(lab, "client", [*api, "nodes"])
     finally:
         _say("7. Remove the lab: processes killed by pid, namespaces and run dir deleted.")

@@ -166,7 +166,7 @@ class NetLab:
             netns.build(lab.plan, progress)
             lab._write_configs(timing)
             for host in lab.plan.of_kind("backend"):
-                lab._start_backend(host.name)
+                lab.start_backend(host.name)
             if router:
                 lab._start_bird()
             if start_agents:
@@ -233,7 +233,7 @@ class NetLab:
         ]
         return self.spawn(f"agent-{node}", node, argv)
 
-    def _start_backend(self, name: str) -> None:
+    def start_backend(self, name: str) -> None:
         self.spawn(
             f"backend-{name}",
             name,

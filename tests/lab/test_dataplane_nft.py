@@ -12,7 +12,7 @@ import pytest
 from pyroute2 import netns as pyroute2_netns
 
 from appliance.dataplane.nft import DataPlane, NftApplier, NftError
-from appliance.dataplane.render import Forward, Target, digest_of, render
+from appliance.dataplane.render import Firewall, Forward, Target, digest_of, render
 from appliance.lab.netns import NsThread
 from appliance.model import Service, ServiceSpec
 
@@ -21,6 +21,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="loads nftables rules in a namespace: needs root"),
 ]
 ip = ipaddress.ip_address
+ip_network = ipaddress.ip_network
 WEB = Forward(ip("192.0.2.200"), "tcp", 80, (Target(ip("192.0.2.51"), 80),), service="a/web")
 
 
@@ -70,6 +71,12 @@ def test_a_restarted_agent_does_not_reload_the_same_rules(ns: NsThread) -> None:
     text = listed(ns)
     assert text.count("table inet raftlb") == 1  # replaced, never duplicated
     assert "192.0.2.201 udp dport 53 reject" in text
+
+
+def test_the_firewall_loads(ns: NsThread) -> None:
+    fw = Firewall(7001, 8080, (ip("192.0.2.11"), ip("2001:db8:1::b")), (ip_network("0.0.0.0/0"),))
+    assert ns.run(NftApplier().apply, render([WEB], firewall=fw)) is True
+    assert "tcp dport 7001 reject with tcp reset" in listed(ns)
 
 
 def test_remove_leaves_no_table_and_tolerates_none(ns: NsThread) -> None:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sys
 import time
 
 import pytest
+import yaml
 
 from appliance.lab import topology
 from appliance.lab.netlab import NetLab
-from appliance.lab.outage import Sample, backends_seen, outages
+from appliance.lab.outage import Sample, backends_seen, outages, summary_line
 from appliance.lab.prober import read_samples
-from tests.lab.labkit import MakeLab
+from appliance.lab.topology import API_PORT, RAFT_PORT
+from tests.lab.labkit import MakeLab, wait_for
 from tests.lab.test_lab_ownership import wait_owner
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,6 +48,18 @@ def probe(lab: NetLab, vip: str, seconds: float, name: str) -> list[Sample]:
     )
     assert result.returncode == 0, result
     return read_samples(out)
+
+
+def connect(address: str, port: int) -> tuple[str, float]:
+    """A TCP connect from the calling thread's namespace: outcome and seconds it took."""
+    started = time.monotonic()
+    try:
+        with socket.create_connection((address, port), timeout=5.0):
+            return "connected", time.monotonic() - started
+    except ConnectionRefusedError:
+        return "refused", time.monotonic() - started
+    except OSError as exc:
+        return type(exc).__name__, time.monotonic() - started
 
 
 def ruleset(lab: NetLab, node: str) -> str:
@@ -84,20 +100,96 @@ def test_a_port_without_backends_refuses_at_once(make_lab: MakeLab) -> None:
     wait_owner(lab, vip, lab.node_names())
     probe(lab, vip, 0.5, "warm")  # the VIP answers on its served port
 
-    def connect() -> tuple[str, float]:
-        started = time.monotonic()
-        try:
-            with socket.create_connection((vip, 81), timeout=5.0):
-                return "connected", time.monotonic() - started
-        except ConnectionRefusedError:
-            return "refused", time.monotonic() - started
-        except OSError as exc:
-            return type(exc).__name__, time.monotonic() - started
-
     thread = lab.in_ns("client")
     try:
-        outcome, took = thread.run(connect)
+        outcome, took = thread.run(connect, vip, 81)
     finally:
         thread.close()
     assert outcome == "refused", outcome
     assert took < 1.0, f"refusal took {took:.2f}s"
+
+
+def backend_state(lab: NetLab, node: str, name: str) -> bool | None:
+    """Whether `node` sees backend `name` as healthy (None: not checked yet / no answer)."""
+    address = str(lab.plan.host(name).ipv4)
+    found = lab.api(node, "GET", "/v1/services/t/default/web") or {}
+    for track in found.get("health", {}).get("backends", []):
+        if track["address"] == address and track["checks"]:
+            return bool(track["healthy"])
+    return None
+
+
+def test_a_dead_backend_leaves_at_once_and_returns_when_back(make_lab: MakeLab) -> None:
+    lab = make_lab()
+    vip = web_service(lab)
+    owner = wait_owner(lab, vip, lab.node_names())
+    b1, b2 = (h.name for h in lab.plan.of_kind("backend"))
+    assert not outages(probe(lab, vip, 0.5, "warm"))
+
+    pid = lab.pid(f"backend-{b1}")
+    assert pid is not None
+    killed = time.monotonic()
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: backend_state(lab, owner, b1) is False or None, 10.0, f"{b1} seen down")
+    print(f"{b1} killed: out of the ruleset {time.monotonic() - killed:.2f}s later")
+    samples = probe(lab, vip, 1.5, "one-down")
+    assert not outages(samples), summary_line(samples)
+    assert set(backends_seen(samples)) == {b2}
+    shown = lab.exec(
+        "client",
+        ["raftlb", "--api", lab.api_url(owner), "services", "get", "t/default/web"],
+        capture_output=True,
+        text=True,
+    )
+    assert "DOWN" in shown.stdout and f"health as seen by {owner}" in shown.stdout, shown.stdout
+
+    lab.start_backend(b1)
+    wait_for(lambda: backend_state(lab, owner, b1) or None, 10.0, f"{b1} seen up again")
+    assert set(backends_seen(probe(lab, vip, 1.5, "back"))) == {b1, b2}
+
+    for name in (b1, b2):
+        pid = lab.pid(f"backend-{name}")
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+    wait_for(
+        lambda: all(backend_state(lab, owner, n) is False for n in (b1, b2)) or None,
+        10.0,
+        "both backends seen down",
+    )
+    thread = lab.in_ns("client")
+    try:
+        outcome, took = thread.run(connect, vip, 80)
+    finally:
+        thread.close()
+    assert (outcome, took < 1.0) == ("refused", True), (outcome, took)
+
+
+def test_raft_and_api_ports_refuse_clients_that_are_not_allowed(make_lab: MakeLab) -> None:
+    lab = make_lab()
+    lab.wait_leader()
+    locked, other = "n1", "n2"
+    path = lab.config_path(locked)
+    data = yaml.safe_load(path.read_text())
+    data["api"]["allow"] = [str(topology.CLIENT4)]  # the client sits on the LAN, not there
+    path.write_text(yaml.safe_dump(data))
+    lab.crash(locked, "kill")
+    lab.start_agent(locked)
+    host = str(lab.plan.host(locked).ipv4)
+
+    def from_ns(ns: str, address: str, port: int) -> str:
+        thread = lab.in_ns(ns)
+        try:
+            return thread.run(connect, address, port)[0]
+        finally:
+            thread.close()
+
+    # Up again (a refusal before that would only mean nothing listens yet), then filtered.
+    wait_for(lambda: lab.api(locked, "GET", "/v1/status", via=other), 20.0, f"{locked} up")
+    wait_for(lambda: from_ns("client", host, API_PORT) == "refused" or None, 20.0, "API refused")
+    assert from_ns("client", host, RAFT_PORT) == "refused"
+    assert from_ns(other, host, API_PORT) == "connected"  # a peer may
+    assert from_ns(other, host, RAFT_PORT) == "connected"
+    # Without api.allow the API stays open to clients, Raft does not.
+    other_host = str(lab.plan.host(other).ipv4)
+    assert from_ns("client", other_host, API_PORT) == "connected"
+    assert from_ns("client", other_host, RAFT_PORT) == "refused"

@@ -266,10 +266,10 @@ def test_services_list_get_delete(raftlb: Run, populated: None) -> None:
         "id prod/default/web",
         "address 192.0.2.10 (allocated)",
         "pool web",
-        "health check tcp connect every 1s, timeout 0.5s, rise 2, fall 2",
-        "80/tcp http 198.51.100.1:30080 1 k8s-1",
-        "80/tcp http 198.51.100.2:30080 3 -",
-        "443/tcp - (none) - -",
+        "health check tcp connect every 0.5s, timeout 0.25s, rise 2, fall 2",
+        "80/tcp http 198.51.100.1:30080 1 k8s-1 -",
+        "80/tcp http 198.51.100.2:30080 3 - -",
+        "443/tcp - (none) - - -",
     ]:
         assert expected in out
     as_json = json.loads(raftlb("--json", "services", "get", "prod/default/web").stdout)

@@ -19,6 +19,7 @@ from appliance.config import (
     PeerConfig,
     check_files,
     check_host,
+    firewall,
     load_config,
     parse_config,
     pool_checker,
@@ -704,3 +705,29 @@ async def test_pool_checker_works_inside_a_running_event_loop(tmp_path: Path) ->
     check = pool_checker(l2_config(tmp_path, "lo", []))
     assert check is not None
     assert check([Pool(name="lan", addresses=["127.0.0.16/28"])], "pools") == []
+
+
+def test_firewall_from_the_config() -> None:
+    data = base_config()
+    data["api"]["allow"] = ["203.0.113.0/24", "2001:db8:3::/64"]
+    rules, notes = firewall(parse_config(data))
+    assert rules is not None and notes == []
+    assert (rules.raft_port, rules.api_port) == (7001, 8080)
+    assert [str(p) for p in rules.peers] == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    assert [str(n) for n in rules.api_clients or ()] == ["203.0.113.0/24", "2001:db8:3::/64"]
+    open_api, notes = firewall(parse_config(base_config()))
+    assert open_api is not None and open_api.api_clients is None
+    assert any("api.allow" in note for note in notes)
+
+
+def test_firewall_is_left_out_when_peers_are_host_names() -> None:
+    data = base_config()
+    data["raft"]["peers"][1]["address"] = "lb2.example.test:7001"
+    rules, notes = firewall(parse_config(data))
+    assert rules is None
+    assert any("lb2.example.test" in note for note in notes)
+
+
+def test_api_allow_must_be_networks() -> None:
+    errors = errors_of(with_changes(lambda d: d["api"].update(allow=["192.0.2.1/33"])))
+    assert errors[0]["field"] == "api.allow.0"

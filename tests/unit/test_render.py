@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from appliance.dataplane.render import Forward, Target, digest_of, forwards, removal, render
+from appliance.dataplane.render import (
+    Firewall,
+    Forward,
+    Target,
+    digest_of,
+    forwards,
+    removal,
+    render,
+)
 from appliance.model import Service, ServiceSpec
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -113,3 +121,25 @@ def test_comments_never_break_out_of_their_quotes(service_id: str) -> None:
     forward = Forward(ip("192.0.2.9"), "tcp", 80, (), service=service_id)
     line = next(line for line in render([forward]).splitlines() if "no healthy backend" in line)
     assert line.count('"') == 2
+
+
+def test_firewall_lets_peers_reach_raft_and_peers_plus_allowed_reach_the_api() -> None:
+    fw = Firewall(
+        raft_port=7001,
+        api_port=8080,
+        peers=(ip("192.0.2.11"), ip("2001:db8:1::b")),
+        api_clients=(ipaddress.ip_network("203.0.113.0/24"),),
+    )
+    lines = [line.strip() for line in render([], firewall=fw).splitlines()]
+    assert lines[lines.index("chain input {") :][2:9] == [
+        'iif "lo" accept',
+        "tcp dport 7001 ip saddr { 192.0.2.11 } accept",
+        "tcp dport 7001 ip6 saddr { 2001:db8:1::b } accept",
+        'tcp dport 7001 reject with tcp reset comment "raft: peers only"',
+        "tcp dport 8080 ip saddr { 192.0.2.11, 203.0.113.0/24 } accept",
+        "tcp dport 8080 ip6 saddr { 2001:db8:1::b } accept",
+        'tcp dport 8080 reject with tcp reset comment "api: peers and api.allow"',
+    ]
+    open_api = render([], firewall=Firewall(7001, 8080, (ip("192.0.2.11"),)))
+    assert "dport 8080" not in open_api and "dport 7001" in open_api
+    assert "chain input" not in render([])

@@ -1,0 +1,212 @@
+"""Backend health checks run by each agent: a node forwards only to what it can reach itself.
+
+Every agent checks every backend of every service (not only the VIPs it holds), so a node that
+takes a VIP over already knows which backends answer. Per service: TCP connect, HTTP GET with an
+expected status, or none; interval, timeout, rise and fall from the service's `health_check`.
+For `traffic_policy: local` the check is kube-proxy's health check node port: an HTTP GET of
+`/healthz` on the backend's node, 200 while that node has a local endpoint.
+
+A backend starts healthy (so a new service forwards at once), leaves after `fall` failed checks
+in a row and returns after `rise` good ones. Each change bumps `version` and calls `on_change`,
+which makes the data plane re-render. The transitions are pure (`Track.record`), unit-tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from appliance.model import Backend, HealthCheck, HealthCheckType, Service, TrafficPolicy
+
+log = logging.getLogger("raftlb.health")
+
+Key = tuple[str, str, int]  # service id, backend address, backend port
+
+
+@dataclass
+class Track:
+    """One backend's health as this node sees it."""
+
+    healthy: bool = True
+    successes: int = 0
+    failures: int = 0
+    checks: int = 0
+    last_check: float | None = None  # unix time
+    reason: str = "not checked yet"
+    since: float = field(default_factory=time.time)
+
+    def record(self, ok: bool, reason: str, rise: int, fall: int, now: float) -> bool:
+        """Count one check; True when the backend changed state."""
+        self.checks += 1
+        self.last_check = now
+        self.reason = reason
+        if ok:
+            self.successes, self.failures = self.successes + 1, 0
+            if not self.healthy and self.successes >= rise:
+                self.healthy, self.since = True, now
+                return True
+        else:
+            self.failures, self.successes = self.failures + 1, 0
+            if self.healthy and self.failures >= fall:
+                self.healthy, self.since = False, now
+                return True
+        return False
+
+    def view(self) -> dict[str, object]:
+        return {
+            "healthy": self.healthy,
+            "last_check": self.last_check,
+            "reason": self.reason,
+            "since": self.since,
+            "checks": self.checks,
+        }
+
+
+def target(service: Service, backend: Backend) -> tuple[str, int, HealthCheckType, str]:
+    """Where and how to check: (host, port, type, HTTP path)."""
+    spec = service.spec
+    check = spec.health_check
+    if spec.traffic_policy == TrafficPolicy.LOCAL and spec.health_check_node_port:
+        return str(backend.address), spec.health_check_node_port, HealthCheckType.HTTP, "/healthz"
+    return str(backend.address), backend.port, check.type, check.path
+
+
+async def check_tcp(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except TimeoutError:
+        return False, f"tcp connect timed out after {timeout:g}s"
+    except OSError as exc:
+        return False, f"tcp connect: {exc.strerror or exc}"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True, "tcp connect ok"
+
+
+async def check_http(
+    host: str, port: int, path: str, expected: int, timeout: float
+) -> tuple[bool, str]:
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def get() -> tuple[bool, str]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            request = f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n"
+            writer.write((request + "User-Agent: raftlb-health\r\n\r\n").encode())
+            await writer.drain()
+            status_line = await reader.readline()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        parts = status_line.decode(errors="replace").split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            return False, f"http: not an HTTP answer ({status_line[:40]!r})"
+        status = int(parts[1])
+        if status != expected:
+            return False, f"http GET {path}: status {status}, expected {expected}"
+        return True, f"http GET {path}: {status}"
+
+    try:
+        return await asyncio.wait_for(get(), timeout)
+    except TimeoutError:
+        return False, f"http GET {path} timed out after {timeout:g}s"
+    except OSError as exc:
+        return False, f"http GET {path}: {exc.strerror or exc}"
+
+
+class HealthChecker:
+    """Checks every backend of the services it is given; asyncio, one task per backend."""
+
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
+        self.on_change = on_change
+        self.version = 0
+        self.tracks: dict[Key, Track] = {}
+        self._tasks: dict[Key, tuple[asyncio.Task[None], tuple[object, ...]]] = {}
+        self._last: tuple[Service, ...] = ()
+
+    def healthy(self, service_id: str, backend: Backend) -> bool:
+        track = self.tracks.get((service_id, str(backend.address), backend.port))
+        return track is None or track.healthy
+
+    def of_service(self, service_id: str) -> list[dict[str, object]]:
+        return [
+            {"address": address, "port": port, **track.view()}
+            for (sid, address, port), track in sorted(self.tracks.items())
+            if sid == service_id
+        ]
+
+    def update(self, services: Mapping[str, Service]) -> None:
+        """Check exactly the backends of `services` (start new checks, stop gone ones)."""
+        current = tuple(services.values())
+        if len(current) == len(self._last) and all(
+            a is b for a, b in zip(current, self._last, strict=True)
+        ):
+            return  # the same (frozen) objects: nothing to do
+        self._last = current
+        wanted: dict[Key, tuple[Service, Backend]] = {}
+        for service in services.values():
+            for port in service.spec.ports:
+                for backend in port.backends:
+                    wanted[(service.spec.id, str(backend.address), backend.port)] = (
+                        service,
+                        backend,
+                    )
+        for key in list(self._tasks):
+            task, how = self._tasks[key]
+            if key not in wanted or how != self._how(*wanted[key]):
+                task.cancel()
+                del self._tasks[key]
+                if key not in wanted:
+                    self.tracks.pop(key, None)
+        for key, (service, backend) in wanted.items():
+            if key not in self._tasks:
+                self.tracks.setdefault(key, Track())
+                task = asyncio.create_task(self._run(key, service, backend), name=f"health {key}")
+                self._tasks[key] = (task, self._how(service, backend))
+
+    @staticmethod
+    def _how(service: Service, backend: Backend) -> tuple[object, ...]:
+        return (target(service, backend), service.spec.health_check)
+
+    async def _run(self, key: Key, service: Service, backend: Backend) -> None:
+        check: HealthCheck = service.spec.health_check
+        host, port, kind, path = target(service, backend)
+        if kind == HealthCheckType.NONE:
+            return
+        while True:
+            started = time.monotonic()
+            if kind == HealthCheckType.HTTP:
+                ok, reason = await check_http(
+                    host, port, path, check.expected_status, check.timeout
+                )
+            else:
+                ok, reason = await check_tcp(host, port, check.timeout)
+            track = self.tracks.get(key)
+            if track is None:
+                return
+            if track.record(ok, reason, check.rise, check.fall, time.time()):
+                self.version += 1
+                log.warning(
+                    "backend %s:%d of %s is now %s (%s)%s",
+                    host,
+                    port,
+                    key[0],
+                    "healthy" if track.healthy else "DOWN",
+                    reason,
+                    "" if track.healthy else "; it gets no new connections until it recovers",
+                )
+                self.on_change()
+            await asyncio.sleep(max(0.0, check.interval - (time.monotonic() - started)))
+
+    async def close(self) -> None:
+        tasks = [task for task, _ in self._tasks.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
