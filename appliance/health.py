@@ -20,7 +20,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from appliance.model import Backend, HealthCheck, HealthCheckType, Service, TrafficPolicy
+from appliance.model import (
+    Backend,
+    HealthCheck,
+    HealthCheckType,
+    Protocol,
+    Service,
+    TrafficPolicy,
+)
 
 log = logging.getLogger("raftlb.health")
 
@@ -66,12 +73,20 @@ class Track:
         }
 
 
-def target(service: Service, backend: Backend) -> tuple[str, int, HealthCheckType, str]:
-    """Where and how to check: (host, port, type, HTTP path)."""
+def target(
+    service: Service, backend: Backend, protocol: Protocol = Protocol.TCP
+) -> tuple[str, int, HealthCheckType, str]:
+    """Where and how to check: (host, port, type, HTTP path).
+
+    A UDP backend answers neither a TCP connect nor an HTTP GET on its port, so it is only
+    checked through kube-proxy's node port (local policy), and otherwise counts as healthy.
+    """
     spec = service.spec
     check = spec.health_check
     if spec.traffic_policy == TrafficPolicy.LOCAL and spec.health_check_node_port:
         return str(backend.address), spec.health_check_node_port, HealthCheckType.HTTP, "/healthz"
+    if protocol == Protocol.UDP:
+        return str(backend.address), backend.port, HealthCheckType.NONE, check.path
     return str(backend.address), backend.port, check.type, check.path
 
 
@@ -127,7 +142,8 @@ class HealthChecker:
         self.on_change = on_change
         self.version = 0
         self.tracks: dict[Key, Track] = {}
-        self._tasks: dict[Key, tuple[asyncio.Task[None], tuple[object, ...]]] = {}
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._hows: dict[Key, tuple[tuple[str, int, HealthCheckType, str], HealthCheck]] = {}
         self._last: tuple[Service, ...] = ()
 
     def healthy(self, service_id: str, backend: Backend) -> bool:
@@ -149,36 +165,45 @@ class HealthChecker:
         ):
             return  # the same (frozen) objects: nothing to do
         self._last = current
-        wanted: dict[Key, tuple[Service, Backend]] = {}
+        wanted: dict[Key, tuple[Service, Backend, Protocol]] = {}
         for service in services.values():
             for port in service.spec.ports:
                 for backend in port.backends:
-                    wanted[(service.spec.id, str(backend.address), backend.port)] = (
-                        service,
-                        backend,
-                    )
-        for key in list(self._tasks):
-            task, how = self._tasks[key]
-            if key not in wanted or how != self._how(*wanted[key]):
-                task.cancel()
-                del self._tasks[key]
-                if key not in wanted:
-                    self.tracks.pop(key, None)
-        for key, (service, backend) in wanted.items():
-            if key not in self._tasks:
-                self.tracks.setdefault(key, Track())
-                task = asyncio.create_task(self._run(key, service, backend), name=f"health {key}")
-                self._tasks[key] = (task, self._how(service, backend))
+                    key = (service.spec.id, str(backend.address), backend.port)
+                    wanted[key] = (service, backend, port.protocol)
+        for key in set(self._hows) - set(wanted):
+            self._forget(key)
+        for key, (service, backend, protocol) in wanted.items():
+            how = self._how(service, backend, protocol)
+            if self._hows.get(key) == how:
+                continue
+            # New, or checked differently now: start over from a fresh (healthy) track.
+            self._forget(key)
+            self._hows[key] = how
+            if how[0][2] == HealthCheckType.NONE:
+                why = "UDP: no TCP or HTTP check" if protocol == Protocol.UDP else "check: none"
+                self.tracks[key] = Track(reason=f"not checked ({why})")
+                continue
+            self.tracks[key] = Track()
+            self._tasks[key] = asyncio.create_task(self._run(key, how), name=f"health {key}")
+
+    def _forget(self, key: Key) -> None:
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self._hows.pop(key, None)
+        self.tracks.pop(key, None)
 
     @staticmethod
-    def _how(service: Service, backend: Backend) -> tuple[object, ...]:
-        return (target(service, backend), service.spec.health_check)
+    def _how(
+        service: Service, backend: Backend, protocol: Protocol
+    ) -> tuple[tuple[str, int, HealthCheckType, str], HealthCheck]:
+        return (target(service, backend, protocol), service.spec.health_check)
 
-    async def _run(self, key: Key, service: Service, backend: Backend) -> None:
-        check: HealthCheck = service.spec.health_check
-        host, port, kind, path = target(service, backend)
-        if kind == HealthCheckType.NONE:
-            return
+    async def _run(
+        self, key: Key, how: tuple[tuple[str, int, HealthCheckType, str], HealthCheck]
+    ) -> None:
+        (host, port, kind, path), check = how
         while True:
             started = time.monotonic()
             if kind == HealthCheckType.HTTP:
@@ -205,7 +230,7 @@ class HealthChecker:
             await asyncio.sleep(max(0.0, check.interval - (time.monotonic() - started)))
 
     async def close(self) -> None:
-        tasks = [task for task, _ in self._tasks.values()]
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -311,3 +311,22 @@ def bench_failover(runs: int, as_json: bool, compare: str | None, base: Path | N
         click.echo(main_failover(_base(base), runs, as_json, _progress, compare == "keepalived"))
     except LabError as exc:
         _fail(str(exc))
+
+
+@bench_group.command("dataplane")
+@click.option("--seconds", default=5.0, show_default=True, type=click.FloatRange(1, 120))
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 20))
+@click.option("--connections", default=50, show_default=True, type=click.IntRange(1, 2000))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_BASE
+def bench_dataplane(
+    seconds: float, rounds: int, connections: int, as_json: bool, base: Path | None
+) -> None:
+    """Requests/s and p99 through a VIP, against direct and against HAProxy (nginx, wrk)."""
+    from appliance.lab.bench_dataplane import main_dataplane
+    from appliance.lab.netlab import LabError
+
+    try:
+        click.echo(main_dataplane(_base(base), seconds, rounds, connections, as_json, _progress))
+    except LabError as exc:
+        _fail(str(exc))

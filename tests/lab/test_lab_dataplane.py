@@ -193,3 +193,63 @@ def test_raft_and_api_ports_refuse_clients_that_are_not_allowed(make_lab: MakeLa
     other_host = str(lab.plan.host(other).ipv4)
     assert from_ns("client", other_host, API_PORT) == "connected"
     assert from_ns("client", other_host, RAFT_PORT) == "refused"
+
+
+def probe_proto(
+    lab: NetLab, vip: str, port: int, proto: str, seconds: float, name: str
+) -> list[Sample]:
+    out = lab.dir / f"{name}.jsonl"
+    argv = [sys.executable, "-m", "appliance.lab.prober", "--target", vip, "--port", str(port)]
+    argv += ["--proto", proto, "--duration", str(seconds), "--out", str(out)]
+    result = lab.exec("client", argv, capture_output=True)
+    assert result.returncode == 0, result
+    return read_samples(out)
+
+
+def test_weights_udp_affinity_and_two_services_sharing_a_vip(make_lab: MakeLab) -> None:
+    lab = make_lab()
+    leader = lab.wait_leader()
+    pool = {"addresses": [topology.L2_VIPS4, topology.L2_VIPS6], "default": True}
+    assert lab.api(leader, "PUT", "/v1/pools/lan", pool) is not None
+    b1, b2 = lab.plan.of_kind("backend")
+    http = {
+        "sharing_key": "shared",
+        "ports": [
+            {
+                "port": 80,
+                "backends": [
+                    {"address": str(b1.ipv4), "port": topology.BACKEND_HTTP_PORT, "weight": 3},
+                    {"address": str(b2.ipv4), "port": topology.BACKEND_HTTP_PORT, "weight": 1},
+                ],
+            }
+        ],
+    }
+    udp = {
+        "sharing_key": "shared",
+        "affinity": "source",
+        "ports": [
+            {
+                "port": 53,
+                "protocol": "udp",
+                "backends": [
+                    {"address": str(h.ipv4), "port": topology.BACKEND_UDP_PORT} for h in (b1, b2)
+                ],
+            }
+        ],
+    }
+    web = lab.api(leader, "PUT", "/v1/services/t/default/web", http)
+    dns = lab.api(leader, "PUT", "/v1/services/t/default/dns", udp)
+    assert web is not None and dns is not None
+    vip = str(web["address"])
+    assert str(dns["address"]) == vip  # one VIP, two services on different ports
+    wait_owner(lab, vip, lab.node_names())
+
+    weighted = backends_seen(probe(lab, vip, 3.0, "weights"))
+    ratio = weighted.get(b1.name, 0) / max(1, weighted.get(b2.name, 0))
+    print(f"weights 3:1 -> answers {weighted}, ratio {ratio:.2f}")
+    assert 1.8 < ratio < 5.5, weighted  # 3:1 within binomial noise (300 requests)
+
+    datagrams = probe_proto(lab, vip, 53, "udp", 2.0, "udp")
+    assert not outages(datagrams), summary_line(datagrams)
+    # Source affinity: the client's datagrams all go to one backend (its hash pick).
+    assert len(backends_seen(datagrams)) == 1, backends_seen(datagrams)

@@ -140,3 +140,22 @@ async def test_local_policy_asks_the_nodes_health_check_port(
         assert set(paths) == {"/healthz"}
     finally:
         await runner.cleanup()
+
+
+async def test_udp_backends_are_not_tcp_checked(checker: tuple[HealthChecker, list[int]]) -> None:
+    health, changes = checker
+    svc = service(free_port())  # nothing listens: a TCP check would fail
+    udp = Service(
+        spec=svc.spec.model_copy(
+            update={"ports": [svc.spec.ports[0].model_copy(update={"protocol": "udp"})]}
+        ),
+        address=svc.address,
+    )
+    backend = udp.spec.ports[0].backends[0]
+    health.update({"t/web": udp})
+    await asyncio.sleep(0.3)  # several intervals
+    assert health.healthy("t/web", backend) and changes == []
+    assert "UDP" in str(health.of_service("t/web")[0]["reason"])
+    # Back to TCP: checked again, from a fresh healthy state, then found down.
+    health.update({"t/web": svc})
+    await until(lambda: not health.healthy("t/web", backend))
