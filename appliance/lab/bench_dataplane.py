@@ -81,7 +81,7 @@ def haproxy_conf(run_dir: Path, bind: str, backend: str) -> Path:
     conf = run_dir / "haproxy.cfg"
     conf.write_text(
         f"""global
-    maxconn 20000
+    maxconn 4000
 defaults
     mode tcp
     timeout connect 2s
