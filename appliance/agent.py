@@ -244,6 +244,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     )
     if health is not None:
         health.on_change = loops.wake  # a backend up or down: re-render now
+        metrics.watch_health(health, cluster)
     ctx = ApiContext(
         cluster=cluster,
         metrics=metrics,
@@ -254,6 +255,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         lease_ages=loops.lease_ages,
         pool_check=pool_checker(config),
         backend_health=health.of_service if health is not None else None,
+        backend_healthy=health.healthy if health is not None else None,
         dataplane_status=dataplane.status if dataplane is not None else None,
     )
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)

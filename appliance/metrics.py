@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from appliance.model import Backend
 from raft.cluster import Cluster, SubmitError
 
 
@@ -71,6 +72,43 @@ class _ClusterCollector(Collector):
         )
 
 
+class HealthView(Protocol):
+    def healthy(self, service_id: str, backend: Backend) -> bool: ...
+
+
+class _HealthCollector(Collector):
+    def __init__(self, health: HealthView, cluster: Cluster) -> None:
+        self._health = health
+        self._cluster = cluster
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self._cluster.view()
+        backend = GaugeMetricFamily(
+            "raftlb_backend_healthy",
+            "1 if this node's health checks find the backend up",
+            labels=["service", "backend"],
+        )
+        vips = GaugeMetricFamily(
+            "raftlb_vip_healthy_backends",
+            "Backends of the VIP's services that this node finds up (0: it rejects clients)",
+            labels=["vip"],
+        )
+        per_vip: dict[str, int] = {}
+        for service in state.services.values():
+            vip = str(service.address)
+            per_vip.setdefault(vip, 0)
+            for port in service.spec.ports:
+                for b in port.backends:
+                    up = self._health.healthy(service.spec.id, b)
+                    backend.add_metric([service.spec.id, f"{b.address}:{b.port}"], float(up))
+                    if b.address.version == service.address.version:
+                        per_vip[vip] += up
+        for vip, count in sorted(per_vip.items()):
+            vips.add_metric([vip], float(count))
+        yield backend
+        yield vips
+
+
 class Metrics:
     """The registry of one agent and the write path that records commit latency."""
 
@@ -114,6 +152,10 @@ class Metrics:
             raise
         self.commit_seconds.observe(time.monotonic() - started)
         return result
+
+    def watch_health(self, health: HealthView, cluster: Cluster) -> None:
+        """Export this node's backend health (appliance.health) at scrape time."""
+        self.registry.register(_HealthCollector(health, cluster))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from appliance.api.openapi import openapi_document
 from appliance.api.views import nodes_view, status_view, vips_view
 from appliance.metrics import Metrics
-from appliance.model import AllocationRequest, Pool, ServiceSpec, field_errors
+from appliance.model import AllocationRequest, Backend, Pool, ServiceSpec, field_errors
 from raft.cluster import Cluster, SubmitError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class ApiContext:
     pool_check: Callable[[list[Pool], str], list[dict[str, Any]]] | None = None
     # This node's view of a service's backends (appliance.health), None when it checks none.
     backend_health: Callable[[str], list[dict[str, Any]]] | None = None
+    backend_healthy: Callable[[str, Backend], bool] | None = None
     dataplane_status: Callable[[], dict[str, Any]] | None = None
 
 
@@ -303,7 +304,8 @@ async def delete_allocation(request: web.Request) -> web.Response:
 
 
 async def get_vips(request: web.Request) -> web.Response:
-    return web.json_response(vips_view(_ctx(request).cluster.view()))
+    ctx = _ctx(request)
+    return web.json_response(vips_view(ctx.cluster.view(), ctx.backend_healthy))
 
 
 async def apply_batch(request: web.Request) -> web.Response:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from appliance.model import NodeInfo
+from appliance.model import Backend, NodeInfo, Service
 from raft.cluster import RaftStatus
 from raft.state import ClusterState
 
@@ -44,8 +44,26 @@ def nodes_view(
     return out
 
 
-def vips_view(state: ClusterState) -> list[dict[str, Any]]:
-    """One entry per allocated address: pool, mode, owners, services and their ports."""
+def backend_counts(
+    services: list[Service], healthy: Callable[[str, Backend], bool]
+) -> dict[str, int]:
+    """Healthy and total backends (of the VIP's address family) over the ports of `services`."""
+    up = total = 0
+    for service in services:
+        for port in service.spec.ports:
+            for backend in port.backends:
+                if backend.address.version != service.address.version:
+                    continue
+                total += 1
+                up += healthy(service.spec.id, backend)
+    return {"healthy": up, "total": total}
+
+
+def vips_view(
+    state: ClusterState, healthy: Callable[[str, Backend], bool] | None = None
+) -> list[dict[str, Any]]:
+    """One entry per allocated address: pool, mode, owners, services and their ports; with
+    `healthy` (this node's health checks), how many of its backends answer."""
     out = []
     for address in sorted(state.by_address, key=lambda a: (a.version, int(a))):
         owners = sorted(state.by_address[address])
@@ -72,6 +90,11 @@ def vips_view(state: ClusterState) -> list[dict[str, Any]]:
                 "previous": assignment.previous if assignment else None,
                 "reason": str(assignment.reason) if assignment and assignment.reason else None,
                 "dead_for": assignment.dead_for if assignment else None,
+                "backends": backend_counts(
+                    [state.services[o] for o in owners if o in state.services], healthy
+                )
+                if healthy is not None
+                else None,
             }
         )
     return out

@@ -24,7 +24,7 @@ from appliance.model import format_field_errors
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # Wide enough for ids and address lists, fixed so piped output and tests do not depend on $COLUMNS.
-PIPE_WIDTH = 120
+PIPE_WIDTH = 200  # wide enough that piped tables (grep, scripts) do not wrap
 
 
 @dataclass

@@ -246,6 +246,7 @@ def vips_table(vips: list[dict[str, Any]]) -> Table:
         "EPOCH",
         "SINCE",
         "LAST CHANGE",
+        "BACKENDS UP",
     )
     now = time.time()
     for vip in vips:
@@ -261,6 +262,7 @@ def vips_table(vips: list[dict[str, Any]]) -> Table:
             _text(vip.get("epoch")),
             _since(vip.get("since"), now),
             _last_change(vip),
+            _backends_up(vip.get("backends")),
         )
     return table
 
@@ -272,6 +274,14 @@ def _since(at: Any, now: float) -> str:
     return (
         f"{ago:.0f}s ago" if ago < 120 else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
     )
+
+
+def _backends_up(counts: Any) -> str:
+    """Healthy/total backends as the answering node sees them; none up means it rejects."""
+    if not isinstance(counts, dict) or not counts.get("total"):
+        return "-"
+    text = f"{counts.get('healthy')}/{counts['total']}"
+    return text if counts.get("healthy") else f"[red]{text} (rejecting)"
 
 
 def _last_change(vip: dict[str, Any]) -> str:

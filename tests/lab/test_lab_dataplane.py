@@ -17,7 +17,7 @@ from appliance.lab.outage import Sample, backends_seen, outages, summary_line
 from appliance.lab.prober import read_samples
 from appliance.lab.topology import API_PORT, RAFT_PORT
 from tests.lab.labkit import MakeLab, wait_for
-from tests.lab.test_lab_ownership import wait_owner
+from tests.lab.test_lab_ownership import metrics_text, wait_owner
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -162,6 +162,9 @@ def test_a_dead_backend_leaves_at_once_and_returns_when_back(make_lab: MakeLab) 
     finally:
         thread.close()
     assert (outcome, took < 1.0) == ("refused", True), (outcome, took)
+    entry = next(v for v in lab.api(owner, "GET", "/v1/vips") if v["address"] == vip)
+    assert entry["backends"] == {"healthy": 0, "total": 2}
+    assert f'raftlb_vip_healthy_backends{{vip="{vip}"}} 0.0' in metrics_text(lab, owner)
 
 
 def test_raft_and_api_ports_refuse_clients_that_are_not_allowed(make_lab: MakeLab) -> None:

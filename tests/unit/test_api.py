@@ -418,6 +418,7 @@ async def test_vips_show_shared_addresses(api: TestClient[Any, Any]) -> None:
             "previous": None,
             "reason": None,
             "dead_for": None,
+            "backends": None,
         },
         {
             "address": "192.0.2.11",
@@ -434,6 +435,7 @@ async def test_vips_show_shared_addresses(api: TestClient[Any, Any]) -> None:
             "previous": None,
             "reason": None,
             "dead_for": None,
+            "backends": None,
         },
     ]
 

@@ -294,8 +294,8 @@ def test_vips(raftlb: Run, populated: None) -> None:
     result = raftlb("vips")
     assert result.exit_code == 0
     out = lines(result.stdout)
-    assert "192.0.2.10 web l2 prod/default/web 80/tcp, 443/tcp - - - - -" in out
-    assert "192.0.2.11 web l2 prod/default/dns 53/udp [red]shared - - - -" in out
+    assert "192.0.2.10 web l2 prod/default/web 80/tcp, 443/tcp - - - - - -" in out
+    assert "192.0.2.11 web l2 prod/default/dns 53/udp [red]shared - - - - -" in out
     data = json.loads(raftlb("--json", "vips").stdout)
     assert [v["address"] for v in data] == ["192.0.2.10", "192.0.2.11"]
 
