@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import signal
 import socket
 import ssl
 import time
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from typing import Any
 
 from aiohttp import web
 
+from announce.bgp import BgpAnnouncer
+from announce.bgp_config import Peer, Session
 from announce.l2 import L2Announcer
 from appliance.api.app import ApiContext, build_app
 from appliance.config import (
     AgentConfig,
+    BgpConfig,
     check_host,
     firewall,
     pool_checker,
@@ -35,7 +40,8 @@ from appliance.dataplane.nft import DataPlane, NftApplier, set_forwarding_sysctl
 from appliance.health import HealthChecker
 from appliance.leases import Announcer, NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
-from appliance.model import MemberReport, format_field_errors
+from appliance.model import MemberReport, Pool, format_field_errors
+from appliance.routing import routes
 from raft.cluster import RaftCluster, RaftSettings, SubmitError
 
 log = logging.getLogger("raftlb.agent")
@@ -202,9 +208,26 @@ async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
         return
 
 
+class BgpRoutes:
+    """Turns the reconciler's routed VIPs into routes with this node's next hops."""
+
+    def __init__(self, config: AgentConfig, bgp: BgpConfig) -> None:
+        host, _ = split_host_port(config.raft.address)
+        router_id = bgp.router_id or ipaddress.IPv4Address(host)
+        local = bgp.local_address or router_id
+        self.next_hop4 = bgp.next_hop4 or (local if local.version == 4 else None)
+        self.next_hop6 = bgp.next_hop6 or (local if local.version == 6 else None)
+        peers = tuple(Peer(p.address, p.asn, p.hold_time, p.passive) for p in bgp.peers)
+        session = Session(bgp.asn, router_id, local, peers)
+        self.announcer = BgpAnnouncer(session, config.data_dir / "exabgp")
+
+    def set(self, routed: Mapping[str, Pool]) -> None:
+        self.announcer.set(routes(routed, self.next_hop4, self.next_hop6))
+
+
 def build_announcer(config: AgentConfig) -> Announcer:
     """The announcer `announce:` asks for, opened on the data interface."""
-    if config.announce != "l2" or config.data_interface is None:
+    if not config.announces_l2 or config.data_interface is None:
         return NullAnnouncer()
     l2 = config.l2
     try:
@@ -233,6 +256,9 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         for note in notes:
             log.warning("firewall: %s", note)
         dataplane = DataPlane(NftApplier(), health, rules)
+    bgp = BgpRoutes(config, config.bgp) if config.announces_bgp and config.bgp else None
+    if bgp is not None:
+        await bgp.announcer.start()
     loops = OwnershipLoops(
         cluster,
         metrics,
@@ -241,6 +267,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         build_announcer(config),
         dataplane,
         health,
+        bgp,
     )
     if health is not None:
         health.on_change = loops.wake  # a backend up or down: re-render now
@@ -257,6 +284,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         backend_health=health.of_service if health is not None else None,
         backend_healthy=health.healthy if health is not None else None,
         dataplane_status=dataplane.status if dataplane is not None else None,
+        bgp_status=bgp.announcer.status if bgp is not None else None,
     )
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
     await runner.setup()
@@ -294,6 +322,8 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         log.info("stopping")
     finally:
         cluster.state.on_change = None
+        if bgp is not None:
+            await bgp.announcer.close()  # withdraw first: routers move traffic before we stop
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -122,6 +122,39 @@ class L2Config(_Strict):
         return value
 
 
+class BgpPeerConfig(_Strict):
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    asn: int = Field(ge=1, le=4294967295)
+    hold_time: int = Field(default=3, description="seconds: 0 (no keepalives) or 3 and more")
+    passive: bool = False
+
+    @field_validator("hold_time")
+    @classmethod
+    def _hold(cls, value: int) -> int:
+        if value != 0 and not 3 <= value <= 65535:
+            raise ValueError(f"hold_time must be 0 or between 3 and 65535, got {value}")
+        return value
+
+
+class BgpConfig(_Strict):
+    """`announce: bgp`: this node's BGP sessions (one exabgp per agent)."""
+
+    asn: int = Field(ge=1, le=4294967295)
+    peers: list[BgpPeerConfig] = Field(min_length=1)
+    router_id: ipaddress.IPv4Address | None = Field(
+        default=None, description="default: the IPv4 address of raft.address"
+    )
+    local_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = Field(
+        default=None, description="source of the sessions; default: the router id"
+    )
+    next_hop4: ipaddress.IPv4Address | None = Field(
+        default=None, description="next hop of IPv4 VIPs; default: the local address"
+    )
+    next_hop6: ipaddress.IPv6Address | None = Field(
+        default=None, description="next hop of IPv6 VIPs; without it IPv6 VIPs are not announced"
+    )
+
+
 class AgentConfig(_Strict):
     """One agent's settings. Build it with `parse_config`/`load_config`, which add the checks
     that span several fields (`cross_checks`)."""
@@ -131,8 +164,9 @@ class AgentConfig(_Strict):
     data_dir: Path
     api: ApiConfig
     data_interface: str | None = Field(default=None, max_length=15)
-    announce: Literal["none", "l2"] = "none"
+    announce: Literal["none", "l2", "bgp", "l2+bgp"] = "none"
     l2: L2Config = Field(default_factory=L2Config)
+    bgp: BgpConfig | None = None
     # nftables: held VIPs are forwarded to their backends (the `inet raftlb` table); none: no
     # forwarding (a control-plane-only node, or agents sharing one host in tests).
     forward: Literal["nftables", "none"] = "nftables"
@@ -140,6 +174,14 @@ class AgentConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     pools: list[Pool] = Field(default_factory=list)
     services: list[ServiceSpec] = Field(default_factory=list)
+
+    @property
+    def announces_l2(self) -> bool:
+        return self.announce in ("l2", "l2+bgp")
+
+    @property
+    def announces_bgp(self) -> bool:
+        return self.announce in ("bgp", "l2+bgp")
 
     def timing_profile(self) -> TimingProfile:
         return PROFILES[self.timing]
@@ -218,7 +260,17 @@ def cross_checks(config: AgentConfig) -> list[dict[str, Any]]:
                 _err(f"services.{i}.id", service.id, f"service id {service.id!r} appears twice")
             )
         seen_ids.add(service.id)
-    if config.announce == "l2" and config.data_interface is None:
+    if config.announces_bgp and config.bgp is None:
+        errors.append(_err("bgp", None, f"announce: {config.announce} needs a bgp section"))
+    if config.bgp is not None and config.bgp.router_id is None:
+        host, _ = split_host_port(config.raft.address)
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            errors.append(
+                _err("bgp.router_id", None, "set it: raft.address is not an IPv4 address")
+            )
+    if config.announces_l2 and config.data_interface is None:
         errors.append(
             _err("data_interface", None, "announce: l2 needs the data interface to answer on")
         )
@@ -304,7 +356,7 @@ def segment_errors(
 
 def data_networks(config: AgentConfig) -> list[Any] | None:
     """The data interface's subnets when this node announces on layer 2, else None."""
-    if config.announce != "l2" or config.data_interface is None:
+    if not config.announces_l2 or config.data_interface is None:
         return None
     return list(interface_networks(config.data_interface))
 
@@ -313,7 +365,7 @@ def pool_checker(config: AgentConfig) -> Any:
     """For the API: a check of new pools against the data interface as it is now (addresses
     can change while the agent runs), or None when this node does not announce on layer 2."""
     interface = config.data_interface
-    if config.announce != "l2" or interface is None:
+    if not config.announces_l2 or interface is None:
         return None
 
     def check(pools: list[Pool], prefix: str) -> list[dict[str, Any]]:
@@ -380,7 +432,8 @@ def summary(config: AgentConfig) -> list[str]:
         f"api {config.api.listen} ({'TLS' if config.api.tls else 'plain HTTP'}), "
         f"data dir {config.data_dir}",
         f"announce {config.announce}"
-        + (f" on {config.data_interface}" if config.announce == "l2" else "")
+        + (f" on {config.data_interface}" if config.announces_l2 else "")
+        + (f", BGP AS {config.bgp.asn} to {len(config.bgp.peers)} peer(s)" if config.bgp else "")
         + f", forward {config.forward}, timing {timing.name} "
         f"(election {timing.raft_min_timeout:g}-{timing.raft_max_timeout:g}s)",
         f"{len(config.pools)} static pool(s), {len(config.services)} static service(s)",

@@ -18,12 +18,20 @@ from typing import Any, Protocol
 from appliance.dataplane.nft import DataPlane
 from appliance.health import HealthChecker
 from appliance.metrics import Metrics
-from appliance.model import Assignment, ChangeReason, IPAddress, LeaseRenewal
+from appliance.model import Assignment, ChangeReason, IPAddress, LeaseRenewal, Pool
+from appliance.routing import routed_to_announce
 from raft.cluster import RaftCluster, SubmitError
 from raft.ownership import Liveness, lease_deadline, plan_assignments
+from raft.state import ClusterState
 from raft.timing import TimingProfile
 
 log = logging.getLogger("raftlb.ownership")
+
+
+class RouteAnnouncer(Protocol):
+    """What the reconciler drives for routed VIPs: the whole set of VIPs (with their pool)."""
+
+    def set(self, routed: Mapping[str, Pool]) -> None: ...
 
 
 class Announcer(Protocol):
@@ -85,6 +93,7 @@ class OwnershipLoops:
         announcer: Announcer,
         dataplane: DataPlane | None = None,
         health: HealthChecker | None = None,
+        bgp: RouteAnnouncer | None = None,
     ) -> None:
         self.cluster = cluster
         self.metrics = metrics
@@ -94,6 +103,8 @@ class OwnershipLoops:
         self.announcer = announcer
         self.dataplane = dataplane
         self.health = health
+        self.bgp = bgp
+        self.routed: frozenset[str] = frozenset()  # routed VIPs announced now
         self.incarnation = time.time_ns() // 1000
         self.seq = 0
         self.held: frozenset[str] = frozenset()
@@ -158,10 +169,12 @@ class OwnershipLoops:
                 continue  # not yet applied everything inherited from the previous leader
             liveness.observe(now, state.renewals)
             alive = {n for n in self.members if liveness.alive(n, now)}
+            routed = state.routed_vips()  # announced by every able node: nobody owns them
+            owned = {k: s for k, s in state.services.items() if str(s.address) not in routed}
             decision = plan_assignments(
                 self.members,
                 state.drained,
-                state.services,
+                owned,
                 state.assignments,
                 alive,
                 time.time(),
@@ -217,9 +230,17 @@ class OwnershipLoops:
         )
         if self.health is not None:
             self.health.update(state.services)
+        routed: dict[str, Pool] = {}
+        if self.bgp is not None:
+            able = until > now and self.me not in state.drained
+            healthy = self.health.healthy if self.health is not None else None
+            routed = routed_to_announce(state.routed_vips(), state.services, able, healthy)
+        serving = vips | frozenset(routed)
         if self.dataplane is not None:
             # Rules for a gained VIP are in place before it is announced.
-            self.dataplane.sync(state.services.values(), _addresses(vips | self.held))
+            self.dataplane.sync(
+                state.services.values(), _addresses(serving | self.held | self.routed)
+            )
         if vips != self.held or until != self.valid_until:
             for vip in sorted(vips - self.held):
                 self._took(state.assignments[vip])
@@ -228,9 +249,16 @@ class OwnershipLoops:
                 log.info("released %s (%s)", vip, reason)
             self.announcer.set(_addresses(vips), until)
             self.held, self.valid_until = vips, until
+        if self.bgp is not None and frozenset(routed) != self.routed:
+            for vip in sorted(frozenset(routed) - self.routed):
+                log.info("announcing %s by BGP", vip)
+            for vip in sorted(self.routed - frozenset(routed)):
+                log.info("withdrawing %s from BGP (%s)", vip, self._why_not(state, until, now))
+            self.bgp.set(routed)
+            self.routed = frozenset(routed)
         if self.dataplane is not None:
             # Rules of a dropped VIP go once it is no longer announced.
-            self.dataplane.sync(state.services.values(), _addresses(vips))
+            self.dataplane.sync(state.services.values(), _addresses(serving))
         acks = [
             vip
             for vip, a in state.assignments.items()
@@ -239,6 +267,13 @@ class OwnershipLoops:
         if acks:
             self._acked.update((vip, state.assignments[vip].epoch) for vip in acks)
             self._fire({"v": 1, "type": "vips.released", "node": self.me, "vips": acks}, 1.0)
+
+    def _why_not(self, state: ClusterState, until: float, now: float) -> str:
+        if until <= now:
+            return "no valid lease: not in quorum"
+        if self.me in state.drained:
+            return "drained"
+        return "no healthy backend, or the VIP is gone"
 
     def _took(self, a: Assignment) -> None:
         """Log and count a VIP this node starts answering for."""

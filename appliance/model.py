@@ -143,6 +143,19 @@ def _check_block(text: str) -> str:
 AddressBlock = Annotated[str, AfterValidator(_check_block)]
 
 
+Community = Annotated[str, Field(pattern=r"^\d{1,5}:\d{1,5}$")]
+LargeCommunity = Annotated[str, Field(pattern=r"^\d{1,10}:\d{1,10}:\d{1,10}$")]
+
+
+class BgpAttributes(_Frozen):
+    """Path attributes of the routes of a `bgp` pool's VIPs."""
+
+    communities: list[Community] = Field(default_factory=list, max_length=32)
+    large_communities: list[LargeCommunity] = Field(default_factory=list, max_length=32)
+    local_pref: int | None = Field(default=None, ge=0, le=4294967295)
+    med: int | None = Field(default=None, ge=0, le=4294967295)
+
+
 class Pool(_Frozen):
     """A named set of addresses the appliance hands out as VIPs."""
 
@@ -156,6 +169,9 @@ class Pool(_Frozen):
     )
     avoid_buggy_ips: bool = Field(
         default=False, description="Skip IPv4 addresses ending in .0 and .255"
+    )
+    bgp: BgpAttributes | None = Field(
+        default=None, description="Route attributes when announced by BGP"
     )
 
     @field_validator("addresses")

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from appliance.model import (
     Allocation,
     AllocationRequest,
+    AnnounceMode,
     Assignment,
     IPAddress,
     LeaseRenewal,
@@ -61,6 +62,15 @@ class ClusterState:
         self.drained: set[str] = set()
         # Number of commands applied successfully; a cheap version for caches and metrics.
         self.revision = 0
+
+    def routed_vips(self) -> dict[str, Pool]:
+        """VIPs of `bgp` pools (announced by every able node, owned by none), with their pool."""
+        out = {}
+        for allocation in self.allocations.values():
+            pool = self.pools.get(allocation.pool)
+            if pool is not None and pool.announce == AnnounceMode.BGP:
+                out[str(allocation.address)] = pool
+        return out
 
     # -- applying commands -------------------------------------------------------------------
 

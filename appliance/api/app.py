@@ -62,6 +62,7 @@ class ApiContext:
     backend_health: Callable[[str], list[dict[str, Any]]] | None = None
     backend_healthy: Callable[[str, Backend], bool] | None = None
     dataplane_status: Callable[[], dict[str, Any]] | None = None
+    bgp_status: Callable[[], dict[str, Any]] | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -176,6 +177,7 @@ async def get_status(request: web.Request) -> web.Response:
         ctx.cluster.view(), ctx.cluster.status(), ctx.peers, ctx.version, time.time(), ages
     )
     view["dataplane"] = ctx.dataplane_status() if ctx.dataplane_status else {"forward": "none"}
+    view["bgp"] = ctx.bgp_status() if ctx.bgp_status else None
     return web.json_response(view)
 
 

@@ -78,8 +78,21 @@ def status_view(status: dict[str, Any]) -> Table:
             ("allocations", _text(status.get("allocations"))),
             ("vips", _text(status.get("vips"))),
             ("data plane", _dataplane(status.get("dataplane"))),
+            ("bgp", _bgp(status.get("bgp"))),
         ]
     )
+
+
+def _bgp(bgp: Any) -> str:
+    if not isinstance(bgp, dict):
+        return "not announcing by BGP"
+    if not bgp.get("announcing"):
+        return "[red]exabgp not running: not announcing" + (
+            f" ({bgp.get('restarts')} restarts)" if bgp.get("restarts") else ""
+        )
+    peers = ", ".join(f"{p} {s}" for p, s in sorted((bgp.get("peers") or {}).items()))
+    routes = bgp.get("routes") or []
+    return f"peers: {peers or 'none'}; {len(routes)} route(s): {', '.join(routes) or '-'}"
 
 
 def _dataplane(plane: Any) -> str:

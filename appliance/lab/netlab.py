@@ -62,6 +62,25 @@ def require_root() -> None:
         raise LabError("the namespace lab needs root (network namespaces, veth, raw sockets)")
 
 
+ROUTER_ASN = 64500
+NODES_ASN = 64512
+
+
+def bird_peer(name: str, local: str, neighbor: str) -> str:
+    """The router's session with one node: it learns VIP routes, and sends nothing back."""
+    return f"""protocol bgp {name} {{
+    local {local} as {ROUTER_ASN};
+    neighbor {neighbor} as {NODES_ASN};
+    hold time 3;
+    keepalive time 1;
+    connect retry time 1;
+    error wait time 1, 5;
+    ipv4 {{ import all; export none; }};
+    ipv6 {{ import all; export none; }};
+}}
+"""
+
+
 @dataclass
 class NetLab:
     run_id: str
@@ -196,6 +215,15 @@ class NetLab:
             timing,
             extra={"data_interface": "eth0", "announce": "l2", "forward": "nftables"},
         )
+        if self.router:
+            router = str(self.plan.host("router").ipv4)
+            for name, config in data.items():
+                config["announce"] = "l2+bgp"
+                config["bgp"] = {
+                    "asn": NODES_ASN,
+                    "peers": [{"address": router, "asn": ROUTER_ASN, "hold_time": 3}],
+                    "next_hop6": str(self.plan.host(name).ipv6),
+                }
         for name, config in data.items():
             path = self.config_path(name)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +308,11 @@ class NetLab:
             "protocol kernel k4 { ipv4 { export all; }; merge paths yes; }\n"
             "protocol kernel k6 { ipv6 { export all; }; merge paths yes; }\n"
             'include "peers*.conf";\n'
+        )
+        (conf.parent / "peers.conf").write_text(
+            "".join(
+                bird_peer(h.name, str(router.ipv4), str(h.ipv4)) for h in self.plan.of_kind("node")
+            )
         )
         self.spawn(
             "bird",

@@ -112,6 +112,14 @@ _NODE = (
 )
 
 
+# The router hashes flows over equal-cost next hops by ports too (L4), not only by address: one
+# client's connections then spread over every appliance node announcing a VIP.
+_ROUTER = (
+    ("net/ipv4/fib_multipath_hash_policy", "1"),
+    ("net/ipv6/fib_multipath_hash_policy", "1"),
+)
+
+
 def namespace(run_id: str, host: str) -> str:
     return f"{NS_PREFIX}{run_id}-{host}"
 
@@ -190,7 +198,7 @@ def plan(run_id: str, nodes: int = 3, backends: int = 2, router: bool = False) -
                 kind="router",
                 netns=namespace(run_id, "router"),
                 interfaces=(_lan_interface(run_id, "router", 1), router_client_if),
-                sysctls=_COMMON + _FORWARDING,
+                sysctls=_COMMON + _FORWARDING + _ROUTER,
             )
         )
         hosts.append(

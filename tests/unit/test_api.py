@@ -103,7 +103,7 @@ async def test_the_right_token_is_accepted(api: TestClient[Any, Any]) -> None:
 
 async def test_pool_put_get_list_delete(api: TestClient[Any, Any]) -> None:
     put = await call(api, "PUT", "/v1/pools/web", POOL)
-    assert put == {**POOL, "announce": "l2", "avoid_buggy_ips": False}
+    assert put == {**POOL, "announce": "l2", "avoid_buggy_ips": False, "bgp": None}
     assert await call(api, "GET", "/v1/pools/web") == put
     assert await call(api, "GET", "/v1/pools") == [put]
     assert await call(api, "DELETE", "/v1/pools/web") == {"deleted": "web"}

@@ -105,6 +105,18 @@ def test_base_config_parses() -> None:
         pytest.param(lambda d: d.update(data_interface="eth0", announce="l2"), id="l2"),
         pytest.param(
             lambda d: d.update(
+                announce="l2+bgp",
+                data_interface="eth0",
+                bgp={
+                    "asn": 64512,
+                    "peers": [{"address": "192.0.2.1", "asn": 64500}],
+                    "next_hop6": "2001:db8:1::b",
+                },
+            ),
+            id="l2-and-bgp",
+        ),
+        pytest.param(
+            lambda d: d.update(
                 data_interface="eth0",
                 announce="l2",
                 l2={"burst": 5, "repeats": [0.2, 1.5], "refresh_interval": None},
@@ -234,7 +246,15 @@ def test_split_host_port(address: str, host: str, port: int) -> None:
         (lambda d: d["raft"].update(peers=[]), "raft.peers", []),
         (lambda d: d["raft"]["peers"][2].update(id="Lb3"), "raft.peers.2.id", "Lb3"),
         (lambda d: d.update(timing="slow"), "timing", "slow"),
-        (lambda d: d.update(announce="bgp"), "announce", "bgp"),
+        (lambda d: d.update(announce="ospf"), "announce", "ospf"),
+        (lambda d: d.update(announce="bgp"), "bgp", None),
+        (
+            lambda d: d.update(
+                bgp={"asn": 64512, "peers": [{"address": "192.0.2.1", "asn": 1, "hold_time": 2}]}
+            ),
+            "bgp.peers.0.hold_time",
+            2,
+        ),
         (lambda d: d.update(log_level="trace"), "log_level", "trace"),
         (lambda d: d.update(announce="l2"), "data_interface", None),
         (lambda d: d.update(l2={"burst": 0}), "l2.burst", 0),

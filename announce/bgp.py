@@ -1,0 +1,223 @@
+"""The BGP announcer: one exabgp child per agent, driven through its API.
+
+exabgp runs as a child of the agent (in its process group, with a parent-death signal, so a
+killed agent leaves no exabgp), as root (it must not drop privileges: `daemon.user=root`,
+`daemon.drop=false`), in the foreground. Its API process is `announce.exabgp_relay`, which
+connects back to the agent's unix socket. `set(routes)` is idempotent: the announcer keeps the
+desired routes and sends exabgp only the difference; when exabgp (re)starts, everything is sent
+again. exabgp that dies is restarted with backoff; meanwhile `status()` says it is not
+announcing. `close()` withdraws everything first, so a graceful stop drains the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from announce.bgp_config import Route, Session, changes, render_config, withdraw_command
+
+log = logging.getLogger("raftlb.bgp")
+PR_SET_PDEATHSIG = 1
+ENV = {
+    "exabgp_daemon_daemonize": "false",
+    "exabgp_daemon_user": "root",
+    "exabgp_daemon_drop": "false",
+    "exabgp_log_destination": "stdout",
+    "exabgp_api_cli": "false",
+}
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def exabgp_binary() -> str:
+    beside = Path(sys.executable).parent / "exabgp"
+    return str(beside) if beside.exists() else "exabgp"
+
+
+class BgpAnnouncer:
+    """Announces routes through a supervised exabgp (asyncio; create it inside the loop)."""
+
+    def __init__(self, session: Session, run_dir: Path, exabgp: str | None = None) -> None:
+        self.session = session
+        self.dir = run_dir
+        self.exabgp = exabgp or exabgp_binary()
+        self.socket_path = run_dir / "exabgp.sock"
+        self.config_path = run_dir / "exabgp.conf"
+        self.desired: frozenset[Route] = frozenset()
+        self.sent: frozenset[Route] = frozenset()
+        self.peers: dict[str, str] = {str(p.address): "down" for p in session.peers}
+        self.restarts = 0
+        self.errors = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._readers: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._server = await asyncio.start_unix_server(self._on_relay, path=str(self.socket_path))
+        relay = [sys.executable, "-m", "announce.exabgp_relay", str(self.socket_path)]
+        self.config_path.write_text(render_config(self.session, relay))
+        self._supervisor = asyncio.create_task(self._supervise(), name="exabgp")
+
+    # --- what the agent calls ----------------------------------------------------------------
+
+    def set(self, routes: Iterable[Route]) -> None:
+        self.desired = frozenset(routes)
+        self._flush()
+
+    def announcing(self) -> bool:
+        return self._writer is not None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "running": self.proc is not None and self.proc.returncode is None,
+            "announcing": self.announcing(),
+            "peers": dict(self.peers),
+            "routes": sorted(r.prefix for r in self.sent),
+            "restarts": self.restarts,
+            "errors": self.errors,
+        }
+
+    async def close(self, withdraw_wait: float = 0.5) -> None:
+        """Withdraw every route (a graceful stop drains the node), then stop exabgp."""
+        self._closing = True
+        if self._writer is not None and self.sent:
+            self._send([withdraw_command(r) for r in sorted(self.sent)])
+            self.sent = frozenset()
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
+            await asyncio.sleep(withdraw_wait)  # let the UPDATE leave before the session ends
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._stop_exabgp()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._readers):
+            task.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    # --- exabgp and its relay ----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backoff = 0.5
+        while not self._closing:
+            started = time.monotonic()
+            self.proc = await asyncio.create_subprocess_exec(
+                self.exabgp,
+                "server",
+                str(self.config_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **ENV},
+                preexec_fn=_die_with_parent,
+            )
+            log.info("exabgp started (pid %d)", self.proc.pid)
+            assert self.proc.stdout is not None
+            async for line in self.proc.stdout:
+                log.debug("exabgp: %s", line.decode(errors="replace").rstrip())
+            code = await self.proc.wait()
+            self._lost_relay()
+            if self._closing:
+                return
+            if time.monotonic() - started > 30:
+                backoff = 0.5
+            self.restarts += 1
+            log.error(
+                "exabgp exited with %s; not announcing; restarting in %.1fs (restart %d). "
+                "See the agent log at debug level for its output",
+                code,
+                backoff,
+                self.restarts,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _stop_exabgp(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def _on_relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = writer
+        self.sent = frozenset()  # a new exabgp knows nothing: send everything again
+        log.info("exabgp API connected; announcing %d route(s)", len(self.desired))
+        self._flush()
+        task = asyncio.current_task()
+        if task is not None:
+            self._readers.add(task)
+        try:
+            async for line in reader:
+                self._on_message(line.decode(errors="replace").strip())
+        finally:
+            if self._writer is writer:
+                self._lost_relay()
+            if task is not None:
+                self._readers.discard(task)
+
+    def _lost_relay(self) -> None:
+        self._writer = None
+        self.sent = frozenset()
+        for peer in self.peers:
+            self.peers[peer] = "down"
+
+    def _on_message(self, line: str) -> None:
+        if not line or line == "done":
+            return
+        if line.startswith("error"):
+            self.errors += 1
+            log.error("exabgp refused a command: %s", line)
+            return
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        if message.get("type") == "state":
+            neighbor = message.get("neighbor", {})
+            peer = str(neighbor.get("address", {}).get("peer"))
+            state = str(neighbor.get("state"))
+            if peer in self.peers and self.peers[peer] != state:
+                log.info("BGP session with %s is %s", peer, state)
+                self.peers[peer] = state
+
+    def _flush(self) -> None:
+        if self._writer is None or self.desired == self.sent:
+            return
+        commands = changes(self.sent, self.desired)
+        self._send(commands)
+        for command in commands:
+            log.info("bgp: %s", command)
+        self.sent = self.desired
+
+    def _send(self, commands: list[str]) -> None:
+        assert self._writer is not None
+        self._writer.write("".join(f"{c}\n" for c in commands).encode())

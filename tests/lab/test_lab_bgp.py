@@ -1,0 +1,201 @@
+"""BGP mode end to end: agents with exabgp, a real BIRD router with ECMP, the client behind it.
+
+Each test builds a lab with `--router`: the client sits on its own link behind the router, so it
+reaches routed VIPs only through the routes BIRD learned from the nodes. What the router installs
+in its kernel table (`ip route`) is what the tests look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.lab import netns, topology
+from appliance.lab.netlab import NetLab
+from appliance.lab.outage import forwarders, outages, summary_line
+from appliance.lab.prober import read_samples
+from tests.lab.labkit import MakeLab, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+HOLD = 3.0
+
+
+def setup(lab: NetLab) -> tuple[str, str]:
+    """A `bgp` pool (with a community) and an IPv4 and an IPv6 service; their VIPs."""
+    leader = lab.wait_leader()
+    pool = {
+        "addresses": [topology.BGP_VIPS4, topology.BGP_VIPS6],
+        "announce": "bgp",
+        "bgp": {"communities": ["64512:100"]},
+    }
+    assert lab.api(leader, "PUT", "/v1/pools/routed", pool) is not None
+    vips = []
+    for family in ("ipv4", "ipv6"):
+        backends = [
+            {"address": str(getattr(h, family)), "port": topology.BACKEND_HTTP_PORT}
+            for h in lab.plan.of_kind("backend")
+        ]
+        body = {"ip_family": family, "ports": [{"port": 80, "backends": backends}]}
+        answer = lab.api(leader, "PUT", f"/v1/services/t/default/web-{family}", body)
+        assert answer is not None
+        vips.append(str(answer["address"]))
+    return vips[0], vips[1]
+
+
+def next_hops(lab: NetLab, vip: str) -> set[str]:
+    """The gateways of the router's kernel route to `vip` (empty: no route)."""
+    family = "-6" if ":" in vip else "-4"
+    shown = lab.exec(
+        "router", ["ip", "-j", family, "route", "show", vip], capture_output=True, text=True
+    )
+    found: set[str] = set()
+    for route in json.loads(shown.stdout or "[]"):
+        if route.get("gateway"):
+            found.add(route["gateway"])
+        found.update(h["gateway"] for h in route.get("nexthops", []) if h.get("gateway"))
+    return found
+
+
+def node_ips(lab: NetLab, family: str = "ipv4") -> dict[str, str]:
+    return {h.name: str(getattr(h, family)) for h in lab.plan.of_kind("node")}
+
+
+def wait_hops(lab: NetLab, vip: str, nodes: list[str], timeout: float = 20.0) -> float:
+    """Wait until the router's route to `vip` goes exactly via `nodes`; seconds it took."""
+    family = "ipv6" if ":" in vip else "ipv4"
+    want = {node_ips(lab, family)[n] for n in nodes}
+    started = time.monotonic()
+    wait_for(lambda: next_hops(lab, vip) == want or None, timeout, f"{vip} via {sorted(nodes)}")
+    return time.monotonic() - started
+
+
+def probe(lab: NetLab, vip: str, seconds: float, name: str, during: object = None) -> list:  # type: ignore[type-arg]
+    from appliance.lab.bench import run_prober
+
+    return read_samples(run_prober(lab, name, vip, "http", seconds, during))
+
+
+@pytest.fixture
+def bgp_lab(make_lab: MakeLab) -> tuple[NetLab, str, str]:
+    lab = make_lab(router=True)
+    vip4, vip6 = setup(lab)
+    nodes = lab.node_names()
+    wait_hops(lab, vip4, nodes)
+    wait_hops(lab, vip6, nodes)
+    return lab, vip4, vip6
+
+
+def test_every_node_announces_the_router_spreads_flows_and_sees_communities(
+    bgp_lab: tuple[NetLab, str, str],
+) -> None:
+    lab, vip4, vip6 = bgp_lab
+    ctl = str(lab.dir / "router" / "bird.ctl")
+    shown = lab.exec(
+        "router",
+        ["birdc", "-s", ctl, "show", "route", "all", "for", vip4],
+        capture_output=True,
+        text=True,
+    )
+    assert "BGP.community: (64512,100)" in shown.stdout, shown.stdout
+    samples = probe(lab, vip4, 2.0, "spread")
+    assert not outages(samples), summary_line(samples)
+    by_node = forwarders(samples, {ip: n for n, ip in node_ips(lab).items()})
+    print(f"flows per node: {by_node}")
+    assert set(by_node) == set(lab.node_names()), by_node  # ECMP over all three
+    six = probe(lab, vip6, 1.0, "six")
+    assert not outages(six), summary_line(six)
+    status = lab.api("n1", "GET", "/v1/status")["bgp"]
+    assert status["announcing"] and set(status["peers"].values()) == {"up"}
+    assert sorted(status["routes"]) == sorted([f"{vip4}/32", f"{vip6}/128"])
+
+
+def test_drain_withdraws_without_failing_new_connections(bgp_lab: tuple[NetLab, str, str]) -> None:
+    lab, vip4, _ = bgp_lab
+    nodes = lab.node_names()
+
+    def drain() -> None:
+        time.sleep(0.5)
+        assert lab.api(nodes[0], "POST", f"/v1/nodes/{nodes[0]}/drain") is not None
+        wait_hops(lab, vip4, nodes[1:])
+
+    samples = probe(lab, vip4, 3.0, "drain", drain)
+    assert not outages(samples), summary_line(samples)
+    assert lab.api(nodes[0], "POST", f"/v1/nodes/{nodes[0]}/undrain") is not None
+    wait_hops(lab, vip4, nodes)
+
+
+def test_agent_kill_closes_the_session_and_leaves_no_exabgp(
+    bgp_lab: tuple[NetLab, str, str],
+) -> None:
+    lab, vip4, _ = bgp_lab
+    nodes = lab.node_names()
+    victim = nodes[1]
+    lab.crash(victim, "kill")
+    took = wait_hops(lab, vip4, [n for n in nodes if n != victim])
+    print(f"kill -9 of {victim}'s agent: route withdrawn {took:.2f}s later")
+    assert took < HOLD, "the session should close at once, not after the hold time"
+    left = [p for p in netns.pids_in(lab.plan.host(victim).netns)]
+    assert left == [], f"processes left in {victim}: {left}"
+    samples = probe(lab, vip4, 1.0, "after-kill")
+    assert not outages(samples), summary_line(samples)
+
+
+def test_silent_node_is_dropped_after_the_hold_time(bgp_lab: tuple[NetLab, str, str]) -> None:
+    lab, vip4, _ = bgp_lab
+    nodes = lab.node_names()
+    victim = nodes[2]
+    lab.crash(victim, "link")
+    took = wait_hops(lab, vip4, nodes[:2], timeout=HOLD + 10)
+    print(f"{victim} cut off: route gone {took:.2f}s later (hold time {HOLD:g}s)")
+    lab.recover(victim, "link")
+    wait_hops(lab, vip4, nodes, timeout=30)
+
+
+def test_a_node_without_a_healthy_backend_withdraws(bgp_lab: tuple[NetLab, str, str]) -> None:
+    lab, vip4, _ = bgp_lab
+    nodes = lab.node_names()
+    blind = nodes[0]
+    # That node alone can no longer reach the backends: its health checks fail.
+    block = "table inet blind {\n chain out {\n type filter hook output priority 0;\n"
+    block += " tcp dport 80 drop\n }\n}\n"
+    result = lab.exec(blind, ["nft", "-f", "-"], input=block, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    wait_hops(lab, vip4, nodes[1:])
+    lab.exec(blind, ["nft", "delete", "table", "inet", "blind"], capture_output=True)
+    wait_hops(lab, vip4, nodes)
+
+
+def test_quorum_loss_makes_the_minority_withdraw(bgp_lab: tuple[NetLab, str, str]) -> None:
+    lab, vip4, _ = bgp_lab
+    nodes = lab.node_names()
+    for node in nodes[1:]:
+        lab.crash(node, "kill")
+    took = wait_hops(lab, vip4, [])
+    print(f"quorum lost: {nodes[0]} withdrew {took:.2f}s after the kills")
+
+
+def test_exabgp_killed_under_the_agent_is_restarted(bgp_lab: tuple[NetLab, str, str]) -> None:
+    lab, vip4, _ = bgp_lab
+    nodes = lab.node_names()
+    node = nodes[0]
+    # Only this node's exabgp: the namespaces share one pid space, so no pgrep.
+    pids = [
+        pid
+        for pid in netns.pids_in(lab.plan.host(node).netns)
+        if "exabgp server"
+        in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    ]
+    assert pids, "no exabgp running"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    wait_hops(lab, vip4, nodes[1:])
+    wait_hops(lab, vip4, nodes, timeout=30)
+    status = lab.api(node, "GET", "/v1/status")["bgp"]
+    assert status["restarts"] >= 1 and status["announcing"], status
+    print(f"exabgp restarted ({status['restarts']} restart), routes back", file=sys.stderr)
