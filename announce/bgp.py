@@ -100,7 +100,8 @@ class BgpAnnouncer:
         """Withdraw every route (a graceful stop drains the node), then stop exabgp."""
         self._closing = True
         if self._writer is not None and self.sent:
-            self._send([withdraw_command(r) for r in sorted(self.sent)])
+            ordered = sorted(self.sent, key=lambda r: (r.vip.version, int(r.vip)))
+            self._send([withdraw_command(r) for r in ordered])
             self.sent = frozenset()
             with contextlib.suppress(ConnectionError):
                 await self._writer.drain()
@@ -210,7 +211,8 @@ class BgpAnnouncer:
                 self.peers[peer] = state
 
     def _flush(self) -> None:
-        if self._writer is None or self.desired == self.sent:
+        # Once closing, nothing is announced again (the reconciler still runs meanwhile).
+        if self._closing or self._writer is None or self.desired == self.sent:
             return
         commands = changes(self.sent, self.desired)
         self._send(commands)

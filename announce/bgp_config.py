@@ -33,7 +33,7 @@ class Session:
     peers: tuple[Peer, ...]
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """One VIP as announced: prefix, next hop and the pool's path attributes."""
 

@@ -259,6 +259,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     bgp = BgpRoutes(config, config.bgp) if config.announces_bgp and config.bgp else None
     if bgp is not None:
         await bgp.announcer.start()
+        metrics.watch_bgp(bgp.announcer.status)
     loops = OwnershipLoops(
         cluster,
         metrics,

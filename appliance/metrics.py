@@ -7,7 +7,7 @@ the commit-latency histogram is fed by `Metrics.submit`, the one path every writ
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -109,6 +109,35 @@ class _HealthCollector(Collector):
         yield vips
 
 
+class _BgpCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self._status()
+        sessions = GaugeMetricFamily(
+            "raftlb_bgp_session_up", "1 while the BGP session with the peer is up", labels=["peer"]
+        )
+        for peer, state in sorted(status.get("peers", {}).items()):
+            sessions.add_metric([peer], float(state == "up"))
+        yield sessions
+        yield GaugeMetricFamily(
+            "raftlb_bgp_routes_announced",
+            "VIP routes this node announces now",
+            value=len(status.get("routes", [])),
+        )
+        yield GaugeMetricFamily(
+            "raftlb_bgp_announcing",
+            "1 while exabgp runs and takes commands (0: this node announces nothing)",
+            value=float(bool(status.get("announcing"))),
+        )
+        yield GaugeMetricFamily(
+            "raftlb_bgp_exabgp_restarts",
+            "Times exabgp died and was restarted",
+            value=status.get("restarts", 0),
+        )
+
+
 class Metrics:
     """The registry of one agent and the write path that records commit latency."""
 
@@ -152,6 +181,10 @@ class Metrics:
             raise
         self.commit_seconds.observe(time.monotonic() - started)
         return result
+
+    def watch_bgp(self, status: Callable[[], dict[str, Any]]) -> None:
+        """Export the BGP announcer's sessions and routes (announce.bgp) at scrape time."""
+        self.registry.register(_BgpCollector(status))
 
     def watch_health(self, health: HealthView, cluster: Cluster) -> None:
         """Export this node's backend health (appliance.health) at scrape time."""

@@ -307,7 +307,8 @@ async def delete_allocation(request: web.Request) -> web.Response:
 
 async def get_vips(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    return web.json_response(vips_view(ctx.cluster.view(), ctx.backend_healthy))
+    announced = set(ctx.bgp_status().get("routes", [])) if ctx.bgp_status else None
+    return web.json_response(vips_view(ctx.cluster.view(), ctx.backend_healthy, announced))
 
 
 async def apply_batch(request: web.Request) -> web.Response:

@@ -60,7 +60,9 @@ def backend_counts(
 
 
 def vips_view(
-    state: ClusterState, healthy: Callable[[str, Backend], bool] | None = None
+    state: ClusterState,
+    healthy: Callable[[str, Backend], bool] | None = None,
+    announced: set[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per allocated address: pool, mode, owners, services and their ports; with
     `healthy` (this node's health checks), how many of its backends answer."""
@@ -90,6 +92,12 @@ def vips_view(
                 "previous": assignment.previous if assignment else None,
                 "reason": str(assignment.reason) if assignment and assignment.reason else None,
                 "dead_for": assignment.dead_for if assignment else None,
+                # bgp VIPs: owned by nobody, announced by every able node; this one or not.
+                "bgp_announced_here": (
+                    f"{address}/{address.max_prefixlen}" in announced
+                    if announced is not None and pool is not None and pool.announce == "bgp"
+                    else None
+                ),
                 "backends": backend_counts(
                     [state.services[o] for o in owners if o in state.services], healthy
                 )

@@ -299,15 +299,32 @@ def bench_lab(seconds: float, as_json: bool, base: Path | None) -> None:
 @click.option(
     "--compare",
     type=click.Choice(["keepalived"]),
-    help="Also run keepalived (VRRP, default and 100 ms timers) in the same lab.",
+    help="Also run keepalived (VRRP, default and 100 ms timers) in the same lab (mode l2).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["l2", "bgp"]),
+    default="l2",
+    show_default=True,
+    help="l2: one owner per VIP; bgp: every node announces, behind a BIRD router.",
 )
 @_BASE
-def bench_failover(runs: int, as_json: bool, compare: str | None, base: Path | None) -> None:
+def bench_failover(
+    runs: int, as_json: bool, compare: str | None, mode: str, base: Path | None
+) -> None:
     """Client-seen outage when a VIP's owner is killed, cut off or frozen, and on a drain."""
     from appliance.lab.bench_failover import main_failover
     from appliance.lab.netlab import LabError
 
     try:
+        if mode == "bgp":
+            import json
+
+            from appliance.lab.bench_bgp import bench_bgp, render_bgp
+
+            result = bench_bgp(_base(base), runs, _progress)
+            click.echo(json.dumps(result, indent=2) if as_json else render_bgp(result))
+            return
         click.echo(main_failover(_base(base), runs, as_json, _progress, compare == "keepalived"))
     except LabError as exc:
         _fail(str(exc))

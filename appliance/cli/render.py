@@ -271,7 +271,7 @@ def vips_table(vips: list[dict[str, Any]]) -> Table:
             ", ".join(vip.get("owners") or []) or "-",
             ", ".join(vip.get("ports") or []) or "-",
             _text(vip.get("sharing_key")),
-            _text(vip.get("node")),
+            _node(vip),
             _text(vip.get("epoch")),
             _since(vip.get("since"), now),
             _last_change(vip),
@@ -287,6 +287,14 @@ def _since(at: Any, now: float) -> str:
     return (
         f"{ago:.0f}s ago" if ago < 120 else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
     )
+
+
+def _node(vip: dict[str, Any]) -> str:
+    """The owner; a bgp VIP has none: every able node announces it (and this one, or not)."""
+    if vip.get("announce") == "bgp":
+        here = vip.get("bgp_announced_here")
+        return "ecmp" + ("" if here is None else f" (here: {'yes' if here else 'no'})")
+    return _text(vip.get("node"))
 
 
 def _backends_up(counts: Any) -> str:

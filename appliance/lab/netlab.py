@@ -388,6 +388,19 @@ class NetLab:
         finally:
             thread.close()
 
+    def next_hops(self, prefix: str) -> set[str]:
+        """The gateways of the router's kernel route to `prefix` (empty: no route)."""
+        family = "-6" if ":" in prefix else "-4"
+        shown = self.exec(
+            "router", ["ip", "-j", family, "route", "show", prefix], capture_output=True, text=True
+        )
+        found: set[str] = set()
+        for route in json.loads(shown.stdout or "[]"):
+            if route.get("gateway"):
+                found.add(route["gateway"])
+            found.update(h["gateway"] for h in route.get("nexthops", []) if h.get("gateway"))
+        return found
+
     def statuses(self, via: str = "client", timeout: float = 1.0) -> dict[str, Any]:
         """Each node's /v1/status, asked from inside `via`'s namespace (None: no answer)."""
         nodes = self.node_names()

@@ -7,7 +7,6 @@ in its kernel table (`ip route`) is what the tests look at.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from appliance.lab.netlab import NetLab
 from appliance.lab.outage import forwarders, outages, summary_line
 from appliance.lab.prober import read_samples
 from tests.lab.labkit import MakeLab, wait_for
+from tests.lab.test_lab_ownership import metrics_text
 
 pytestmark = pytest.mark.timeout(240)
 HOLD = 3.0
@@ -48,20 +48,6 @@ def setup(lab: NetLab) -> tuple[str, str]:
     return vips[0], vips[1]
 
 
-def next_hops(lab: NetLab, vip: str) -> set[str]:
-    """The gateways of the router's kernel route to `vip` (empty: no route)."""
-    family = "-6" if ":" in vip else "-4"
-    shown = lab.exec(
-        "router", ["ip", "-j", family, "route", "show", vip], capture_output=True, text=True
-    )
-    found: set[str] = set()
-    for route in json.loads(shown.stdout or "[]"):
-        if route.get("gateway"):
-            found.add(route["gateway"])
-        found.update(h["gateway"] for h in route.get("nexthops", []) if h.get("gateway"))
-    return found
-
-
 def node_ips(lab: NetLab, family: str = "ipv4") -> dict[str, str]:
     return {h.name: str(getattr(h, family)) for h in lab.plan.of_kind("node")}
 
@@ -71,7 +57,7 @@ def wait_hops(lab: NetLab, vip: str, nodes: list[str], timeout: float = 20.0) ->
     family = "ipv6" if ":" in vip else "ipv4"
     want = {node_ips(lab, family)[n] for n in nodes}
     started = time.monotonic()
-    wait_for(lambda: next_hops(lab, vip) == want or None, timeout, f"{vip} via {sorted(nodes)}")
+    wait_for(lambda: lab.next_hops(vip) == want or None, timeout, f"{vip} via {sorted(nodes)}")
     return time.monotonic() - started
 
 
@@ -113,6 +99,12 @@ def test_every_node_announces_the_router_spreads_flows_and_sees_communities(
     status = lab.api("n1", "GET", "/v1/status")["bgp"]
     assert status["announcing"] and set(status["peers"].values()) == {"up"}
     assert sorted(status["routes"]) == sorted([f"{vip4}/32", f"{vip6}/128"])
+    router = str(lab.plan.host("router").ipv4)
+    metrics = metrics_text(lab, "n1")
+    assert f'raftlb_bgp_session_up{{peer="{router}"}} 1.0' in metrics
+    assert "raftlb_bgp_routes_announced 2.0" in metrics
+    vips = {v["address"]: v for v in lab.api("n1", "GET", "/v1/vips")}
+    assert vips[vip4]["bgp_announced_here"] is True and vips[vip4]["node"] is None
 
 
 def test_drain_withdraws_without_failing_new_connections(bgp_lab: tuple[NetLab, str, str]) -> None:
@@ -199,3 +191,21 @@ def test_exabgp_killed_under_the_agent_is_restarted(bgp_lab: tuple[NetLab, str, 
     status = lab.api(node, "GET", "/v1/status")["bgp"]
     assert status["restarts"] >= 1 and status["announcing"], status
     print(f"exabgp restarted ({status['restarts']} restart), routes back", file=sys.stderr)
+
+
+def test_a_graceful_stop_withdraws_before_it_stops_forwarding(
+    bgp_lab: tuple[NetLab, str, str],
+) -> None:
+    lab, vip4, _ = bgp_lab
+    nodes = lab.node_names()
+    victim = nodes[0]
+    pid = lab.pid(f"agent-{victim}")
+    assert pid is not None
+
+    def stop() -> None:
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGTERM)  # what systemd does on `systemctl stop`
+        wait_hops(lab, vip4, nodes[1:])
+
+    samples = probe(lab, vip4, 2.5, "graceful", stop)
+    assert not outages(samples), summary_line(samples)

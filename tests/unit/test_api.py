@@ -418,6 +418,7 @@ async def test_vips_show_shared_addresses(api: TestClient[Any, Any]) -> None:
             "previous": None,
             "reason": None,
             "dead_for": None,
+            "bgp_announced_here": None,
             "backends": None,
         },
         {
@@ -435,6 +436,7 @@ async def test_vips_show_shared_addresses(api: TestClient[Any, Any]) -> None:
             "previous": None,
             "reason": None,
             "dead_for": None,
+            "bgp_announced_here": None,
             "backends": None,
         },
     ]
