@@ -1,0 +1,130 @@
+"""List+watch of one kind of Kubernetes object into a local store, with the real client.
+
+`Informer.run` lists (keeping the list's resourceVersion), then watches from it with bookmarks;
+a watch that ends is resumed from the last version seen; an ERROR 410 Gone (the version was
+compacted away) makes it list again, and the objects that vanished meanwhile are reported as
+DELETED. Connection errors back off (0.5 s doubling to 30 s) and keep the store as it was: the
+appliance keeps serving what it had while the Kubernetes API is down. Objects are plain dicts
+(the API's JSON). Watch events are deserialized by the client and turned back into that JSON:
+its `deserialize=False` mode fails on ERROR events (it looks for `raw_object`), so a 410 would
+never be seen. `on_event(type, obj)` runs on the informer's thread for every change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("raftlb.k8s")
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+def object_key(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace') or ''}/{meta.get('name')}"
+
+
+class Informer:
+    def __init__(
+        self,
+        name: str,
+        list_fn: Callable[..., Any],
+        on_event: EventHandler,
+        watch_seconds: int = 300,
+    ) -> None:
+        self.name = name
+        self.list_fn = list_fn
+        self.on_event = on_event
+        self.watch_seconds = watch_seconds
+        self.store: dict[str, dict[str, Any]] = {}
+        self.resource_version: str | None = None
+        self.lists = 0
+        self.failures = 0
+        self.synced = threading.Event()
+        self._lock = threading.Lock()
+        self._watch: watch.Watch | None = None
+        # The client of the list function turns models back into the API's JSON.
+        self._to_json = list_fn.__self__.api_client.sanitize_for_serialization  # type: ignore[attr-defined]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.store.values())
+
+    def relist(self) -> None:
+        response = self.list_fn(_preload_content=False)
+        body = json.loads(response.data)
+        items = {object_key(o): o for o in body.get("items") or []}
+        with self._lock:
+            gone = [o for k, o in self.store.items() if k not in items]
+            changed = [o for k, o in items.items() if self.store.get(k) != o]
+            self.store = items
+        self.resource_version = (body.get("metadata") or {}).get("resourceVersion")
+        self.lists += 1
+        self.synced.set()
+        for obj in gone:
+            self.on_event("DELETED", obj)
+        for obj in changed:
+            self.on_event("MODIFIED", obj)
+
+    def watch_once(self) -> None:
+        self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+        stream = self._watch.stream(  # type: ignore[no-untyped-call]
+            self.list_fn,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_seconds,
+        )
+        for event in stream:
+            kind = event.get("type")
+            obj = self._to_json(event.get("object")) or {}
+            version = (obj.get("metadata") or {}).get("resourceVersion")
+            if version:
+                self.resource_version = version
+            if kind == "BOOKMARK":
+                continue
+            with self._lock:
+                if kind == "DELETED":
+                    self.store.pop(object_key(obj), None)
+                else:
+                    self.store[object_key(obj)] = obj
+            self.on_event(str(kind), obj)
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                if self.resource_version is None:
+                    self.relist()
+                self.watch_once()
+                backoff = 0.5
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("%s: watch expired (410 Gone): listing again", self.name)
+                    self.resource_version = None
+                    continue
+                self._failed(stop, backoff, f"HTTP {exc.status} {exc.reason}")
+                backoff = min(backoff * 2, 30.0)
+            except Exception as exc:  # the client raises urllib3 and socket errors as they come
+                self._failed(stop, backoff, f"{type(exc).__name__}: {exc}")
+                backoff = min(backoff * 2, 30.0)
+
+    def _failed(self, stop: threading.Event, backoff: float, why: str) -> None:
+        self.failures += 1
+        log.warning(
+            "%s: Kubernetes API unreachable or failing (%s); keeping the last state and "
+            "retrying in %.1fs",
+            self.name,
+            why,
+            backoff,
+        )
+        stop.wait(backoff)
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()  # type: ignore[no-untyped-call]

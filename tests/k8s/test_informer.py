@@ -1,0 +1,121 @@
+"""The informer against a server speaking the Kubernetes wire protocol, with the real client:
+list, watch streams, bookmarks, 410 Gone and relist, and an API server that goes away."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from k8s_sync.informer import Informer
+from tests.k8s.apiserver import FakeApiServer
+from tests.unit.served import ServedApp
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def svc(name: str, port: int = 80) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": port}]},
+    }
+
+
+def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class Running:
+    def __init__(self, api: FakeApiServer, served: ServedApp, watch_seconds: int = 2) -> None:
+        self.api = api
+        self.served = served
+        self.events: list[tuple[str, str]] = []
+        configuration = client.Configuration(host=served.url)
+        core = client.CoreV1Api(client.ApiClient(configuration))
+        self.informer = Informer(
+            "services",
+            core.list_service_for_all_namespaces,
+            lambda kind, obj: self.events.append((kind, obj["metadata"]["name"])),
+            watch_seconds=watch_seconds,
+        )
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.informer.run, args=(self.stop,), daemon=True)
+
+    def names(self) -> set[str]:
+        return {o["metadata"]["name"] for o in self.informer.snapshot()}
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    api = FakeApiServer()
+    with ServedApp(api.app()) as served:
+        run = Running(api, served)
+        api.call(api.put, "services", svc("before"))
+        run.thread.start()
+        try:
+            yield run
+        finally:
+            run.stop.set()
+            run.informer.stop()
+            run.thread.join(10)
+
+
+def test_list_then_watch_follows_adds_changes_and_deletes(running: Running) -> None:
+    api = running.api
+    until(lambda: running.names() == {"before"}, "the initial list")
+    api.call(api.put, "services", svc("web"))
+    api.call(api.put, "services", svc("web", 443))
+    api.call(api.delete, "services", "shop/before")
+    until(lambda: running.names() == {"web"}, "the watched changes")
+    store = {o["metadata"]["name"]: o for o in running.informer.snapshot()}
+    assert store["web"]["spec"]["ports"] == [{"port": 443}]
+    assert ("DELETED", "before") in running.events
+    assert running.informer.lists == 1  # one list, then only the watch
+
+
+def test_a_watch_that_ends_resumes_without_listing_again(running: Running) -> None:
+    until(lambda: running.names() == {"before"}, "the initial list")
+    watches = running.api.watches
+    until(lambda: running.api.watches >= watches + 2, "the watch to be resumed", timeout=10)
+    running.api.call(running.api.put, "services", svc("later"))
+    until(lambda: "later" in running.names(), "a change after a resumed watch")
+    assert running.informer.lists == 1
+
+
+def test_410_gone_makes_it_list_again_and_report_what_vanished(running: Running) -> None:
+    api = running.api
+    until(lambda: running.names() == {"before"}, "the initial list")
+    running.informer.stop()  # end the current watch
+    api.call(api.delete, "services", "shop/before")
+    api.call(api.put, "services", svc("new"))
+    api.call(api.compact)  # the informer's version is gone from the history
+    until(lambda: running.informer.lists >= 2, "a relist after 410 Gone")
+    until(lambda: running.names() == {"new"}, "the state after the relist")
+    assert ("DELETED", "before") in running.events
+
+
+def test_an_unreachable_api_keeps_the_store_and_recovers() -> None:
+    api = FakeApiServer()
+    served = ServedApp(api.app())
+    with served:
+        run = Running(api, served, watch_seconds=1)
+        api.call(api.put, "services", svc("kept"))
+        run.thread.start()
+        until(lambda: run.names() == {"kept"}, "the initial list")
+    try:
+        # The server is gone: the store stays, failures are counted and retried.
+        until(lambda: run.informer.failures >= 1, "a failure to be noticed")
+        assert run.names() == {"kept"}
+    finally:
+        run.stop.set()
+        run.informer.stop()
+        run.thread.join(10)
