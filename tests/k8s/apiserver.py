@@ -123,6 +123,12 @@ class FakeApiServer:
         return handle
 
     async def _watch(self, request: web.Request, kind: str) -> web.StreamResponse:
+        try:
+            return await self._stream(request, kind)
+        except ConnectionResetError:  # the client went away (aiohttp's error is one of these)
+            return web.StreamResponse()
+
+    async def _stream(self, request: web.Request, kind: str) -> web.StreamResponse:
         self.watches += 1
         since = int(request.query.get("resourceVersion") or self.rv)
         timeout = float(request.query.get("timeoutSeconds") or 30)

@@ -1,0 +1,199 @@
+"""The sync end to end in one process: the real kubernetes client against the test API server,
+the real appliance API (aiohttp app over the in-memory cluster) and its client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from appliance.api.app import ApiContext, build_app
+from appliance.client import ApiClient
+from appliance.metrics import Metrics
+from appliance.model import Pool, ServiceSpec
+from k8s_sync.syncer import Syncer
+from k8s_sync.translate import EXCLUDE_LABEL, Options
+from raft.fake import InMemoryCluster
+from tests.k8s.apiserver import FakeApiServer
+from tests.unit.served import ServedApp
+
+pytestmark = pytest.mark.timeout(90)
+TOKEN = "sync-test-token-0123456789abcdef"
+
+
+def k8s_service(name: str, port: int = 80, **annotations: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+        "spec": {
+            "type": "LoadBalancer",
+            "loadBalancerClass": "raftlb.io/lb",
+            "externalTrafficPolicy": "Cluster",
+            "ipFamilies": ["IPv4"],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP", "nodePort": 30080}],
+        },
+    }
+
+
+def k8s_node(name: str, n: int, excluded: bool = False) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {EXCLUDE_LABEL: ""} if excluded else {}},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "addresses": [{"type": "InternalIP", "address": f"198.51.100.{n}"}],
+        },
+    }
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@dataclass
+class World:
+    api: FakeApiServer
+    k8s_url: str
+    appliance: ApiClient
+
+    def syncer(self, cluster: str = "prod") -> tuple[Syncer, threading.Event, threading.Thread]:
+        api_client = client.ApiClient(client.Configuration(host=self.k8s_url))
+        syncer = Syncer(
+            client.CoreV1Api(api_client),
+            client.DiscoveryV1Api(api_client),
+            self.appliance,
+            Options(cluster=cluster),
+            resync=2.0,
+        )
+        stop = threading.Event()
+        thread = threading.Thread(target=syncer.run, args=(stop,), daemon=True)
+        thread.start()
+        return syncer, stop, thread
+
+    def spec(self, sid: str) -> Any:
+        return next((s for s in self.appliance.services() if s.spec.id == sid), None)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    cluster = InMemoryCluster("n1", {"n1": "127.0.0.1:7001"})
+    ctx = ApiContext(
+        cluster=cluster,
+        metrics=Metrics(cluster),
+        token=TOKEN,
+        peers=cluster.peers,
+        version="test",
+        write_timeout=1.0,
+    )
+    api = FakeApiServer()
+    with ServedApp(build_app(ctx)) as appliance_app, ServedApp(api.app()) as k8s:
+        appliance = ApiClient(appliance_app.url, TOKEN)
+        appliance.put_pool(Pool(name="lan", addresses=["192.0.2.10-192.0.2.12"], default=True))
+        api.call(api.put, "nodes", k8s_node("k1", 1))
+        api.call(api.put, "nodes", k8s_node("k2", 2))
+        yield World(api, k8s.url, appliance)
+        appliance.close()
+
+
+def test_services_follow_kubernetes_and_status_and_events_are_written(world: World) -> None:
+    api = world.api
+    _syncer, stop, thread = world.syncer()
+    try:
+        api.call(api.put, "services", k8s_service("web"))
+        stored = until(lambda: world.spec("prod/shop/web:ipv4"), "the service in the appliance")
+        assert [str(b.address) for b in stored.spec.ports[0].backends] == [
+            "198.51.100.1",
+            "198.51.100.2",
+        ]
+        until(lambda: api.patches, "a status patch")
+        status = api.objects["services"]["shop/web"]["status"]["loadBalancer"]["ingress"]
+        assert status == [{"ip": str(stored.address), "ipMode": "VIP"}]
+        assert any(e["reason"] == "IPAllocated" for e in api.events)
+
+        # A node is excluded: it leaves the backends.
+        api.call(api.put, "nodes", k8s_node("k2", 2, excluded=True))
+        until(
+            lambda: (
+                [str(b.address) for b in world.spec("prod/shop/web:ipv4").spec.ports[0].backends]
+                == ["198.51.100.1"]
+            ),
+            "the excluded node to leave",
+        )
+        # The Service is deleted: its VIP is released.
+        api.call(api.delete, "services", "shop/web")
+        until(lambda: world.spec("prod/shop/web:ipv4") is None, "the release")
+        assert any(e["reason"] == "IPReleased" for e in api.events)
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_at_start_orphans_of_this_cluster_go_and_other_clusters_stay(world: World) -> None:
+    for sid in ("prod/shop/gone:ipv4", "staging/shop/web:ipv4"):
+        world.appliance.put_service(
+            ServiceSpec.model_validate({"id": sid, "ports": [{"port": 80}]})
+        )
+    _syncer, stop, thread = world.syncer()
+    try:
+        until(lambda: world.spec("prod/shop/gone:ipv4") is None, "the orphan to be removed")
+        assert world.spec("staging/shop/web:ipv4") is not None
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_a_bad_annotation_is_an_event_and_changes_nothing(world: World) -> None:
+    api = world.api
+    _syncer, stop, thread = world.syncer()
+    try:
+        api.call(api.put, "services", k8s_service("web"))
+        before = until(lambda: world.spec("prod/shop/web:ipv4"), "the service")
+        api.call(api.put, "services", k8s_service("web", 443, **{"raftlb.io/pool": "No Such"}))
+        until(
+            lambda: any(e["reason"] == "InvalidConfiguration" for e in api.events),
+            "an InvalidConfiguration event",
+        )
+        event = next(e for e in api.events if e["reason"] == "InvalidConfiguration")
+        assert "metadata.annotations[raftlb.io/pool]" in event["message"]
+        assert world.spec("prod/shop/web:ipv4") == before  # the old port 80 stays
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_two_replicas_at_once_agree(world: World) -> None:
+    api = world.api
+    first = world.syncer()
+    second = world.syncer()
+    try:
+        for name in ("a", "b", "c"):
+            api.call(api.put, "services", k8s_service(name))
+        until(
+            lambda: (
+                len([s for s in world.appliance.services() if s.spec.id.startswith("prod/")]) == 3
+            ),
+            "three services",
+        )
+        time.sleep(2.5)  # a full resync of both
+        addresses = sorted(str(s.address) for s in world.appliance.services())
+        assert addresses == ["192.0.2.10", "192.0.2.11", "192.0.2.12"]  # no double allocation
+        for name in ("a", "b", "c"):
+            ingress = api.objects["services"][f"shop/{name}"]["status"]["loadBalancer"]["ingress"]
+            assert len(ingress) == 1
+    finally:
+        for _, stop, thread in (first, second):
+            stop.set()
+            thread.join(10)
