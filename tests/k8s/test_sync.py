@@ -3,13 +3,20 @@ the real appliance API (aiohttp app over the in-memory cluster) and its client."
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import yaml
 from kubernetes import client
 
 from appliance.api.app import ApiContext, build_app
@@ -197,3 +204,51 @@ def test_two_replicas_at_once_agree(world: World) -> None:
         for _, stop, thread in (first, second):
             stop.set()
             thread.join(10)
+
+
+def test_the_command_syncs_serves_health_and_metrics_and_stops_on_sigterm(
+    world: World, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": {"server": world.k8s_url}}],
+                "users": [{"name": "test", "user": {}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+                "current-context": "test",
+            }
+        )
+    )
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [sys.executable, "-m", "appliance.cli", "k8s-sync", "--kubeconfig", str(kubeconfig)]
+    argv += ["--api", world.appliance.base_url, "--token-file", str(token)]
+    argv += ["--cluster-name", "prod", "--listen", f"127.0.0.1:{port}", "--resync", "2"]
+    world.api.call(world.api.put, "services", k8s_service("web"))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        until(lambda: world.spec("prod/shop/web:ipv4"), "the service from the command")
+        health = until(lambda: _get(f"http://127.0.0.1:{port}/healthz"), "/healthz")
+        assert health == (200, "ok\n")
+        status, metrics = _get(f"http://127.0.0.1:{port}/metrics") or (0, "")
+        assert status == 200 and 'raftlb_k8s_informer_synced{kind="services"} 1.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _get(url: str) -> tuple[int, str] | None:
+    try:
+        resp = requests.get(url, timeout=2)
+    except requests.RequestException:
+        return None
+    return resp.status_code, resp.text

@@ -1,0 +1,156 @@
+"""`raftlb k8s-sync`: run the sync against one Kubernetes cluster and one appliance."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from appliance.client import ApiClient, ClientConfigError, read_token
+from k8s_sync.translate import Options
+
+if TYPE_CHECKING:
+    from k8s_sync.syncer import Syncer
+
+log = logging.getLogger("raftlb.k8s")
+CLUSTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$")
+
+
+class _SyncCollector(Collector):
+    def __init__(self, syncer: Syncer) -> None:
+        self.syncer = syncer
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self.syncer
+        yield GaugeMetricFamily(
+            "raftlb_k8s_reconciles", "Services reconciled since start", value=s.reconciled
+        )
+        yield GaugeMetricFamily(
+            "raftlb_k8s_reconcile_failures", "Reconciles that failed", value=s.failures
+        )
+        yield GaugeMetricFamily("raftlb_k8s_queue", "Services waiting", value=len(s.queue))
+        synced = GaugeMetricFamily(
+            "raftlb_k8s_informer_synced", "1 once the first list succeeded", labels=["kind"]
+        )
+        lists = GaugeMetricFamily("raftlb_k8s_lists", "Full lists (relists)", labels=["kind"])
+        for informer in (s.services, s.slices, s.nodes):
+            synced.add_metric([informer.name], float(informer.synced.is_set()))
+            lists.add_metric([informer.name], informer.lists)
+        yield synced
+        yield lists
+
+
+def serve_health(syncer: Syncer, listen: str) -> ThreadingHTTPServer:
+    """/healthz (200 once every informer listed) and /metrics, on a thread."""
+    registry = CollectorRegistry()
+    registry.register(_SyncCollector(syncer))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
+            elif self.path == "/healthz":
+                ready = all(
+                    i.synced.is_set() for i in (syncer.services, syncer.slices, syncer.nodes)
+                )
+                self._send(
+                    200 if ready else 503, b"ok\n" if ready else b"not synced\n", "text/plain"
+                )
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, kind: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    host, _, port = listen.rpartition(":")
+    server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server
+
+
+@click.command("k8s-sync")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--in-cluster", is_flag=True, help="Use the pod's service account.")
+@click.option("--api", "api_url", envvar="RAFTLB_API", required=True, help="The appliance API.")
+@click.option("--token-file", envvar="RAFTLB_TOKEN_FILE", required=True, type=Path)
+@click.option("--ca-file", type=Path, help="CA bundle of the appliance API's TLS certificate.")
+@click.option("--cluster-name", required=True, help="Prefix of this cluster's service ids.")
+@click.option("--class", "klass", default="raftlb.io/lb", show_default=True)
+@click.option("--include-unclassed", is_flag=True, help="Also Services with no class.")
+@click.option(
+    "--backends", type=click.Choice(["nodes", "pods"]), default="nodes", show_default=True
+)
+@click.option("--listen", default="0.0.0.0:9090", show_default=True, help="/healthz and /metrics")
+@click.option("--resync", default=300.0, show_default=True, help="Seconds between full resyncs.")
+def k8s_sync(
+    kubeconfig: Path | None,
+    in_cluster: bool,
+    api_url: str,
+    token_file: Path,
+    ca_file: Path | None,
+    cluster_name: str,
+    klass: str,
+    include_unclassed: bool,
+    backends: str,
+    listen: str,
+    resync: float,
+) -> None:
+    """Import Services of type LoadBalancer (and their EndpointSlices and Nodes) into the
+    appliance, and write the VIPs back into their status."""
+    # Imported here: the kubernetes client costs ~0.4 s, which every other command would pay.
+    from kubernetes import client, config
+
+    from k8s_sync.syncer import Syncer
+
+    if not CLUSTER_NAME.match(cluster_name):
+        raise click.BadParameter(
+            f"{cluster_name!r}: lower-case letters, digits, '.', '_' and '-'",
+            param_hint="--cluster-name",
+        )
+    if in_cluster:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None)  # type: ignore[no-untyped-call]
+    try:
+        appliance = ApiClient(
+            api_url, read_token(token_file), verify=str(ca_file) if ca_file else True
+        )
+    except ClientConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    kube = client.ApiClient()
+    options = Options(
+        cluster=cluster_name,
+        load_balancer_class=klass,
+        include_unclassed=include_unclassed,
+        backends="pods" if backends == "pods" else "nodes",
+    )
+    syncer = Syncer(client.CoreV1Api(kube), client.DiscoveryV1Api(kube), appliance, options, resync)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    health = serve_health(syncer, listen)
+    log.info("k8s-sync: cluster %s, class %s, appliance %s", cluster_name, klass, api_url)
+    try:
+        syncer.run(stop)
+    finally:
+        health.shutdown()
+        appliance.close()
+    sys.exit(0)
