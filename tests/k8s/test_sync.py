@@ -3,6 +3,7 @@ the real appliance API (aiohttp app over the in-memory cluster) and its client."
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -75,6 +76,7 @@ class World:
     api: FakeApiServer
     k8s_url: str
     appliance: ApiClient
+    k8s: ServedApp
 
     def syncer(self, cluster: str = "prod") -> tuple[Syncer, threading.Event, threading.Thread]:
         api_client = client.ApiClient(client.Configuration(host=self.k8s_url))
@@ -106,12 +108,14 @@ def world() -> Iterator[World]:
         write_timeout=1.0,
     )
     api = FakeApiServer()
-    with ServedApp(build_app(ctx)) as appliance_app, ServedApp(api.app()) as k8s:
+    k8s = ServedApp(api.app())
+    with ServedApp(build_app(ctx)) as appliance_app, contextlib.ExitStack() as stack:
+        stack.enter_context(k8s)
         appliance = ApiClient(appliance_app.url, TOKEN)
         appliance.put_pool(Pool(name="lan", addresses=["192.0.2.10-192.0.2.12"], default=True))
         api.call(api.put, "nodes", k8s_node("k1", 1))
         api.call(api.put, "nodes", k8s_node("k2", 2))
-        yield World(api, k8s.url, appliance)
+        yield World(api, k8s.url, appliance, k8s)
         appliance.close()
 
 
@@ -252,3 +256,23 @@ def _get(url: str) -> tuple[int, str] | None:
     except requests.RequestException:
         return None
     return resp.status_code, resp.text
+
+
+def test_the_api_server_going_away_keeps_the_vips_and_the_sync_recovers(world: World) -> None:
+    api = world.api
+    port = int(world.k8s_url.rsplit(":", 1)[1])
+    syncer, stop, thread = world.syncer()
+    try:
+        api.call(api.put, "services", k8s_service("web"))
+        until(lambda: world.spec("prod/shop/web:ipv4"), "the service")
+        world.k8s.__exit__(None, None, None)  # the Kubernetes API is down
+        until(lambda: syncer.services.failures >= 1, "the sync to notice")
+        time.sleep(1.0)
+        assert world.spec("prod/shop/web:ipv4") is not None  # the appliance keeps serving it
+        with ServedApp(api.app(), port=port):  # back, same address, same history
+            api.call(api.put, "services", k8s_service("api"))
+            until(lambda: world.spec("prod/shop/api:ipv4"), "a change made after the outage", 40)
+            assert world.spec("prod/shop/web:ipv4") is not None
+    finally:
+        stop.set()
+        thread.join(10)

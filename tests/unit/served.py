@@ -11,8 +11,9 @@ from aiohttp import web
 class ServedApp:
     """An aiohttp app on 127.0.0.1 and a free port, run by a thread with its own event loop."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, port: int = 0) -> None:
         self._app = app
+        self._port = port
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -21,10 +22,13 @@ class ServedApp:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(self._app, access_log=None)
+        # Open streams (watches) must not hold a stop for the default 60 s.
+        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=1.0)
         try:
             self._loop.run_until_complete(runner.setup())
-            self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+            self._loop.run_until_complete(
+                web.TCPSite(runner, "127.0.0.1", self._port, reuse_address=True).start()
+            )
             host, port = runner.addresses[0][:2]
             self.url = f"http://{host}:{port}"
         except BaseException as exc:
@@ -44,6 +48,8 @@ class ServedApp:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self._thread.is_alive():
+            return  # already stopped (a test can take a server down before its fixture ends)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         assert not self._thread.is_alive(), "the API thread did not stop"
