@@ -115,6 +115,8 @@ class Informer:
                 backoff = min(backoff * 2, 30.0)
 
     def _failed(self, stop: threading.Event, backoff: float, why: str) -> None:
+        if stop.is_set():
+            return  # stopping: the stream was cut on purpose
         self.failures += 1
         log.warning(
             "%s: Kubernetes API unreachable or failing (%s); keeping the last state and "

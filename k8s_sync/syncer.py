@@ -74,6 +74,16 @@ class WorkQueue:
 
 
 class Syncer:
+    @classmethod
+    def for_url(cls, url: str, appliance: ApiClient, options: Options, **kwargs: Any) -> Syncer:
+        """A syncer for the API server at `url` without credentials (tests, the lab)."""
+        from kubernetes import client
+
+        kube = client.ApiClient(client.Configuration(host=url))
+        return cls(
+            client.CoreV1Api(kube), client.DiscoveryV1Api(kube), appliance, options, **kwargs
+        )
+
     def __init__(
         self,
         core: Any,
@@ -132,7 +142,15 @@ class Syncer:
     def reconcile(self, key: str) -> None:
         namespace, name = key.split("/", 1)
         prefix = id_prefix(self.options.cluster, namespace, name) + ":"
-        existing = {s.spec.id: s for s in self.appliance.services() if s.spec.id.startswith(prefix)}
+        existing = {}
+        for family in ("ipv4", "ipv6"):  # by id: listing every service per key is O(n^2)
+            try:
+                found = self.appliance.service(prefix + family)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            existing[found.spec.id] = found
         service = next((s for s in self.services.snapshot() if object_key(s) == key), None)
         desired = {}
         if service is not None and wanted(service, self.options):

@@ -347,3 +347,24 @@ def bench_dataplane(
         click.echo(main_dataplane(_base(base), seconds, rounds, connections, as_json, _progress))
     except LabError as exc:
         _fail(str(exc))
+
+
+@bench_group.command("k8s")
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(1, 100))
+@click.option("--services", default=1000, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_BASE
+def bench_k8s(runs: int, services: int, as_json: bool, base: Path | None) -> None:
+    """Service created -> first answer through its VIP; cold sync of many Services."""
+    import json
+
+    from appliance.lab.bench_k8s import bench_k8s as run_bench
+    from appliance.lab.bench_k8s import render_k8s
+    from appliance.lab.netlab import LabError
+
+    try:
+        result = run_bench(_base(base), runs, services, _progress)
+    except LabError as exc:
+        _fail(str(exc))
+        return
+    click.echo(json.dumps(result, indent=2) if as_json else render_k8s(result))

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from appliance.lab.k8s_api import FakeApiServer
+from appliance.lab.served import ServedApp
 from k8s_sync.informer import Informer
-from tests.k8s.apiserver import FakeApiServer
-from tests.unit.served import ServedApp
 
 pytestmark = pytest.mark.timeout(60)
 

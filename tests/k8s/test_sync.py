@@ -17,18 +17,17 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 from kubernetes import client
 
 from appliance.api.app import ApiContext, build_app
 from appliance.client import ApiClient
+from appliance.lab.k8s_api import FakeApiServer, write_kubeconfig
+from appliance.lab.served import ServedApp
 from appliance.metrics import Metrics
 from appliance.model import Pool, ServiceSpec
 from k8s_sync.syncer import Syncer
 from k8s_sync.translate import EXCLUDE_LABEL, Options
 from raft.fake import InMemoryCluster
-from tests.k8s.apiserver import FakeApiServer
-from tests.unit.served import ServedApp
 
 pytestmark = pytest.mark.timeout(90)
 TOKEN = "sync-test-token-0123456789abcdef"
@@ -213,19 +212,7 @@ def test_two_replicas_at_once_agree(world: World) -> None:
 def test_the_command_syncs_serves_health_and_metrics_and_stops_on_sigterm(
     world: World, tmp_path: Path
 ) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "test", "cluster": {"server": world.k8s_url}}],
-                "users": [{"name": "test", "user": {}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-                "current-context": "test",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", world.k8s_url)
     token = tmp_path / "token"
     token.write_text(TOKEN)
     with socket.socket() as sock:

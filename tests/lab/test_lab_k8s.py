@@ -17,27 +17,16 @@ from kubernetes import client
 
 from appliance.client import ApiClient
 from appliance.lab import topology
+from appliance.lab.bench_k8s import k8s_node
+from appliance.lab.k8s_api import FakeApiServer
 from appliance.lab.outage import backends_seen, outages, summary_line
+from appliance.lab.served import ServedApp
 from k8s_sync.syncer import Syncer
 from k8s_sync.translate import Options
-from tests.k8s.apiserver import FakeApiServer
 from tests.lab.labkit import MakeLab, wait_for
 from tests.lab.test_lab_dataplane import probe
-from tests.unit.served import ServedApp
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def node(name: str, address: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name},
-        "status": {
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "addresses": [{"type": "InternalIP", "address": address}],
-        },
-    }
 
 
 def endpoints(nodes: list[str]) -> dict[str, Any]:
@@ -83,7 +72,7 @@ def test_a_service_becomes_a_vip_and_local_policy_follows_the_pods(make_lab: Mak
     b1, b2 = lab.plan.of_kind("backend")
     api = FakeApiServer()
     for host in (b1, b2):
-        api.put("nodes", node(host.name, str(host.ipv4)))
+        api.put("nodes", k8s_node(host.name, str(host.ipv4)))
     api.put("endpointslices", endpoints([b1.name, b2.name]))
 
     inside = lab.in_ns("client")  # the API server and the sync live in the client namespace

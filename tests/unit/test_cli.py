@@ -15,10 +15,10 @@ from click.testing import CliRunner, Result
 
 from appliance.api.app import ApiContext, build_app
 from appliance.cli.main import cli
+from appliance.lab.served import ServedApp
 from appliance.metrics import Metrics
 from raft.cluster import SubmitError
 from raft.fake import InMemoryCluster
-from tests.unit.served import ServedApp
 
 TOKEN = "cli-test-token-0123456789abcdef"
 

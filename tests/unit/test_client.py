@@ -22,11 +22,11 @@ from appliance.client import (
     read_token,
     service_path,
 )
+from appliance.lab.served import ServedApp
 from appliance.metrics import Metrics
 from appliance.model import AllocationRequest, NodeInfo, Pool, Port, PortKey, Service, ServiceSpec
 from raft.cluster import SubmitError
 from raft.fake import InMemoryCluster
-from tests.unit.served import ServedApp
 
 TOKEN = "client-test-token-0123456789abcdef"
 POOL = Pool(name="web", addresses=["192.0.2.10-192.0.2.12"], default=True)

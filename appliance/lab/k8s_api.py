@@ -1,4 +1,5 @@
-"""A small Kubernetes API server for tests: the wire protocol the real client speaks.
+"""A small Kubernetes API server (the wire protocol the real client speaks), for the lab,
+its tests and benchmarks.
 
 Lists (`resourceVersion` in the list metadata), watch streams (`?watch=true`: chunked JSON
 lines of ADDED/MODIFIED/DELETED events after the given resourceVersion, BOOKMARK events when
@@ -12,8 +13,10 @@ import asyncio
 import contextlib
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 KINDS = {
@@ -25,6 +28,23 @@ KINDS = {
         "discovery.k8s.io/v1",
     ),
 }
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig for `server` without credentials (this server asks for none)."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "lab", "cluster": {"server": server}}],
+                "users": [{"name": "lab", "user": {}}],
+                "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}],
+                "current-context": "lab",
+            }
+        )
+    )
+    return path
 
 
 def key(obj: dict[str, Any]) -> str:
