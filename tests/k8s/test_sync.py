@@ -263,3 +263,23 @@ def test_the_api_server_going_away_keeps_the_vips_and_the_sync_recovers(world: W
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_an_exhausted_pool_is_a_failed_event_with_the_reason(world: World) -> None:
+    api = world.api
+    _syncer, stop, thread = world.syncer()
+    try:
+        for name in ("a", "b", "c", "d"):  # the pool holds three addresses
+            api.call(api.put, "services", k8s_service(name))
+        until(
+            lambda: any(e["reason"] == "AllocationFailed" for e in api.events),
+            "an AllocationFailed event",
+        )
+        event = next(e for e in api.events if e["reason"] == "AllocationFailed")
+        assert event["type"] == "Warning"
+        assert "exhausted" in event["message"] or "no free" in event["message"], event
+        served = [s for s in world.appliance.services() if s.spec.id.startswith("prod/")]
+        assert len(served) == 3
+    finally:
+        stop.set()
+        thread.join(10)
