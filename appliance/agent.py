@@ -287,7 +287,10 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         dataplane_status=dataplane.status if dataplane is not None else None,
         bgp_status=bgp.announcer.status if bgp is not None else None,
     )
-    runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
+    # A stop waits at most 2 s for requests in progress (aiohttp's default is 60 s).
+    runner = web.AppRunner(
+        build_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=2.0
+    )
     await runner.setup()
     host, port = split_host_port(config.api.listen)
     site = web.TCPSite(runner, host, port, ssl_context=tls_context(config), reuse_address=True)
@@ -323,15 +326,31 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         log.info("stopping")
     finally:
         cluster.state.on_change = None
-        if bgp is not None:
-            await bgp.announcer.close()  # withdraw first: routers move traffic before we stop
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        loops.announcer.close()
-        if health is not None:
-            await health.close()
+        await _shut_down(tasks, loops, bgp, health)
         await runner.cleanup()
+
+
+async def _shut_down(
+    tasks: list[asyncio.Task[Any]],
+    loops: OwnershipLoops,
+    bgp: BgpRoutes | None,
+    health: HealthChecker | None,
+) -> None:
+    """Withdraw BGP routes first (routers move traffic away), then stop every loop, within
+    bounded time: a stop never waits on a quorum or a peer."""
+    if bgp is not None:
+        await bgp.announcer.close()
+    for task in tasks:
+        task.cancel()
+    # In-flight renewals and acknowledgements go too.
+    leftovers = [*tasks, *loops.cancel_inflight()]
+    if leftovers:
+        _, pending = await asyncio.wait(leftovers, timeout=5.0)
+        if pending:
+            log.warning("stopping: %d task(s) did not finish within 5 s", len(pending))
+    loops.announcer.close()
+    if health is not None:
+        await health.close()
 
 
 def run_agent(config: AgentConfig) -> None:

@@ -115,6 +115,13 @@ class OwnershipLoops:
         self._acked: set[tuple[str, int]] = set()
         self.takeovers = 0
 
+    def cancel_inflight(self) -> list[asyncio.Task[Any]]:
+        """Cancel the commands still waiting for a commit (on stop); return their tasks."""
+        tasks = list(self._inflight)
+        for task in tasks:
+            task.cancel()
+        return tasks
+
     def wake(self) -> None:
         """Called (thread-safely, via the loop) whenever a Raft entry was applied."""
         self._wake.set()

@@ -124,7 +124,10 @@ def kill_node(lab: LocalLab, node_id: str, signum: int = signal.SIGKILL) -> None
         raise LabError(f"{node_id} is not running")
     assert node.pid is not None
     os.killpg(node.pid, signum)
-    if signum in (signal.SIGKILL, signal.SIGTERM):
+    if signum in (signal.SIGKILL, signal.SIGTERM) and not procs.reap(node.pid, 15.0):
+        # A stop that hangs must not leave a half-stopped node behind: finish it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)
         procs.reap(node.pid, 10.0)
 
 

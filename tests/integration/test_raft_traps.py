@@ -65,6 +65,25 @@ def _lines(proc: subprocess.Popen[str]) -> list[list[str]]:
     return [line.split() for line in text.splitlines() if line.strip()]
 
 
+def _settle(procs: dict[str, subprocess.Popen[str]], idle: float) -> dict[str, list[list[str]]]:
+    """Wait (up to 15 s, a loaded machine is slow) until all nodes name the same leader, then
+    `idle` seconds more; every line each node printed so far."""
+    seen: dict[str, list[list[str]]] = {n: [] for n in procs}
+    deadline = time.monotonic() + 15.0
+    while True:
+        for n, proc in procs.items():
+            seen[n] += _lines(proc)
+        leaders = {seen[n][-1][1] if seen[n] else "None" for n in procs}
+        if len(leaders) == 1 and "None" not in leaders:
+            break
+        assert time.monotonic() < deadline, f"no agreed leader within 15 s: {seen}"
+        time.sleep(0.05)
+    time.sleep(idle)
+    for n, proc in procs.items():
+        seen[n] += _lines(proc)
+    return seen
+
+
 def _election_terms(tmp: Path, keepalive: bool) -> int | None:
     """Start 3 nodes, let links idle past connection_timeout, kill the leader; return how many
     terms the survivors needed to agree on a new leader (None: no leader within 3 s)."""
@@ -79,10 +98,9 @@ def _election_terms(tmp: Path, keepalive: bool) -> int | None:
         for n in ("n1", "n2", "n3")
     }
     try:
-        time.sleep(2.5)  # > connection_timeout (1 s) of idle follower-to-follower links
-        seen = {n: _lines(p) for n, p in procs.items()}
+        # Links idle longer than connection_timeout (1 s) between the followers.
+        seen = _settle(procs, idle=1.5)
         leader, term = seen["n1"][-1][1], int(seen["n1"][-1][2])
-        assert leader != "None", seen
         killed_at = time.monotonic()
         os.killpg(procs[leader].pid, signal.SIGKILL)
         time.sleep(3.0)
@@ -126,10 +144,8 @@ def _terms_after_thaw(tmp: Path, prevote: bool) -> tuple[int, int]:
         for n in ("n1", "n2", "n3")
     }
     try:
-        time.sleep(2.5)
-        seen = {n: _lines(p) for n, p in procs.items()}
+        seen = _settle(procs, idle=0.5)
         leader, term = seen["n1"][-1][1], int(seen["n1"][-1][2])
-        assert leader != "None", seen
         frozen = next(n for n in procs if n != leader)
         os.killpg(procs[frozen].pid, signal.SIGSTOP)
         time.sleep(2.0)  # far beyond raft_max_timeout (0.3 s) and connection_timeout (1 s)
