@@ -30,9 +30,9 @@ import sys, time
 from pathlib import Path
 from raft.cluster import RaftCluster, RaftSettings
 from raft.timing import PROFILES
-me, keepalive, data, base = sys.argv[1], sys.argv[2] == "1", sys.argv[3], int(sys.argv[4])
+me, keepalive, data, ports = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4].split(",")
 prevote = len(sys.argv) < 6 or sys.argv[5] == "1"
-peers = {f"n{i}": f"127.0.0.1:{base + i}" for i in (1, 2, 3)}
+peers = {f"n{i}": f"127.0.0.1:{ports[i - 1]}" for i in (1, 2, 3)}
 cluster = RaftCluster(RaftSettings(me, peers[me], peers, "x" * 20, Path(data) / me,
                                    PROFILES["fast"], keepalive=keepalive, prevote=prevote))
 last = None
@@ -45,13 +45,19 @@ while True:
 """
 
 
-def _free_base() -> int:
+def _free_ports() -> str:
+    """Three ports free right now, held open together so they are distinct (a base port plus
+    offsets could land on ports in use)."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return min(port, 60000)
+    socks = [socket.socket() for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return ",".join(str(sock.getsockname()[1]) for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _lines(proc: subprocess.Popen[str]) -> list[list[str]]:
@@ -87,10 +93,10 @@ def _settle(procs: dict[str, subprocess.Popen[str]], idle: float) -> dict[str, l
 def _election_terms(tmp: Path, keepalive: bool) -> int | None:
     """Start 3 nodes, let links idle past connection_timeout, kill the leader; return how many
     terms the survivors needed to agree on a new leader (None: no leader within 3 s)."""
-    base = _free_base()
+    ports = _free_ports()
     procs = {
         n: subprocess.Popen(
-            [sys.executable, "-c", NODE, n, "1" if keepalive else "0", str(tmp), str(base)],
+            [sys.executable, "-c", NODE, n, "1" if keepalive else "0", str(tmp), ports],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -133,10 +139,10 @@ def test_warm_links_elect_in_one_term_cold_links_need_two(tmp_path: Path) -> Non
 def _terms_after_thaw(tmp: Path, prevote: bool) -> tuple[int, int]:
     """Start 3 nodes, freeze a follower for 2 s, thaw it; the leader's term before and 2 s
     after the thaw (as the surviving leader reports it)."""
-    base = _free_base()
+    ports = _free_ports()
     procs = {
         n: subprocess.Popen(
-            [sys.executable, "-c", NODE, n, "1", str(tmp), str(base), "1" if prevote else "0"],
+            [sys.executable, "-c", NODE, n, "1", str(tmp), ports, "1" if prevote else "0"],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
