@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from announce.bgp_config import Route, Session, changes, render_config, withdraw_command
+from announce.bgp_config import Route, Session, changes, render_config
 
 log = logging.getLogger("raftlb.bgp")
 PR_SET_PDEATHSIG = 1
@@ -100,8 +100,7 @@ class BgpAnnouncer:
         """Withdraw every route (a graceful stop drains the node), then stop exabgp."""
         self._closing = True
         if self._writer is not None and self.sent:
-            ordered = sorted(self.sent, key=lambda r: (r.vip.version, int(r.vip)))
-            self._send([withdraw_command(r) for r in ordered])
+            self._send(changes(self.sent, ()))  # withdraw everything
             self.sent = frozenset()
             with contextlib.suppress(ConnectionError):
                 await self._writer.drain()

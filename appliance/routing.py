@@ -25,20 +25,20 @@ def routed_to_announce(
     """The routed VIPs (with their pool) this node announces now."""
     if not able:
         return {}
+    # One pass over the services, not one per VIP: this runs on every reconcile.
+    by_address: dict[str, list[Service]] = {}
+    for service in services.values():
+        by_address.setdefault(str(service.address), []).append(service)
     out = {}
     for vip, pool in routed.items():
-        address = ip_address(vip)
-        for service in services.values():
-            if service.address != address:
-                continue
-            if any(
-                b.address.version == address.version
-                and (healthy is None or healthy(service.spec.id, b))
-                for port in service.spec.ports
-                for b in port.backends
-            ):
-                out[vip] = pool
-                break
+        version = ip_address(vip).version
+        if any(
+            b.address.version == version and (healthy is None or healthy(service.spec.id, b))
+            for service in by_address.get(vip, ())
+            for port in service.spec.ports
+            for b in port.backends
+        ):
+            out[vip] = pool
     return out
 
 

@@ -52,6 +52,10 @@ class Informer:
         # The client of the list function turns models back into the API's JSON.
         self._to_json = list_fn.__self__.api_client.sanitize_for_serialization  # type: ignore[attr-defined]
 
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self.store.get(key)
+
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.store.values())

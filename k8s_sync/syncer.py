@@ -151,7 +151,7 @@ class Syncer:
                     raise
                 continue
             existing[found.spec.id] = found
-        service = next((s for s in self.services.snapshot() if object_key(s) == key), None)
+        service = self.services.get(key)
         desired = {}
         if service is not None and wanted(service, self.options):
             slices = [
