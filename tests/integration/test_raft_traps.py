@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,13 +91,16 @@ def _settle(procs: dict[str, subprocess.Popen[str]], idle: float) -> dict[str, l
     return seen
 
 
-def _election_terms(tmp: Path, keepalive: bool) -> int | None:
-    """Start 3 nodes, let links idle past connection_timeout, kill the leader; return how many
-    terms the survivors needed to agree on a new leader (None: no leader within 3 s)."""
+@contextlib.contextmanager
+def _nodes(
+    tmp: Path, keepalive: bool, prevote: bool = True
+) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """Three RaftCluster processes on fresh ports, each in its own process group; killed after."""
     ports = _free_ports()
+    flags = ["1" if keepalive else "0", str(tmp), ports, "1" if prevote else "0"]
     procs = {
         n: subprocess.Popen(
-            [sys.executable, "-c", NODE, n, "1" if keepalive else "0", str(tmp), ports],
+            [sys.executable, "-c", NODE, n, *flags],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -104,6 +108,18 @@ def _election_terms(tmp: Path, keepalive: bool) -> int | None:
         for n in ("n1", "n2", "n3")
     }
     try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _election_terms(tmp: Path, keepalive: bool) -> int | None:
+    """Start 3 nodes, let links idle past connection_timeout, kill the leader; return how many
+    terms the survivors needed to agree on a new leader (None: no leader within 3 s)."""
+    with _nodes(tmp, keepalive) as procs:
         # Links idle longer than connection_timeout (1 s) between the followers.
         seen = _settle(procs, idle=1.5)
         leader, term = seen["n1"][-1][1], int(seen["n1"][-1][2])
@@ -118,11 +134,6 @@ def _election_terms(tmp: Path, keepalive: bool) -> int | None:
         ]
         # Cold links can lose vote after vote (each request closes the link it travels on).
         return int(new[0][2]) - term if new else None
-    finally:
-        for proc in procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 @pytest.mark.integration
@@ -139,17 +150,7 @@ def test_warm_links_elect_in_one_term_cold_links_need_two(tmp_path: Path) -> Non
 def _terms_after_thaw(tmp: Path, prevote: bool) -> tuple[int, int]:
     """Start 3 nodes, freeze a follower for 2 s, thaw it; the leader's term before and 2 s
     after the thaw (as the surviving leader reports it)."""
-    ports = _free_ports()
-    procs = {
-        n: subprocess.Popen(
-            [sys.executable, "-c", NODE, n, "1", str(tmp), ports, "1" if prevote else "0"],
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        for n in ("n1", "n2", "n3")
-    }
-    try:
+    with _nodes(tmp, keepalive=True, prevote=prevote) as procs:
         seen = _settle(procs, idle=0.5)
         leader, term = seen["n1"][-1][1], int(seen["n1"][-1][2])
         frozen = next(n for n in procs if n != leader)
@@ -160,11 +161,6 @@ def _terms_after_thaw(tmp: Path, prevote: bool) -> tuple[int, int]:
         watcher = next(n for n in procs if n not in (leader, frozen))
         lines = seen[watcher] + _lines(procs[watcher])
         return term, int(lines[-1][2])
-    finally:
-        for proc in procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 @pytest.mark.integration

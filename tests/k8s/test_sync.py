@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import requests
-from kubernetes import client
 
 from appliance.api.app import ApiContext, build_app
 from appliance.client import ApiClient
@@ -78,14 +77,7 @@ class World:
     k8s: ServedApp
 
     def syncer(self, cluster: str = "prod") -> tuple[Syncer, threading.Event, threading.Thread]:
-        api_client = client.ApiClient(client.Configuration(host=self.k8s_url))
-        syncer = Syncer(
-            client.CoreV1Api(api_client),
-            client.DiscoveryV1Api(api_client),
-            self.appliance,
-            Options(cluster=cluster),
-            resync=2.0,
-        )
+        syncer = Syncer.for_url(self.k8s_url, self.appliance, Options(cluster=cluster), resync=2.0)
         stop = threading.Event()
         thread = threading.Thread(target=syncer.run, args=(stop,), daemon=True)
         thread.start()

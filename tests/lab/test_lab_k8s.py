@@ -13,7 +13,6 @@ import threading
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from appliance.client import ApiClient
 from appliance.lab import topology
@@ -80,10 +79,7 @@ def test_a_service_becomes_a_vip_and_local_policy_follows_the_pods(make_lab: Mak
     inside.run(served.__enter__)
     stop = threading.Event()
     appliance = ApiClient(lab.api_url(leader), lab.token())
-    k8s = client.ApiClient(client.Configuration(host=served.url))
-    syncer = Syncer(
-        client.CoreV1Api(k8s), client.DiscoveryV1Api(k8s), appliance, Options("lab"), resync=5
-    )
+    syncer = Syncer.for_url(served.url, appliance, Options("lab"), resync=5)
     running = inside.submit(syncer.run, stop)
     try:
         api.call(api.put, "services", SERVICE)

@@ -45,17 +45,21 @@ def cluster() -> InMemoryCluster:
     return InMemoryCluster("n1", {"n1": "127.0.0.1:7001"})
 
 
-@pytest.fixture
-async def api(aiohttp_client: Any, cluster: InMemoryCluster) -> TestClient[Any, Any]:
-    ctx = ApiContext(
+def context(cluster: InMemoryCluster, **extra: Any) -> ApiContext:
+    return ApiContext(
         cluster=cluster,
         metrics=Metrics(cluster),
         token=TOKEN,
         peers=cluster.peers,
         version="1.2.3",
         write_timeout=0.05,
+        **extra,
     )
-    client: TestClient[Any, Any] = await aiohttp_client(build_app(ctx))
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, cluster: InMemoryCluster) -> TestClient[Any, Any]:
+    client: TestClient[Any, Any] = await aiohttp_client(build_app(context(cluster)))
     return client
 
 
@@ -504,13 +508,8 @@ async def test_layer2_pool_off_the_segment_is_refused_before_any_commit(
     aiohttp_client: Any, cluster: InMemoryCluster
 ) -> None:
     networks = [ipaddress.ip_network("192.0.2.0/24")]
-    ctx = ApiContext(
-        cluster=cluster,
-        metrics=Metrics(cluster),
-        token=TOKEN,
-        peers=cluster.peers,
-        version="1.2.3",
-        write_timeout=0.05,
+    ctx = context(
+        cluster,
         pool_check=lambda pools, prefix: segment_errors(pools, networks, "eth0", prefix),
     )
     api: TestClient[Any, Any] = await aiohttp_client(build_app(ctx))
