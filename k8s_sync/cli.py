@@ -87,18 +87,42 @@ def serve_health(syncer: Syncer, listen: str) -> ThreadingHTTPServer:
 
 
 @click.command("k8s-sync")
-@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--kubeconfig",
+    envvar="RAFTLB_KUBECONFIG",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
 @click.option("--in-cluster", is_flag=True, help="Use the pod's service account.")
 @click.option("--api", "api_url", envvar="RAFTLB_API", required=True, help="The appliance API.")
 @click.option("--token-file", envvar="RAFTLB_TOKEN_FILE", required=True, type=Path)
-@click.option("--ca-file", type=Path, help="CA bundle of the appliance API's TLS certificate.")
-@click.option("--cluster-name", required=True, help="Prefix of this cluster's service ids.")
-@click.option("--class", "klass", default="raftlb.io/lb", show_default=True)
+@click.option(
+    "--ca-file",
+    envvar="RAFTLB_CA_FILE",
+    type=Path,
+    help="CA bundle of the appliance API's TLS certificate.",
+)
+@click.option(
+    "--cluster-name",
+    envvar="RAFTLB_CLUSTER_NAME",
+    required=True,
+    help="Prefix of this cluster's service ids.",
+)
+@click.option("--class", "klass", envvar="RAFTLB_CLASS", default="raftlb.io/lb", show_default=True)
 @click.option("--include-unclassed", is_flag=True, help="Also Services with no class.")
 @click.option(
-    "--backends", type=click.Choice(["nodes", "pods"]), default="nodes", show_default=True
+    "--backends",
+    envvar="RAFTLB_BACKENDS",
+    type=click.Choice(["nodes", "pods"]),
+    default="nodes",
+    show_default=True,
 )
-@click.option("--listen", default="0.0.0.0:9090", show_default=True, help="/healthz and /metrics")
+@click.option(
+    "--listen",
+    envvar="RAFTLB_LISTEN",
+    default="0.0.0.0:9090",
+    show_default=True,
+    help="/healthz and /metrics",
+)
 @click.option("--resync", default=300.0, show_default=True, help="Seconds between full resyncs.")
 def k8s_sync(
     kubeconfig: Path | None,

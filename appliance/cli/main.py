@@ -16,6 +16,7 @@ import click
 from appliance.cli.context import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliContext, pass_cli
 from appliance.cli.lab import lab_group
 from appliance.cli.resources import COMMANDS
+from appliance.cli.seed import seed_command
 from appliance.config import ConfigError, check_host, load_config, summary
 from appliance.model import format_field_errors
 from k8s_sync.cli import k8s_sync
@@ -126,6 +127,7 @@ def config_check(cli_ctx: CliContext, path: Path) -> None:
 for command in COMMANDS:
     cli.add_command(command)
 cli.add_command(lab_group)
+cli.add_command(seed_command)
 cli.add_command(k8s_sync)
 
 
