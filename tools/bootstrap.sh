@@ -16,6 +16,18 @@ command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
 if ! command -v python3 >/dev/null 2>&1; then need_apt+=(python3 python3-venv python3-dev); fi
+# The appliance image: built by images/build.sh and booted under qemu by tests/image.
+command -v mmdebstrap >/dev/null 2>&1 || need_apt+=(mmdebstrap)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || need_apt+=(qemu-utils)
+[ -f /usr/lib/grub/i386-pc/boot.img ] || need_apt+=(grub-pc-bin)
+[ -d /usr/lib/grub/x86_64-efi ] || need_apt+=(grub-efi-amd64-bin)
+command -v mkfs.vfat >/dev/null 2>&1 || need_apt+=(dosfstools)
+command -v mcopy >/dev/null 2>&1 || need_apt+=(mtools)
+command -v sfdisk >/dev/null 2>&1 || need_apt+=(fdisk)
+[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need_apt+=(ovmf)
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing system packages: ${need_apt[*]}"

@@ -6,8 +6,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/tools/bootstrap.sh"
 cd "$ROOT"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-step "ruff check";   ruff check appliance raft announce k8s_sync tests
-step "ruff format";  ruff format --check appliance raft announce k8s_sync tests
+step "ruff check";   ruff check appliance raft announce k8s_sync tests images
+step "ruff format";  ruff format --check appliance raft announce k8s_sync tests images
 step "mypy";         mypy
 step "import-linter"; lint-imports
 step "pytest"

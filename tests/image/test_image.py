@@ -1,0 +1,348 @@
+"""The appliance image: built by images/build.sh, checked, then booted under qemu with seeds.
+
+Figures are printed (run with -s to see them): the build time, the image size, how long each
+VM takes from power-on to an active raftlb-agent, and the VIP's failover between real VMs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from appliance.cli.main import cli
+from tests.image.conftest import BuiltImage
+from tests.image.vmkit import GATEWAY4, Vm, VmNet, leftovers, sh, ssh_command, wait_until_active
+
+# A VM boots in about two minutes under software emulation; three share two cores here.
+BOOT_TIMEOUT = 900
+# The first test also waits for the image's build (about three minutes, from the mirror).
+pytestmark = pytest.mark.timeout(2400)
+
+
+def in_root(image: BuiltImage, *command: str) -> subprocess.CompletedProcess[str]:
+    if image.root is None:
+        pytest.skip("RAFTLB_TEST_IMAGE given: the image's root folder is not at hand")
+    return sh(
+        "chroot",
+        str(image.root),
+        "/usr/bin/env",
+        "-i",
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+        *command,
+        check=False,
+    )
+
+
+def cluster_file(tmp: Path, nodes: int, key: Path | None = None) -> Path:
+    data: dict[str, Any] = {
+        "name": "imgtest",
+        "network": {"interface": "eth0", "gateway4": GATEWAY4},
+        "nodes": [
+            {"id": f"lb{i}", "addresses": [f"192.0.2.{10 + i}/24", f"2001:db8:8::{10 + i}/64"]}
+            for i in range(1, nodes + 1)
+        ],
+        "data_disk": "/dev/vdb",
+        # Three emulated VMs on two cores: the safe timings (elections 1-2 s) keep a slow tick
+        # from looking like a dead node.
+        "agent": {
+            "timing": "safe",
+            "pools": [{"name": "lan", "addresses": ["192.0.2.100-192.0.2.120"], "default": True}],
+        },
+    }
+    if key is not None:
+        data["ssh_authorized_keys"] = [key.with_suffix(".pub").read_text().strip()]
+    path = tmp / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def make_seeds(tmp: Path, nodes: int, key: Path | None = None) -> Path:
+    out = tmp / "seeds"
+    result = CliRunner().invoke(
+        cli, ["seed", str(cluster_file(tmp, nodes, key)), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_build_makes_an_image_with_no_identity_and_valid_units(built_image: BuiltImage) -> None:
+    size = built_image.path.stat().st_size
+    print(
+        f"\nimage: {built_image.path.name}, {size / 2**20:.0f} MiB, "
+        f"built in {built_image.seconds:.0f} s"
+    )
+    verify = in_root(
+        built_image,
+        "systemd-analyze",
+        "verify",
+        "--man=no",
+        "raftlb-agent.service",
+        "raftlb-k8s-sync.service",
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    root = built_image.root
+    assert root is not None
+    # Nothing that must differ between VMs (or stay secret) is baked in.
+    assert (root / "etc/machine-id").read_text() == ""
+    assert not list((root / "etc/ssh").glob("ssh_host_*"))
+    assert not (root / "etc/raftlb/agent.yaml").exists()
+    assert not any((root / "etc/raftlb/secrets").iterdir())
+    etc_raftlb = (root / "etc/raftlb").stat()
+    assert oct(etc_raftlb.st_mode & 0o777) == "0o750"
+    assert in_root(built_image, "id", "-u", "raftlb").returncode == 0
+    sysctls = (root / "etc/sysctl.d/60-raftlb.conf").read_text()
+    for line in (
+        "net.ipv4.ip_forward = 1",
+        "net.ipv4.conf.all.arp_ignore = 1",
+        "net.ipv4.conf.all.send_redirects = 0",
+    ):
+        assert line in sysctls
+    enabled = root / "etc/systemd/system/multi-user.target.wants"
+    # Links to absolute paths inside the image: check the links, not (the host's) targets.
+    assert (enabled / "raftlb-agent.service").is_symlink()
+    assert (enabled / "raftlb-k8s-sync.service").is_symlink()
+    version = in_root(built_image, "/opt/raftlb/bin/raftlb", "--help")
+    assert version.returncode == 0, version.stderr
+    assert built_image.manifest is not None
+    manifest = built_image.manifest.read_text()
+    for package in (
+        "raftlb==",
+        "exabgp==",
+        "pysyncobj==0.3.17",
+        "linux-image-amd64 ",
+        "nftables ",
+        "cloud-init ",
+    ):
+        assert package in manifest, package
+
+
+@pytest.fixture
+def netns_eth0() -> Iterator[str]:
+    name = f"rlbimgck-{uuid.uuid4().hex[:6]}"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        sh("ip", "-n", name, "link", "set", "eth0", "up")
+        yield name
+    finally:
+        sh("ip", "netns", "delete", name, check=False)
+
+
+def test_a_seeded_config_passes_config_check_inside_the_image(
+    built_image: BuiltImage, tmp_path: Path, netns_eth0: str
+) -> None:
+    seeds = make_seeds(tmp_path, 3)
+    root = built_image.root
+    if root is None:
+        pytest.skip("RAFTLB_TEST_IMAGE given: the image's root folder is not at hand")
+    user = yaml.safe_load((seeds / "lb2" / "user-data").read_text())
+    written = []
+    try:
+        # What cloud-init does with the seed on lb2's first boot: its files, in the image.
+        for item in user["write_files"]:
+            path = root / item["path"].lstrip("/")
+            path.write_text(item["content"])
+            written.append(path)
+        check = [
+            "ip", "netns", "exec", netns_eth0, "chroot", str(root),
+            "/opt/raftlb/bin/raftlb", "config", "check", "/etc/raftlb/agent.yaml",
+        ]  # fmt: skip
+        sh("ip", "-n", netns_eth0, "addr", "add", "192.0.2.12/24", "dev", "eth0")
+        ok = sh(*check, check=False)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "node lb2: raft 192.0.2.12:7001, 3 member(s)" in ok.stdout
+        assert "(TLS)" in ok.stdout
+        # The same check refuses the config on a VM whose interface is on another subnet.
+        sh("ip", "-n", netns_eth0, "addr", "flush", "dev", "eth0")
+        sh("ip", "-n", netns_eth0, "addr", "add", "198.51.100.12/24", "dev", "eth0")
+        bad = sh(*check, check=False)
+        assert bad.returncode == 2
+        assert "pools.0.addresses.0" in bad.stdout + bad.stderr
+    finally:
+        for path in written:
+            path.unlink()
+
+
+def raftlb_json(net: VmNet, seeds: Path, node: Vm, *args: str) -> Any:
+    result = net.ns(
+        sys.executable, "-m", "appliance.cli", "--api", f"https://{node.address}:8080",
+        "--ca-file", str(seeds / "secrets/ca.pem"),
+        "--token-file", str(seeds / "secrets/api-token"),
+        "--timeout", "20", "--json", *args,
+        check=False, timeout=60,
+    )  # fmt: skip
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout)
+
+
+def wait_for(what: str, probe: Any, timeout: float, every: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def vmnet(tmp_path: Path) -> Iterator[VmNet]:
+    net = VmNet(tmp_path / "vms")
+    try:
+        yield net
+    finally:
+        net.close()
+        assert net.name not in leftovers()
+
+
+def test_three_vms_boot_from_seeds_and_form_a_cluster_that_fails_over(
+    built_image: BuiltImage, tmp_path: Path, vmnet: VmNet
+) -> None:
+    key = tmp_path / "id_ed25519"
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+    seeds = make_seeds(tmp_path, 3, key)
+    vms = [
+        vmnet.boot(f"lb{i}", f"192.0.2.{10 + i}", built_image.path, seeds / f"lb{i}" / "seed.iso")
+        for i in (1, 2, 3)
+    ]
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    boot = {vm.name: wait_until_active(vmnet, vm, key, deadline) for vm in vms}
+    print(
+        "\npower-on to raftlb-agent active: " + ", ".join(f"{n} {s:.0f} s" for n, s in boot.items())
+    )
+    # The data disk holds the Raft state (an upgrade swaps the system disk and keeps it).
+    mount = ssh_command(vmnet, vms[0], key, "findmnt -n -o SOURCE /var/lib/raftlb")
+    assert mount.stdout.strip() == "/dev/vdb", mount.stdout + mount.stderr
+
+    def cluster_up() -> Any:
+        status = raftlb_json(vmnet, seeds, vms[0], "status")
+        if status and status["raft"]["leader"] and status["members_connected"] == 3:
+            return status
+        return None
+
+    status = wait_for("a leader and 3 connected members", cluster_up, 300)
+    print(
+        f"cluster formed: leader {status['raft']['leader']}, "
+        f"{time.monotonic() - vms[0].started:.0f} s after power-on"
+    )
+
+    # A service on the VIP, its backend on the LAN (the test host), reached from the LAN.
+    backend = subprocess.Popen(
+        ["ip", "netns", "exec", vmnet.name,
+         sys.executable, "-m", "http.server", "8000", "--bind", GATEWAY4],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        backends = [{"address": GATEWAY4, "port": 8000}]
+        service = {"id": "img/web", "pool": "lan", "ports": [{"port": 80, "backends": backends}]}
+        spec = tmp_path / "web.yaml"
+        spec.write_text(yaml.safe_dump(service))
+        assert raftlb_json(vmnet, seeds, vms[1], "services", "apply", "-f", str(spec)) is not None
+        vip = wait_for("the service's VIP", lambda: _vip(vmnet, seeds, vms[1]), 120)
+
+        def answered() -> bool:
+            result = vmnet.ns(
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "3",
+                f"http://{vip}/",
+                check=False,
+                timeout=30,
+            )
+            return result.stdout == "200"
+
+        wait_for(f"an answer through the VIP {vip}", answered, 180, every=1)
+        owner = _owner(vmnet, seeds, vms[1], vip)
+        victim = next(vm for vm in vms if vm.name == owner)
+        survivor = next(vm for vm in vms if vm is not victim)
+        killed = time.monotonic()
+        vmnet.kill(victim)
+        vmnet.ns("ip", "neigh", "flush", "dev", "br0", check=False)
+        wait_for("the VIP answered by another VM", answered, 180, every=0.2)
+        print(
+            f"VIP {vip}: owner {owner} powered off, answered again after "
+            f"{time.monotonic() - killed:.1f} s (emulated VMs)"
+        )
+        new_owner = wait_for(
+            "a new owner", lambda: (o := _owner(vmnet, seeds, survivor, vip)) != owner and o, 60
+        )
+        assert new_owner in {vm.name for vm in vms} - {owner}
+    finally:
+        backend.kill()
+        backend.wait(timeout=10)
+
+
+def _vip(net: VmNet, seeds: Path, node: Vm) -> str | None:
+    services = raftlb_json(net, seeds, node, "services", "list")
+    for item in services or []:
+        if item["spec"]["id"] == "img/web":
+            return str(item["address"])
+    return None
+
+
+def _owner(net: VmNet, seeds: Path, node: Vm, vip: str) -> str | None:
+    for item in raftlb_json(net, seeds, node, "vips") or []:
+        if item.get("address") == vip and item.get("node"):
+            return str(item["node"])
+    return None
+
+
+def test_uefi_firmware_boots_the_same_image(built_image: BuiltImage, tmp_path: Path) -> None:
+    """The image boots with UEFI (OVMF) as with BIOS: the kernel starts from the root label."""
+    code = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+    if not code.exists():
+        pytest.skip("UEFI firmware missing (apt-get install ovmf)")
+    vars_file = tmp_path / "vars.fd"
+    vars_file.write_bytes(Path("/usr/share/OVMF/OVMF_VARS_4M.fd").read_bytes())
+    overlay, console = tmp_path / "disk.qcow2", tmp_path / "console.log"
+    sh(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        str(built_image.path),
+        str(overlay),
+    )
+    started = time.monotonic()
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "1024", "-display", "none",
+         "-no-user-config", "-nodefaults", "-net", "none", "-serial", f"file:{console}",
+         "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+         "-drive", f"if=pflash,format=raw,file={vars_file}",
+         "-drive", f"file={overlay},if=virtio,format=qcow2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def kernel_up() -> bool:
+            text = console.read_text(errors="replace") if console.exists() else ""
+            return "root=LABEL=raftlb-root" in text and "Run /init as init process" in text
+
+        wait_for("the kernel booted through UEFI", kernel_up, 600, every=1)
+        print(
+            f"\nUEFI: kernel running its initramfs "
+            f"{time.monotonic() - started:.0f} s after power-on"
+        )
+    finally:
+        qemu.kill()
+        qemu.wait(timeout=30)
