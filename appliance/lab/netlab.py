@@ -66,13 +66,13 @@ ROUTER_ASN = 64500
 NODES_ASN = 64512
 
 
-def bird_peer(name: str, local: str, neighbor: str) -> str:
+def bird_peer(name: str, local: str, neighbor: str, hold: int = 3) -> str:
     """The router's session with one node: it learns VIP routes, and sends nothing back."""
     return f"""protocol bgp {name} {{
     local {local} as {ROUTER_ASN};
     neighbor {neighbor} as {NODES_ASN};
-    hold time 3;
-    keepalive time 1;
+    hold time {hold};
+    keepalive time {max(1, hold // 3)};
     connect retry time 1;
     error wait time 1, 5;
     ipv4 {{ import all; export none; }};

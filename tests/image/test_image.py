@@ -20,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from appliance.cli.main import cli
+from appliance.lab.netlab import NODES_ASN, ROUTER_ASN, bird_peer
 from tests.image.conftest import BuiltImage
 from tests.image.vmkit import GATEWAY4, Vm, VmNet, leftovers, sh, ssh_command, wait_until_active
 
@@ -27,6 +28,7 @@ from tests.image.vmkit import GATEWAY4, Vm, VmNet, leftovers, sh, ssh_command, w
 BOOT_TIMEOUT = 900
 # The first test also waits for the image's build (about three minutes, from the mirror).
 pytestmark = pytest.mark.timeout(2400)
+BGP_HOLD = 9
 
 
 def in_root(image: BuiltImage, *command: str) -> subprocess.CompletedProcess[str]:
@@ -54,9 +56,19 @@ def cluster_file(tmp: Path, nodes: int, key: Path | None = None) -> Path:
         "data_disk": "/dev/vdb",
         # Three emulated VMs on two cores: the safe timings (elections 1-2 s) keep a slow tick
         # from looking like a dead node.
+        # BGP to the LAN's router (BIRD on the test host) besides layer 2; a 9 s hold time, as
+        # exabgp keeps its sessions alive from an emulated CPU.
         "agent": {
             "timing": "safe",
-            "pools": [{"name": "lan", "addresses": ["192.0.2.100-192.0.2.120"], "default": True}],
+            "announce": "l2+bgp",
+            "bgp": {
+                "asn": NODES_ASN,
+                "peers": [{"address": GATEWAY4, "asn": ROUTER_ASN, "hold_time": BGP_HOLD}],
+            },
+            "pools": [
+                {"name": "lan", "addresses": ["192.0.2.100-192.0.2.120"], "default": True},
+                {"name": "routed", "addresses": ["203.0.113.0/28"], "announce": "bgp"},
+            ],
         },
     }
     if key is not None:
@@ -212,6 +224,7 @@ def test_three_vms_boot_from_seeds_and_form_a_cluster_that_fails_over(
     key = tmp_path / "id_ed25519"
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
     seeds = make_seeds(tmp_path, 3, key)
+    bird = start_bird(vmnet, tmp_path / "bird", [f"192.0.2.{10 + i}" for i in (1, 2, 3)])
     vms = [
         vmnet.boot(f"lb{i}", f"192.0.2.{10 + i}", built_image.path, seeds / f"lb{i}" / "seed.iso")
         for i in (1, 2, 3)
@@ -268,6 +281,27 @@ def test_three_vms_boot_from_seeds_and_form_a_cluster_that_fails_over(
             return result.stdout == "200"
 
         wait_for(f"an answer through the VIP {vip}", answered, 180, every=1)
+
+        # The same backend behind a BGP VIP: the router learns it from every VM (ECMP), as
+        # exabgp runs inside the image as the agent's unprivileged child.
+        routed = {**service, "id": "img/routed", "pool": "routed"}
+        spec.write_text(yaml.safe_dump(routed))
+        assert raftlb_json(vmnet, seeds, vms[1], "services", "apply", "-f", str(spec)) is not None
+        routed_vip = wait_for(
+            "the routed VIP", lambda: _vip(vmnet, seeds, vms[1], "img/routed"), 120
+        )
+        everyone = {vm.address for vm in vms}
+        wait_for(
+            f"a route to {routed_vip} via all three VMs",
+            lambda: nexthops(vmnet, routed_vip) == everyone,
+            180,
+        )
+        routed_answer = vmnet.ns(
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+            f"http://{routed_vip}/", check=False, timeout=30,
+        )  # fmt: skip
+        assert routed_answer.stdout == "200"
+        print(f"BGP VIP {routed_vip}: routed by the LAN's router via {sorted(everyone)}")
         owner = _owner(vmnet, seeds, vms[1], vip)
         victim = next(vm for vm in vms if vm.name == owner)
         survivor = next(vm for vm in vms if vm is not victim)
@@ -286,12 +320,14 @@ def test_three_vms_boot_from_seeds_and_form_a_cluster_that_fails_over(
     finally:
         backend.kill()
         backend.wait(timeout=10)
+        bird.kill()
+        bird.wait(timeout=10)
 
 
-def _vip(net: VmNet, seeds: Path, node: Vm) -> str | None:
+def _vip(net: VmNet, seeds: Path, node: Vm, service: str = "img/web") -> str | None:
     services = raftlb_json(net, seeds, node, "services", "list")
     for item in services or []:
-        if item["spec"]["id"] == "img/web":
+        if item["spec"]["id"] == service:
             return str(item["address"])
     return None
 
@@ -301,6 +337,33 @@ def _owner(net: VmNet, seeds: Path, node: Vm, vip: str) -> str | None:
         if item.get("address") == vip and item.get("node"):
             return str(item["node"])
     return None
+
+
+def start_bird(net: VmNet, folder: Path, peers: list[str]) -> subprocess.Popen[bytes]:
+    """BIRD as the LAN's router: a session with each VM, learnt routes into the kernel."""
+    folder.mkdir(parents=True)
+    conf = folder / "bird.conf"
+    conf.write_text(
+        f"router id {GATEWAY4};\n"
+        "protocol device {}\n"
+        "protocol kernel k4 { ipv4 { export all; }; merge paths yes; }\n"
+        + "".join(bird_peer(f"vm{i}", GATEWAY4, peer, BGP_HOLD) for i, peer in enumerate(peers))
+    )
+    command = ["ip", "netns", "exec", net.name, "bird", "-f", "-c", str(conf)]
+    command += ["-s", str(folder / "bird.ctl"), "-P", str(folder / "bird.pid")]
+    log = (folder / "bird.log").open("wb")
+    return subprocess.Popen(command, stdout=log, stderr=log)
+
+
+def nexthops(net: VmNet, address: str) -> set[str]:
+    """The gateways of the router's kernel route to address/32 (one, or several with ECMP)."""
+    result = net.ns("ip", "-j", "route", "show", "exact", f"{address}/32", check=False)
+    out: set[str] = set()
+    for route in json.loads(result.stdout or "[]"):
+        if "gateway" in route:
+            out.add(route["gateway"])
+        out |= {hop["gateway"] for hop in route.get("nexthops", []) if "gateway" in hop}
+    return out
 
 
 def test_uefi_firmware_boots_the_same_image(built_image: BuiltImage, tmp_path: Path) -> None:
