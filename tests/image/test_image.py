@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -305,9 +306,14 @@ def test_three_vms_boot_from_seeds_and_form_a_cluster_that_fails_over(
         owner = _owner(vmnet, seeds, vms[1], vip)
         victim = next(vm for vm in vms if vm.name == owner)
         survivor = next(vm for vm in vms if vm is not victim)
+        # sync: a power-off loses what the guest's page cache had not written yet.
+        marker = ssh_command(
+            vmnet, victim, key, "sudo sh -c 'touch /var/lib/raftlb/before-upgrade && sync'"
+        )
+        assert marker.returncode == 0, marker.stderr
         killed = time.monotonic()
         vmnet.kill(victim)
-        vmnet.ns("ip", "neigh", "flush", "dev", "br0", check=False)
+        # The LAN keeps the dead owner's MAC until the new owner's gratuitous ARP replaces it.
         wait_for("the VIP answered by another VM", answered, 180, every=0.2)
         print(
             f"VIP {vip}: owner {owner} powered off, answered again after "
@@ -317,11 +323,69 @@ def test_three_vms_boot_from_seeds_and_form_a_cluster_that_fails_over(
             "a new owner", lambda: (o := _owner(vmnet, seeds, survivor, vip)) != owner and o, 60
         )
         assert new_owner in {vm.name for vm in vms} - {owner}
+
+        # images/README.md's upgrade: the node comes back on a new system disk with its data
+        # disk and seed; it rejoins with its Raft journal (the data disk is not reformatted).
+        vmnet.replace_system_disk(victim, built_image.path)
+        back = wait_until_active(vmnet, victim, key, time.monotonic() + BOOT_TIMEOUT)
+        kept = ssh_command(vmnet, victim, key, "sudo test -e /var/lib/raftlb/before-upgrade")
+        assert kept.returncode == 0, "the data disk was reformatted or not mounted"
+        rejoined = wait_for(
+            f"{victim.name} back in the cluster",
+            lambda: (
+                (st := raftlb_json(vmnet, seeds, victim, "status"))
+                and st["raft"]["leader"]
+                and st["members_connected"] == 3
+                and st
+            ),
+            300,
+        )
+        print(f"{victim.name} on a new system disk: agent active after {back:.0f} s, rejoined")
+        assert rejoined["services"] == 2  # the state it had, plus what it missed
+
+        # Then a planned move: drain the VIP's owner while a client keeps asking.
+        drained = _owner(vmnet, seeds, survivor, vip)
+        assert drained is not None
+        failures = drain_under_load(vmnet, seeds, survivor, drained, vip, answered)
+        print(f"drain of {drained}: {failures[0]} failed of {failures[1]} requests")
+        assert failures[0] == 0
+        assert raftlb_json(vmnet, seeds, survivor, "nodes", "undrain", drained) is not None
     finally:
         backend.kill()
         backend.wait(timeout=10)
         bird.kill()
         bird.wait(timeout=10)
+
+
+def drain_under_load(
+    net: VmNet, seeds: Path, node: Vm, drained: str, vip: str, answered: Any
+) -> tuple[int, int]:
+    """Drain `drained` while requests go to the VIP one after another; (failed, total)."""
+    counts = [0, 0]
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            ok = answered()
+            counts[0] += not ok
+            counts[1] += 1
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        time.sleep(2)
+        assert raftlb_json(net, seeds, node, "nodes", "drain", drained) is not None
+        wait_for(
+            f"the VIP off {drained}",
+            lambda: (o := _owner(net, seeds, node, vip)) and o != drained,
+            120,
+            every=0.5,
+        )
+        time.sleep(5)  # and the client keeps being answered afterwards
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    return counts[0], counts[1]
 
 
 def _vip(net: VmNet, seeds: Path, node: Vm, service: str = "img/web") -> str | None:

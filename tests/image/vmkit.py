@@ -36,6 +36,10 @@ class Vm:
     name: str
     address: str
     folder: Path
+    index: int
+    image: Path
+    seed_iso: Path
+    memory_mb: int
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
@@ -75,31 +79,54 @@ class VmNet:
         index = len(self.vms)
         folder = self.base / name
         folder.mkdir(parents=True)
-        overlay, data = folder / "disk.qcow2", folder / "data.raw"
-        sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image), str(overlay))
         # A blank disk: the seed's fs_setup formats it for /var/lib/raftlb.
-        with data.open("wb") as handle:
+        with (folder / "data.raw").open("wb") as handle:
             handle.truncate(256 << 20)
         tap = f"tap{index}"
         self.ns("ip", "tuntap", "add", tap, "mode", "tap")
         self.ns("ip", "link", "set", tap, "master", "br0", "up")
-        vm = Vm(name, address, folder)
+        vm = Vm(name, address, folder, index, image, seed_iso, memory_mb)
+        self._start(vm)
+        self.vms.append(vm)
+        return vm
+
+    def replace_system_disk(self, vm: Vm, image: Path) -> None:
+        """What an upgrade does: power the VM off, give it a fresh system disk made from
+        `image`, keep its data disk and seed, power it on."""
+        self.kill(vm)
+        (vm.folder / "disk.qcow2").unlink()
+        vm.image = image
+        self._start(vm)
+
+    def _start(self, vm: Vm) -> None:
+        overlay = vm.folder / "disk.qcow2"
+        if not overlay.exists():
+            sh(
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                str(vm.image),
+                str(overlay),
+            )
         command = [
             "ip", "netns", "exec", self.name,
-            "qemu-system-x86_64", "-machine", f"q35,accel={accel()}", "-m", str(memory_mb),
+            "qemu-system-x86_64", "-machine", f"q35,accel={accel()}", "-m", str(vm.memory_mb),
             "-smp", "1", "-display", "none", "-no-user-config", "-nodefaults",
             "-serial", f"file:{vm.console}",
             "-drive", f"file={overlay},if=virtio,format=qcow2",
-            "-drive", f"file={data},if=virtio,format=raw",
-            "-drive", f"file={seed_iso},if=virtio,format=raw,readonly=on",
-            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,mac=52:54:00:7b:00:{index + 10:02x}",
+            "-drive", f"file={vm.folder / 'data.raw'},if=virtio,format=raw",
+            "-drive", f"file={vm.seed_iso},if=virtio,format=raw,readonly=on",
+            "-netdev", f"tap,id=n0,ifname=tap{vm.index},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n0,mac=52:54:00:7b:00:{vm.index + 10:02x}",
         ]  # fmt: skip
         vm.started = time.monotonic()
-        with (folder / "qemu.log").open("wb") as log:
+        with (vm.folder / "qemu.log").open("ab") as log:
             vm.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
-        self.vms.append(vm)
-        return vm
 
     def kill(self, vm: Vm) -> None:
         """Power a VM off at once (SIGKILL to qemu): a node lost without warning."""
