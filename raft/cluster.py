@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
+from raft import durable
 from raft.state import ClusterState
 from raft.timing import TimingProfile
 
@@ -33,6 +34,9 @@ from raft.timing import TimingProfile
 # function that raises TypeError (pysyncobj/win_inet_pton.py; pysyncobj only ever uses
 # inet_pton). scapy and pyroute2 decode addresses with inet_ntop: put the real one back.
 socket.inet_ntop = _socket.inet_ntop
+# pysyncobj never syncs its journal, term or vote to disk: a power loss would make a node forget
+# what it acknowledged and whom it voted for (raft/durable.py).
+durable.install()
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ class RaftSettings:
     log_compaction_entries: int = 5000
     keepalive: bool = True  # off only to demonstrate the trap it avoids
     prevote: bool = True  # the same
+    durable: bool = True  # off only to measure what the journal flushes cost (raft/durable.py)
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,7 @@ def syncobj_conf(settings: RaftSettings) -> SyncObjConf:
         # Batching costs 100-200 ms per commit (FACTS.md); commits must be immediate.
         appendEntriesUseBatch=False,
         journalFile=str(settings.data_dir / "raft.journal"),
-        fullDumpFile=str(settings.data_dir / "raft.dump"),
+        fullDumpFile=str(settings.data_dir / durable.DUMP_NAME),
         # Default to the node's own address, not pysyncobj's 0.0.0.0: the Raft port then
         # listens only where peers are meant to reach it.
         bindAddress=settings.bind_address or settings.address,
@@ -234,6 +239,11 @@ class RaftCluster:
         self._syncobj = syncobj_class(
             settings.address, others, conf=syncobj_conf(settings), consumers=[self.state]
         )
+        journal_sync = getattr(self._syncobj._SyncObj__raftLog, "sync", None)
+        if settings.durable and journal_sync is not None:
+            durable.install_durable_send(self._syncobj)
+            # A lone node commits without sending anything: flush once per tick as well.
+            self._syncobj.addOnTickCallback(journal_sync)
         self._keepalive_period = settings.timing.connection_timeout / 4
         self._last_keepalive = 0.0
         if settings.keepalive:

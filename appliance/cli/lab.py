@@ -368,3 +368,26 @@ def bench_k8s(runs: int, services: int, as_json: bool, base: Path | None) -> Non
         _fail(str(exc))
         return
     click.echo(json.dumps(result, indent=2) if as_json else render_k8s(result))
+
+
+@bench_group.command("raft")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 20))
+@click.option("--commits", default=300, show_default=True, type=click.IntRange(10, 10000))
+@click.option(
+    "--dir",
+    "directory",
+    default=Path("/var/tmp"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the nodes' data go: a real disk (a tmpfs makes syncs free).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench_raft(rounds: int, commits: int, directory: Path, as_json: bool) -> None:
+    """Commit latency with Raft's storage synced to disk (the default) and without."""
+    import json
+
+    from appliance.lab.bench_raft import bench_raft as run_bench
+    from appliance.lab.bench_raft import render_raft
+
+    result = run_bench(directory, rounds, commits, _progress)
+    click.echo(json.dumps(result, indent=2) if as_json else render_raft(result))

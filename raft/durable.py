@@ -1,0 +1,127 @@
+"""Raft's persistent state made durable: on disk before any message depends on it.
+
+pysyncobj 0.3.17 writes its journal through a shared memory map and its term, vote and commit
+index through write() + rename, and never syncs either: a node that loses power (a VM powered
+off, a host crash; a killed process does not, the kernel keeps its page cache) comes back
+having forgotten entries it acknowledged and the vote it gave, which Raft's safety needs (a
+committed entry could be lost, two leaders elected in one term). Seen on the appliance image
+(tests/image: a file written just before a VM's power-off was gone at its next boot).
+
+`DurableJournal` keeps pysyncobj's file format and adds: term and vote fsynced (file and
+directory) before `setCurrentTerm` returns (pysyncobj sends the vote right after); the full
+dump and its directory fsynced before the journal is cut after a compaction; journal changes
+flushed by `sync()`, which `install_durable_send` calls before every message the node sends
+(one flush per message, not per entry: a follower acknowledging 1,000 entries flushes once).
+
+Cost (`raftlb lab bench raft`, 3 nodes on loopback, data on this machine's disk): commit
+latency p50 durable/plain 0.94-1.17x, within the noise. Seen on the way, with and without the
+flush: pysyncobj's follower cuts its whole log tail whenever an AppendEntries overlaps it
+(Raft cuts only at a conflicting entry) and logs "truncating already-applied log entries"
+(3-6 per 1,200 commits in either mode); the entries come back from the leader, identical.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import journal as pysyncobj_journal
+from pysyncobj import syncobj as pysyncobj_syncobj
+
+DUMP_NAME = "raft.dump"
+
+
+def fsync_path(path: str | Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DurableMetaStorer(pysyncobj_journal.MetaStorer):  # type: ignore[misc]
+    """Term, vote and commit index: written, fsynced, renamed, directory fsynced."""
+
+    def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802 - pysyncobj's name
+        path = self.getPath()
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(pysyncobj_journal.dumps(meta))
+            handle.flush()
+            os.fsync(handle.fileno())
+        shutil.move(tmp, path)
+        fsync_path(os.path.dirname(path) or ".", directory=True)
+
+
+class DurableJournal(pysyncobj_journal.FileJournal):  # type: ignore[misc]
+    def __init__(self, journal_file: str) -> None:
+        super().__init__(journal_file)
+        self._FileJournal__metaStorer = DurableMetaStorer(journal_file + ".meta")
+        self._raftlb_dir = os.path.dirname(journal_file) or "."
+        self._raftlb_dirty = False
+
+    def sync(self) -> None:
+        """Flush the journal's changes to disk (msync); cheap when there are none."""
+        if self._raftlb_dirty:
+            self.flush()
+            self._raftlb_dirty = False
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self._raftlb_dirty = True
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803
+        super().deleteEntriesFrom(entryFrom)
+        self._raftlb_dirty = True
+
+    def clear(self) -> None:
+        # Called when a dump replaces the log (compaction, or a snapshot from the leader): the
+        # dump must be on disk before the entries it replaces are dropped.
+        self._sync_dump()
+        super().clear()
+        self._raftlb_dirty = True
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803
+        super().deleteEntriesTo(entryTo)
+        # Entries kept were durable before the cut; leave no window where they are not.
+        self._raftlb_dirty = True
+        self.sync()
+
+    def _sync_dump(self) -> None:
+        dump = os.path.join(self._raftlb_dir, DUMP_NAME)
+        if os.path.exists(dump):
+            fsync_path(dump)
+        fsync_path(self._raftlb_dir, directory=True)
+
+
+def _create_journal(journal_file: str | None) -> Any:
+    if journal_file is None:
+        return pysyncobj_journal.MemoryJournal()
+    return DurableJournal(journal_file)
+
+
+def install() -> None:
+    """Make every SyncObj created from now on use DurableJournal (process-wide, like the
+    inet_ntop repair: only raft/ uses pysyncobj, and it always wants durable journals)."""
+    pysyncobj_syncobj.createJournal = _create_journal
+
+
+def install_durable_send(syncobj: Any) -> None:
+    """Before each message this node sends, flush its journal: an acknowledgement, a vote or
+    an AppendEntries never gets ahead of what is on disk."""
+    journal = syncobj._SyncObj__raftLog
+    if not isinstance(journal, DurableJournal):
+        return
+    transport = syncobj._SyncObj__transport
+    send = transport.send
+
+    def durable_send(node: Any, message: Any) -> Any:
+        journal.sync()
+        return send(node, message)
+
+    # On the transport, not the SyncObj: attributes added to a SyncObj after its __init__
+    # are pickled into its full dump.
+    transport.send = durable_send
