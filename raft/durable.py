@@ -13,11 +13,14 @@ dump and its directory fsynced before the journal is cut after a compaction; jou
 flushed by `sync()`, which `install_durable_send` calls before every message the node sends
 (one flush per message, not per entry: a follower acknowledging 1,000 entries flushes once).
 
-Cost (`raftlb lab bench raft`, 3 nodes on loopback, data on this machine's disk): commit
-latency p50 durable/plain 0.94-1.17x, within the noise. Seen on the way, with and without the
-flush: pysyncobj's follower cuts its whole log tail whenever an AppendEntries overlaps it
-(Raft cuts only at a conflicting entry) and logs "truncating already-applied log entries"
-(3-6 per 1,200 commits in either mode); the entries come back from the leader, identical.
+It also applies Raft's cut rule, which pysyncobj does not: its follower cuts its whole log
+tail whenever an AppendEntries overlaps it (logging "truncating already-applied log entries",
+3-6 times per 1,200 commits on loopback), which can drop entries a majority needed: with five
+nodes, a leader lost during such a cut could leave a committed entry on a minority. Here the
+log is cut only at an entry that differs (see `_settle`).
+
+Cost of the syncs (`raftlb lab bench raft`, 3 nodes on loopback, data on this machine's disk):
+commit latency p50 durable/plain 0.94-1.17x, within the noise.
 """
 
 from __future__ import annotations
@@ -62,29 +65,70 @@ class DurableJournal(pysyncobj_journal.FileJournal):  # type: ignore[misc]
         self._FileJournal__metaStorer = DurableMetaStorer(journal_file + ".meta")
         self._raftlb_dir = os.path.dirname(journal_file) or "."
         self._raftlb_dirty = False
+        self._raftlb_cut: int | None = None
 
     def sync(self) -> None:
         """Flush the journal's changes to disk (msync); cheap when there are none."""
+        self._settle()
         if self._raftlb_dirty:
             self.flush()
             self._raftlb_dirty = False
 
+    # -- Raft's cut rule ----------------------------------------------------------------------
+    # pysyncobj's follower calls deleteEntriesFrom(p) whenever an AppendEntries overlaps its log
+    # and then add()s the message's entries. Raft cuts only at the first entry that conflicts.
+    # The cut is therefore held back: entries re-sent identical (same index, term and command)
+    # are kept as they are; the first differing one makes the cut there. Entries past the
+    # message's are kept only if they belong to the current term (then the current leader wrote
+    # them, so its log has them too: the follower may count them when it learns the leader's
+    # commit index); any other tail is cut, as pysyncobj would.
+
+    def _settle(self) -> None:
+        cut = self._raftlb_cut
+        if cut is None:
+            return
+        self._raftlb_cut = None
+        tail = [super(DurableJournal, self).__getitem__(i) for i in range(cut, self._raw_len())]
+        if any(entry[2] != self.getCurrentTerm() for entry in tail):
+            super().deleteEntriesFrom(cut)
+            self._raftlb_dirty = True
+
+    def _raw_len(self) -> int:
+        return int(super().__len__())
+
+    def __getitem__(self, item: Any) -> Any:
+        self._settle()
+        return super().__getitem__(item)
+
+    def __len__(self) -> int:
+        self._settle()
+        return self._raw_len()
+
     def add(self, command: bytes, idx: int, term: int) -> None:
+        cut = self._raftlb_cut
+        if cut is not None:
+            if cut < self._raw_len() and super().__getitem__(cut) == (command, idx, term):
+                self._raftlb_cut = cut + 1  # already there, identical: keep it
+                return
+            self._raftlb_cut = None
+            super().deleteEntriesFrom(cut)
         super().add(command, idx, term)
         self._raftlb_dirty = True
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803
-        super().deleteEntriesFrom(entryFrom)
-        self._raftlb_dirty = True
+        self._settle()
+        self._raftlb_cut = entryFrom
 
     def clear(self) -> None:
         # Called when a dump replaces the log (compaction, or a snapshot from the leader): the
         # dump must be on disk before the entries it replaces are dropped.
+        self._raftlb_cut = None
         self._sync_dump()
         super().clear()
         self._raftlb_dirty = True
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803
+        self._settle()
         super().deleteEntriesTo(entryTo)
         # Entries kept were durable before the cut; leave no window where they are not.
         self._raftlb_dirty = True

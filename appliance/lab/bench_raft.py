@@ -4,14 +4,12 @@ Three nodes on loopback in this process, their data dirs on a real disk (`--dir`
 default: /tmp may be a tmpfs, where a sync costs nothing); rounds alternate plain (journal
 entries left to the page cache; votes and dumps are synced in both) and durable (the journal
 flushed before every message), each a run of sequential commits through the leader. The ratio
-durable/plain of the medians is the cost; pysyncobj's "truncating already-applied" warnings
-are counted per mode (see raft/durable.py).
+durable/plain of the medians is the cost.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import shutil
 import socket
 import statistics
@@ -72,37 +70,18 @@ def _round(folder: Path, durable: bool, commits: int) -> list[float]:
             node.close()
 
 
-class _TruncationCounter(logging.Handler):
-    """Counts pysyncobj's "truncating already-applied log entries" (a follower cutting its tail)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "truncating already-applied" in record.getMessage():
-            self.count += 1
-
-
 def bench_raft(
     directory: Path, rounds: int, commits: int, progress: Callable[[str], None]
 ) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="raftlb-bench-raft.", dir=directory))
     latencies: dict[str, list[float]] = {"plain": [], "durable": []}
-    truncations = {"plain": 0, "durable": 0}
-    counter = _TruncationCounter()
-    pysyncobj_log = logging.getLogger("pysyncobj")
-    pysyncobj_log.addHandler(counter)
     try:
         for index in range(rounds):
             for mode in ("plain", "durable"):
                 progress(f"round {index + 1}/{rounds}: {commits} commits, {mode}")
                 folder = base / f"{mode}-{index}"
-                counter.count = 0
                 latencies[mode] += _round(folder, mode == "durable", commits)
-                truncations[mode] += counter.count
     finally:
-        pysyncobj_log.removeHandler(counter)
         shutil.rmtree(base, ignore_errors=True)
     out: dict[str, Any] = {"commits": commits * rounds, "dir": str(directory)}
     for mode, values in latencies.items():
@@ -110,7 +89,6 @@ def bench_raft(
         out[mode] = {
             "p50_ms": round(statistics.median(values) * 1000, 2),
             "p99_ms": round(values[int(len(values) * 0.99)] * 1000, 2),
-            "truncations": truncations[mode],
         }
     out["ratio_p50"] = round(out["durable"]["p50_ms"] / out["plain"]["p50_ms"], 2)
     return out
@@ -123,7 +101,6 @@ def render_raft(result: dict[str, Any]) -> str:
             *(
                 f"  {mode:8} p50 {result[mode]['p50_ms']:.2f} ms"
                 f"  p99 {result[mode]['p99_ms']:.2f} ms"
-                f"  log-tail truncations {result[mode]['truncations']}"
                 for mode in ("plain", "durable")
             ),
             f"  durable/plain (p50): {result['ratio_p50']:.2f}x",

@@ -1,0 +1,74 @@
+"""DurableJournal's cut rule: pysyncobj's follower asks to cut its whole tail on any overlapping
+AppendEntries (deleteEntriesFrom, then add of the message's entries); the journal cuts only
+where Raft would. The calls below are the ones pysyncobj makes, in its order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raft.durable import DurableJournal
+
+
+def entry(idx: int, term: int, text: str = "") -> tuple[bytes, int, int]:
+    return (f"cmd-{idx}-{term}{text}".encode(), idx, term)
+
+
+def journal_with(
+    tmp_path: Path, entries: list[tuple[bytes, int, int]], term: int
+) -> DurableJournal:
+    journal = DurableJournal(str(tmp_path / "raft.journal"))
+    for item in entries:
+        journal.add(*item)
+    journal.setCurrentTerm(term, None)
+    journal.sync()
+    return journal
+
+
+def test_a_resent_overlap_of_the_current_term_keeps_the_log(tmp_path: Path) -> None:
+    log = [entry(i, 2) for i in range(1, 6)]
+    journal = journal_with(tmp_path, log, term=2)
+    # A late duplicate: prev index 2, entries 3 and 4 again.
+    journal.deleteEntriesFrom(2)
+    journal.add(*entry(3, 2))
+    journal.add(*entry(4, 2))
+    assert list(journal) == log  # entry 5 is kept: the current leader wrote it
+    journal.sync()
+    reopened = DurableJournal(str(tmp_path / "raft.journal"))
+    assert list(reopened) == log
+
+
+def test_a_heartbeat_overlapping_the_tail_keeps_current_term_entries(tmp_path: Path) -> None:
+    log = [entry(i, 3) for i in range(1, 5)]
+    journal = journal_with(tmp_path, log, term=3)
+    journal.deleteEntriesFrom(3)  # no entries in the message
+    assert len(journal) == 4
+
+
+def test_a_tail_from_an_older_term_is_cut(tmp_path: Path) -> None:
+    # Entries 4-5 came from the leader of term 1, which died; the leader of term 2 may not
+    # have them: keeping them could let this node count them as committed.
+    log = [entry(i, 1) for i in range(1, 6)]
+    journal = journal_with(tmp_path, log, term=2)
+    journal.deleteEntriesFrom(3)
+    journal.add(*entry(4, 1))  # the new leader does have entry 4
+    assert list(journal) == log[:4]
+
+
+def test_a_conflicting_entry_cuts_there_and_replaces(tmp_path: Path) -> None:
+    log = [entry(i, 1) for i in range(1, 6)]
+    journal = journal_with(tmp_path, log, term=2)
+    journal.deleteEntriesFrom(2)
+    journal.add(*entry(3, 1))  # identical
+    journal.add(*entry(4, 2, "-new"))  # differs: the cut happens here
+    journal.add(*entry(5, 2, "-new"))
+    assert list(journal) == [*log[:3], entry(4, 2, "-new"), entry(5, 2, "-new")]
+    journal.sync()
+    assert list(DurableJournal(str(tmp_path / "raft.journal"))) == list(journal)
+
+
+def test_compaction_after_a_held_cut_sees_the_settled_log(tmp_path: Path) -> None:
+    log = [entry(i, 1) for i in range(1, 6)]
+    journal = journal_with(tmp_path, log, term=2)
+    journal.deleteEntriesFrom(3)  # older-term tail: cut when anything reads or cuts the log
+    journal.deleteEntriesTo(1)
+    assert list(journal) == log[1:3]
