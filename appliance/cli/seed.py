@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import ipaddress
-import os
 import secrets
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +20,7 @@ from cryptography import x509
 
 from appliance.cli.context import EXIT_BAD_INPUT, CliContext, pass_cli
 from appliance.cli.files import FileInvalid, read_document
+from appliance.lab.configgen import write_private
 from appliance.seed import (
     ClusterSeed,
     SeedError,
@@ -33,14 +33,6 @@ from appliance.seed import (
 from appliance.tls import Pem, make_ca, make_node_cert
 
 NOCLOUD_FILES = ("meta-data", "user-data", "network-config")
-
-
-def write_private(path: Path, text: str | bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(text.encode() if isinstance(text, str) else text)
-    os.chmod(path, mode)  # an existing file keeps its mode through O_CREAT
 
 
 def _secret(path: Path) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -19,23 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.lab.local import free_ports
 from raft.cluster import RaftCluster, RaftSettings
 from raft.timing import PROFILES
 
 
-def _ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def _round(folder: Path, durable: bool, commits: int) -> list[float]:
-    ports = _ports(3)
+    ports = free_ports(3)
     peers = {f"n{i}": f"127.0.0.1:{ports[i - 1]}" for i in (1, 2, 3)}
     nodes = [
         RaftCluster(

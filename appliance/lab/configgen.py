@@ -56,19 +56,21 @@ def cluster_config_data(
     return out
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+def write_private(path: Path, text: str | bytes, mode: int = 0o600) -> None:
+    """Write a file only its owner reads (secrets, seeds), its folder private too if made."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(text.encode() if isinstance(text, str) else text)
+    os.chmod(path, mode)  # an existing file keeps its mode through O_CREAT
 
 
 def write_secrets(base_dir: Path) -> tuple[Path, Path]:
     """Fresh Raft password and API token files (mode 0600); return their paths."""
     password_file = base_dir / "raft-password"
     token_file = base_dir / "api-token"
-    _write_private(password_file, secrets.token_hex(32) + "\n")
-    _write_private(token_file, secrets.token_hex(32) + "\n")
+    write_private(password_file, secrets.token_hex(32) + "\n")
+    write_private(token_file, secrets.token_hex(32) + "\n")
     return password_file, token_file
 
 
@@ -82,7 +84,7 @@ def write_cluster(
     out = []
     for node in nodes:
         path = base_dir / node.node_id / "agent.yaml"
-        _write_private(path, yaml.safe_dump(data[node.node_id], sort_keys=False))
+        write_private(path, yaml.safe_dump(data[node.node_id], sort_keys=False))
         host, _, port = node.api.rpartition(":")
         out.append(
             GeneratedNode(
