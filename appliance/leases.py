@@ -22,7 +22,7 @@ from appliance.model import Assignment, ChangeReason, IPAddress, LeaseRenewal, P
 from appliance.routing import routed_to_announce
 from raft.cluster import RaftCluster, SubmitError
 from raft.ownership import Liveness, lease_deadline, plan_assignments
-from raft.state import ClusterState
+from raft.state import StateView
 from raft.timing import TimingProfile
 
 log = logging.getLogger("raftlb.ownership")
@@ -275,7 +275,7 @@ class OwnershipLoops:
             self._acked.update((vip, state.assignments[vip].epoch) for vip in acks)
             self._fire({"v": 1, "type": "vips.released", "node": self.me, "vips": acks}, 1.0)
 
-    def _why_not(self, state: ClusterState, until: float, now: float) -> str:
+    def _why_not(self, state: StateView, until: float, now: float) -> str:
         if until <= now:
             return "no valid lease: not in quorum"
         if self.me in state.drained:

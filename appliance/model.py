@@ -10,12 +10,14 @@ This module imports nothing of the project so that every package may use it.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import (
@@ -107,6 +109,11 @@ def family_of(address: IPAddress) -> IPFamily:
     return IPFamily.IPV4 if address.version == 4 else IPFamily.IPV6
 
 
+def address_from_int(version: int) -> type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]:
+    """The address class of an IP version: `ip_address(int)` would make ::1 an IPv4 address."""
+    return ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+
+
 _RANGE_RE = re.compile(r"^\s*(?P<start>[^\s-]+)\s*-\s*(?P<end>[^\s-]+)\s*$")
 
 
@@ -184,18 +191,44 @@ class Pool(_Frozen):
                 raise ValueError(f"{prev_text!r} and {cur_text!r} overlap")
         return value
 
+    # Parsed once per pool value (the model is frozen): allocation asks a pool about addresses
+    # on every Raft apply, and re-parsing hundreds of block strings there grows with the pool.
+    @cached_property
+    def _parsed(self) -> tuple[tuple[IPAddress, IPAddress], ...]:
+        return tuple(parse_address_block(text) for text in self.addresses)
+
+    @cached_property
+    def _by_version(self) -> dict[int, tuple[list[int], list[int]]]:
+        """Per IP version, the blocks' first and last addresses as ints, sorted (disjoint)."""
+        out: dict[int, tuple[list[int], list[int]]] = {}
+        for first, last in sorted(self._parsed, key=lambda b: (b[0].version, int(b[0]))):
+            firsts, lasts = out.setdefault(first.version, ([], []))
+            firsts.append(int(first))
+            lasts.append(int(last))
+        return out
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Pool:
+        """A copy; with `update`, validated again (and its parsed blocks computed anew)."""
+        if update:
+            return Pool.model_validate({**self.model_dump(), **update})
+        return super().model_copy(deep=deep)
+
     def blocks(self) -> list[tuple[IPAddress, IPAddress]]:
         """The address blocks as (first, last) pairs, in the order written."""
-        return [parse_address_block(text) for text in self.addresses]
+        return list(self._parsed)
+
+    def sorted_blocks(self, family: IPFamily) -> tuple[list[int], list[int]]:
+        """The first and last addresses (ints) of the blocks of `family`, in address order."""
+        return self._by_version.get(4 if family == IPFamily.IPV4 else 6, ([], []))
 
     def families(self) -> set[IPFamily]:
-        return {family_of(first) for first, _ in self.blocks()}
+        return {IPFamily.IPV4 if version == 4 else IPFamily.IPV6 for version in self._by_version}
 
     def contains(self, address: IPAddress) -> bool:
-        return any(
-            first.version == address.version and int(first) <= int(address) <= int(last)
-            for first, last in self.blocks()
-        )
+        firsts, lasts = self._by_version.get(address.version, ([], []))
+        value = int(address)
+        at = bisect.bisect_right(firsts, value) - 1
+        return at >= 0 and value <= lasts[at]
 
     def usable(self, address: IPAddress) -> bool:
         if not self.contains(address):
@@ -205,11 +238,8 @@ class Pool(_Frozen):
         )
 
     def size(self, family: IPFamily) -> int:
-        return sum(
-            int(last) - int(first) + 1
-            for first, last in self.blocks()
-            if family_of(first) == family
-        )
+        firsts, lasts = self.sorted_blocks(family)
+        return sum(last - first + 1 for first, last in zip(firsts, lasts, strict=True))
 
     def outside(
         self, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
@@ -218,7 +248,7 @@ class Pool(_Frozen):
         return [
             (i, text)
             for i, (text, (first, last)) in enumerate(
-                zip(self.addresses, self.blocks(), strict=True)
+                zip(self.addresses, self._parsed, strict=True)
             )
             if not any(
                 net.version == first.version and first in net and last in net for net in networks
@@ -226,13 +256,21 @@ class Pool(_Frozen):
         ]
 
     def overlaps(self, other: Pool) -> str | None:
-        """Return a description of the first overlap with another pool, or None."""
-        for first, last in self.blocks():
-            for ofirst, olast in other.blocks():
-                if first.version != ofirst.version:
-                    continue
-                if int(first) <= int(olast) and int(ofirst) <= int(last):
-                    return f"{first}-{last} overlaps {ofirst}-{olast} of pool {other.name!r}"
+        """Return a description of the first overlap (in address order) with another pool."""
+        for version, (firsts, lasts) in sorted(self._by_version.items()):
+            ofirsts, olasts = other._by_version.get(version, ([], []))
+            i = j = 0
+            while i < len(firsts) and j < len(ofirsts):
+                if firsts[i] <= olasts[j] and ofirsts[j] <= lasts[i]:
+                    make = address_from_int(version)
+                    return (
+                        f"{make(firsts[i])}-{make(lasts[i])} overlaps "
+                        f"{make(ofirsts[j])}-{make(olasts[j])} of pool {other.name!r}"
+                    )
+                if lasts[i] < olasts[j]:
+                    i += 1
+                else:
+                    j += 1
         return None
 
 

@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from raft.cluster import RaftStatus, SubmitError
-from raft.state import ClusterState
+from raft.state import ClusterState, StateView
 
 
 class InMemoryCluster:
@@ -22,8 +22,8 @@ class InMemoryCluster:
         self.applied: list[dict[str, Any]] = []
         self.term = 1
 
-    def view(self) -> ClusterState:
-        return self.state.copy()
+    def view(self) -> StateView:
+        return self.state.snapshot()
 
     def status(self) -> RaftStatus:
         leader = self.node_id if self.has_quorum else None

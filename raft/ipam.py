@@ -12,11 +12,15 @@ Rules:
   pool of that family; the lowest free address wins, so allocation is deterministic.
 - With a sharing key and no address, an address already shared under that key is reused when the
   ports do not clash.
+
+Every decision costs O(log n) in the allocations and pool blocks, whatever the pool's size (an
+IPv6 /64 is never enumerated): the questions go to `raft.ipam_index.AddressIndex`, which the
+state keeps up to date.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import heapq
 from collections.abc import Mapping, Set
 
 from appliance.model import (
@@ -25,58 +29,109 @@ from appliance.model import (
     IPAddress,
     IPFamily,
     Pool,
+    address_from_int,
     family_of,
 )
 from raft.commands import CommandError
+from raft.ipam_index import AddressIndex
 
-AddressIndex = Mapping[IPAddress, Set[str]]
+AddressOwners = Mapping[IPAddress, Set[str]]
+
+
+def _version(family: IPFamily) -> int:
+    return 4 if family == IPFamily.IPV4 else 6
 
 
 def check_pool(
-    pool: Pool, pools: Mapping[str, Pool], allocations: Mapping[str, Allocation]
+    pool: Pool, old: Pool | None, index: AddressIndex, by_address: AddressOwners
 ) -> None:
     """Refuse a pool (new or changed) that overlaps another, doubles a default, or strands an
-    allocation outside its new ranges."""
-    for other in pools.values():
-        if other.name == pool.name:
-            continue
-        overlap = pool.overlaps(other)
-        if overlap:
-            raise CommandError(
-                "conflict",
-                f"pool {pool.name!r}: {overlap}",
-                field="addresses",
-                value=pool.addresses,
-            )
-        if pool.default and other.default and pool.families() & other.families():
-            raise CommandError(
-                "conflict",
-                f"pool {other.name!r} is already the default for "
-                f"{', '.join(sorted(pool.families() & other.families()))}",
-                field="default",
-                value=True,
-            )
-    stranded = sorted(
-        (a for a in allocations.values() if a.pool == pool.name and not pool.usable(a.address)),
-        key=lambda a: a.owner,
-    )
-    if stranded:
-        names = ", ".join(f"{a.address} ({a.owner})" for a in stranded[:5])
+    allocation outside its new ranges. `index` must not hold the pool's old blocks any more."""
+    for family in sorted(pool.families()):
+        version = _version(family)
+        for first, last in zip(*pool.sorted_blocks(family), strict=True):
+            hit = index.overlap(version, first, last)
+            if hit is not None:
+                make = address_from_int(version)
+                raise CommandError(
+                    "conflict",
+                    f"pool {pool.name!r}: {make(first)}-{make(last)} overlaps "
+                    f"{make(hit[0])}-{make(hit[1])} of pool {hit[2]!r}",
+                    field="addresses",
+                    value=pool.addresses,
+                )
+    if pool.default:
+        for family in sorted(pool.families()):
+            others = sorted(index.defaults_of[_version(family)] - {pool.name})
+            if others:
+                raise CommandError(
+                    "conflict",
+                    f"pool {others[0]!r} is already the default for {family}",
+                    field="default",
+                    value=True,
+                )
+    if old is not None:
+        _check_stranded(pool, old, index, by_address)
+
+
+def _gaps(
+    old: tuple[list[int], list[int]], new: tuple[list[int], list[int]]
+) -> list[tuple[int, int]]:
+    """The parts of the old blocks that the new blocks do not cover (both sorted, disjoint)."""
+    out = []
+    new_firsts, new_lasts = new
+    j = 0
+    for first, last in zip(*old, strict=True):
+        start = first
+        while j < len(new_firsts) and new_lasts[j] < start:
+            j += 1
+        k = j
+        while start <= last:
+            if k >= len(new_firsts) or new_firsts[k] > last:
+                out.append((start, last))
+                break
+            if new_firsts[k] > start:
+                out.append((start, new_firsts[k] - 1))
+            start = max(start, new_lasts[k] + 1)
+            k += 1
+    return out
+
+
+def _check_stranded(pool: Pool, old: Pool, index: AddressIndex, by_address: AddressOwners) -> None:
+    limit = 5
+    count, sample = 0, []
+    for family in (IPFamily.IPV4, IPFamily.IPV6):
+        version = _version(family)
+        make = address_from_int(version)
+        for first, last in _gaps(old.sorted_blocks(family), pool.sorted_blocks(family)):
+            count += index.count_used(version, first, last)
+            sample += [make(v) for v in index.used_between(version, first, last, limit)]
+        if pool.avoid_buggy_ips and version == 4:
+            for first, last in zip(*pool.sorted_blocks(family), strict=True):
+                found = index.buggy_between(first, last, 1 << 62)
+                count += len(found)
+                sample += [make(v) for v in found[:limit]]
+    if count:
+        names = [
+            f"{address} ({', '.join(sorted(by_address.get(address, ())))})"
+            for address in sorted(sample, key=lambda a: (a.version, int(a)))[:limit]
+        ]
         raise CommandError(
             "conflict",
-            f"pool {pool.name!r} would no longer contain {len(stranded)} allocated address(es): "
-            f"{names}; release them first",
+            f"pool {pool.name!r} would no longer contain {count} allocated address(es): "
+            f"{', '.join(names)}; release them first",
             field="addresses",
             value=pool.addresses,
         )
 
 
-def check_pool_delete(name: str, allocations: Mapping[str, Allocation]) -> None:
-    users = sorted(a.owner for a in allocations.values() if a.pool == name)
+def check_pool_delete(name: str, index: AddressIndex) -> None:
+    users = index.pool_owners(name)
     if users:
+        first = heapq.nsmallest(5, users)
         raise CommandError(
             "conflict",
-            f"pool {name!r} still has {len(users)} allocation(s) ({', '.join(users[:5])}); "
+            f"pool {name!r} still has {len(users)} allocation(s) ({', '.join(first)}); "
             "delete those services or allocations first",
         )
 
@@ -85,11 +140,13 @@ def allocate(
     request: AllocationRequest,
     pools: Mapping[str, Pool],
     allocations: Mapping[str, Allocation],
-    by_address: AddressIndex,
+    by_address: AddressOwners,
+    index: AddressIndex,
 ) -> Allocation:
     """Decide the allocation for `request`. Raise CommandError when it cannot be served."""
     family = request.family()
-    pool = _choose_pool(request, family, pools)
+    version = _version(family)
+    pool = _choose_pool(request, family, pools, index)
     existing = allocations.get(request.owner)
 
     def build(address: IPAddress) -> Allocation:
@@ -117,29 +174,26 @@ def allocate(
             raise CommandError("conflict", problem, field="address", value=str(request.address))
         return build(request.address)
 
+    make = address_from_int(version)
     if request.sharing_key is not None:
-        shared = sorted(
-            (
-                a.address
-                for a in allocations.values()
-                if a.pool == pool.name
-                and a.sharing_key == request.sharing_key
-                and a.owner != request.owner
-                and family_of(a.address) == family
-            ),
-            key=int,
-        )
-        for address in shared:
+        for value in index.shared_addresses(pool.name, request.sharing_key, version):
+            address = make(value)
             if _sharing_problem(address, request, allocations, by_address) is None:
                 return build(address)
 
-    free = _first_free(pool, family, request.owner, by_address)
-    if free is None:
-        used = sum(
-            1
-            for address, owners in by_address.items()
-            if owners - {request.owner} and pool.contains(address) and family_of(address) == family
-        )
+    free = index.first_free(pool.name, version)
+    # An address held by this owner alone is free for it too (at most one: its allocation).
+    own = None
+    if (
+        existing is not None
+        and family_of(existing.address) == family
+        and set(by_address.get(existing.address, ())) == {request.owner}
+        and pool.usable(existing.address)
+    ):
+        own = int(existing.address)
+    candidates = [v for v in (free, own) if v is not None]
+    if not candidates:
+        used = index.used_in_pool(pool.name, version) - (own is not None)
         raise CommandError(
             "exhausted",
             f"pool {pool.name!r} has no free {family} address ({used} of {pool.size(family)} "
@@ -147,28 +201,31 @@ def allocate(
             field="pool",
             value=pool.name,
         )
-    return build(free)
+    return build(make(min(candidates)))
 
 
-def _choose_pool(request: AllocationRequest, family: IPFamily, pools: Mapping[str, Pool]) -> Pool:
+def _choose_pool(
+    request: AllocationRequest, family: IPFamily, pools: Mapping[str, Pool], index: AddressIndex
+) -> Pool:
+    version = _version(family)
     if request.address is not None:
-        holders = [p for p in pools.values() if p.usable(request.address)]
-        if not holders:
+        name = index.pool_at(version, int(request.address))
+        holder = pools.get(name) if name is not None else None
+        if holder is None or not holder.usable(request.address):
             raise CommandError(
                 "invalid",
                 f"address {request.address} is outside every pool",
                 field="address",
                 value=str(request.address),
             )
-        pool = holders[0]
-        if request.pool is not None and request.pool != pool.name:
+        if request.pool is not None and request.pool != holder.name:
             raise CommandError(
                 "invalid",
-                f"address {request.address} is in pool {pool.name!r}, not {request.pool!r}",
+                f"address {request.address} is in pool {holder.name!r}, not {request.pool!r}",
                 field="pool",
                 value=request.pool,
             )
-        return pool
+        return holder
     if request.pool is not None:
         pool_or_none = pools.get(request.pool)
         if pool_or_none is None:
@@ -186,19 +243,19 @@ def _choose_pool(request: AllocationRequest, family: IPFamily, pools: Mapping[st
                 value=str(family),
             )
         return pool_or_none
-    of_family = sorted((p for p in pools.values() if family in p.families()), key=lambda p: p.name)
-    defaults = [p for p in of_family if p.default]
+    defaults = index.defaults_of[version]
     if defaults:
-        return defaults[0]
+        return pools[min(defaults)]
+    of_family = index.pools_of[version]
     if len(of_family) == 1:
-        return of_family[0]
+        return pools[next(iter(of_family))]
     if not of_family:
         raise CommandError(
             "invalid", f"no pool has {family} addresses", field="ip_family", value=str(family)
         )
     raise CommandError(
         "invalid",
-        f"no pool named and no default {family} pool among {[p.name for p in of_family]}; "
+        f"no pool named and no default {family} pool among {sorted(of_family)}; "
         "name a pool or mark one `default: true`",
         field="pool",
     )
@@ -208,9 +265,9 @@ def _sharing_problem(
     address: IPAddress,
     request: AllocationRequest,
     allocations: Mapping[str, Allocation],
-    by_address: AddressIndex,
+    by_address: AddressOwners,
 ) -> str | None:
-    others = sorted(by_address.get(address, set()) - {request.owner})
+    others = sorted(set(by_address.get(address, ())) - {request.owner})
     for owner in others:
         other = allocations[owner]
         if request.sharing_key is None or other.sharing_key != request.sharing_key:
@@ -221,19 +278,4 @@ def _sharing_problem(
                 f"address {address} is shared with {owner!r}, which already uses "
                 f"{', '.join(str(p) for p in clash)}"
             )
-    return None
-
-
-def _first_free(
-    pool: Pool, family: IPFamily, owner: str, by_address: AddressIndex
-) -> IPAddress | None:
-    for first, last in sorted(pool.blocks(), key=lambda block: int(block[0])):
-        if family_of(first) != family:
-            continue
-        value = int(first)
-        while value <= int(last):
-            address = ipaddress.ip_address(value)
-            if pool.usable(address) and not (by_address.get(address, set()) - {owner}):
-                return address
-            value += 1
     return None

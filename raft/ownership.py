@@ -33,7 +33,7 @@ timing profiles check this (raft/timing.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from appliance.model import Assignment, ChangeReason, LeaseRenewal, Service
@@ -51,21 +51,19 @@ def lease_deadline(
     return renewal.sent_at + lease
 
 
-def apply_renewal(renewals: dict[str, LeaseRenewal], renewal: LeaseRenewal) -> bool:
-    """Keep the newest renewal of each node (by incarnation, then seq). True if it was newer."""
-    current = renewals.get(renewal.node)
-    if current is not None and current.mark() >= renewal.mark():
-        return False
-    renewals[renewal.node] = renewal
-    return True
+def renewal_is_newer(current: LeaseRenewal | None, renewal: LeaseRenewal) -> bool:
+    """Only the newest renewal of each node (by incarnation, then seq) is kept."""
+    return current is None or current.mark() < renewal.mark()
 
 
 def apply_assign(
-    assignments: dict[str, Assignment],
+    assignments: Mapping[str, Assignment],
     renewals: Mapping[str, LeaseRenewal],
     command: AssignVips,
-) -> dict[str, Any]:
-    """Apply the leader's placements; refuse each VIP taken from a node that renewed since."""
+) -> tuple[dict[str, Assignment], dict[str, Any]]:
+    """The leader's placements as the assignments to store, and the command's result; each VIP
+    taken from a node that renewed since is refused."""
+    updates: dict[str, Assignment] = {}
     changed, refused = [], []
     for vip, placement in sorted(command.placements.items()):
         current = assignments.get(vip)
@@ -100,21 +98,23 @@ def apply_assign(
                 "reason": keep.reason,
                 "dead_for": keep.dead_for,
             }
-        assignments[vip] = Assignment(
+        updates[vip] = Assignment(
             vip=vip, node=placement.node, epoch=epoch, releasing=placement.releasing, **change
         )
         changed.append(vip)
-    return {"changed": changed, "refused": refused}
+    return updates, {"changed": changed, "refused": refused}
 
 
-def apply_released(assignments: dict[str, Assignment], node: str, vips: list[str]) -> list[str]:
-    done = []
+def apply_released(
+    assignments: Mapping[str, Assignment], node: str, vips: list[str]
+) -> tuple[dict[str, Assignment], list[str]]:
+    """The assignments an old owner's acknowledgement changes, and the VIPs it released."""
+    updates = {}
     for vip in vips:
         current = assignments.get(vip)
         if current is not None and current.releasing == node:
-            assignments[vip] = current.model_copy(update={"releasing": None})
-            done.append(vip)
-    return done
+            updates[vip] = current.model_copy(update={"releasing": None})
+    return updates, list(updates)
 
 
 def check_drain(node: str, members: Mapping[str, Any]) -> None:
@@ -175,7 +175,7 @@ class Liveness:
 
 def plan_assignments(
     members: list[str],
-    drained: set[str],
+    drained: Set[str],
     services: Mapping[str, Service],
     assignments: Mapping[str, Assignment],
     alive: set[str],

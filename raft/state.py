@@ -1,18 +1,26 @@
 """The replicated cluster state and the deterministic application of commands to it.
 
 `ClusterState.apply(raw_command)` is what every node runs for every committed log entry. It
-never raises and never half-applies: a command is checked completely before anything changes
-(a batch is applied to a copy that replaces the state only when every part succeeded), and the
-result (`{"ok": true, "value": ...}` or `{"ok": false, "error": {...}}`) is the same on every
-node. No clock, randomness or I/O is read here.
+never raises and never half-applies: a command is checked completely before anything changes,
+and a batch that fails part-way is rolled back (the maps are persistent, so restoring them is
+O(1); the address index undoes its own changes). The result (`{"ok": true, "value": ...}` or
+`{"ok": false, "error": {...}}`) is the same on every node. No clock, randomness or I/O is read
+here.
+
+Cost: applying a command is O(log n) in the services, allocations and pool blocks (persistent
+hash maps, `raft.ipam_index`), and a reader's snapshot (`snapshot()`) is O(1): it shares the
+maps, which nobody changes in place. pysyncobj applies entries on its tick thread, which also
+drives heartbeats and elections: work there that grew with the state made leaders lose their
+followers at a few hundred services.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from immutables import Map
 from pydantic import ValidationError
 
 from appliance.model import (
@@ -27,6 +35,7 @@ from appliance.model import (
     Service,
 )
 from raft import ipam, ownership
+from raft.changelog import ChangeLog, Changes, LogReader
 from raft.commands import (
     Allocate,
     AssignVips,
@@ -44,88 +53,178 @@ from raft.commands import (
     SetDrain,
     parse_command,
 )
+from raft.ipam_index import AddressIndex
 
 STATE_FORMAT = 1
 
 
-class ClusterState:
-    """Pools, allocations, services and member reports, plus an address index."""
+@dataclass(frozen=True, slots=True)
+class StateView:
+    """A read-only snapshot of the state at one revision (shares the persistent maps)."""
 
-    def __init__(self) -> None:
-        self.pools: dict[str, Pool] = {}
-        self.allocations: dict[str, Allocation] = {}
-        self.services: dict[str, Service] = {}
-        self.members: dict[str, MemberReport] = {}
-        self.by_address: dict[IPAddress, set[str]] = {}
-        self.renewals: dict[str, LeaseRenewal] = {}
-        self.assignments: dict[str, Assignment] = {}  # by VIP text
-        self.drained: set[str] = set()
-        # Number of commands applied successfully; a cheap version for caches and metrics.
-        self.revision = 0
+    pools: Map[str, Pool]
+    allocations: Map[str, Allocation]
+    services: Map[str, Service]
+    members: Map[str, MemberReport]
+    by_address: Map[IPAddress, frozenset[str]]
+    renewals: Map[str, LeaseRenewal]
+    assignments: Map[str, Assignment]  # by VIP text
+    drained: frozenset[str]
+    routed: Map[str, str]  # VIPs of bgp pools (text) -> pool name
+    vip_counts: Map[str, int]  # node -> VIPs the assignment gives it
+    revision: int
+    log: LogReader
 
     def routed_vips(self) -> dict[str, Pool]:
         """VIPs of `bgp` pools (announced by every able node, owned by none), with their pool."""
-        out = {}
-        for allocation in self.allocations.values():
-            pool = self.pools.get(allocation.pool)
-            if pool is not None and pool.announce == AnnounceMode.BGP:
-                out[str(allocation.address)] = pool
-        return out
+        return {vip: self.pools[name] for vip, name in self.routed.items()}
+
+    def changes_since(self, revision: int) -> Changes | None:
+        """What changed after `revision` up to this one; None: too old, rescan everything."""
+        return self.log.since(revision)
+
+    def services_at(self, address: IPAddress) -> list[Service]:
+        """The services on one address (several when they share it)."""
+        owners = self.by_address.get(address, frozenset())
+        return [self.services[o] for o in sorted(owners) if o in self.services]
+
+
+class ClusterState:
+    """Pools, allocations, services, member reports, leases and VIP assignments."""
+
+    def __init__(self) -> None:
+        self.pools: Map[str, Pool] = Map()
+        self.allocations: Map[str, Allocation] = Map()
+        self.services: Map[str, Service] = Map()
+        self.members: Map[str, MemberReport] = Map()
+        self.by_address: Map[IPAddress, frozenset[str]] = Map()
+        self.renewals: Map[str, LeaseRenewal] = Map()
+        self.assignments: Map[str, Assignment] = Map()
+        self.drained: frozenset[str] = frozenset()
+        self.routed: Map[str, str] = Map()
+        self.vip_counts: Map[str, int] = Map()
+        self.index = AddressIndex()
+        self.log = ChangeLog()
+        # Number of commands applied successfully; a cheap version for caches and metrics.
+        self.revision = 0
+
+    _MAPS = (
+        "pools",
+        "allocations",
+        "services",
+        "members",
+        "by_address",
+        "renewals",
+        "assignments",
+        "drained",
+        "routed",
+        "vip_counts",
+    )
+
+    def snapshot(self) -> StateView:
+        """An O(1) read-only view of the state as it is now."""
+        return StateView(
+            **{name: getattr(self, name) for name in self._MAPS},
+            revision=self.revision,
+            log=self.log.reader(self.revision),
+        )
+
+    def routed_vips(self) -> dict[str, Pool]:
+        return {vip: self.pools[name] for vip, name in self.routed.items()}
 
     # -- applying commands -------------------------------------------------------------------
 
     def apply(self, raw: Any) -> dict[str, Any]:
         """Apply one committed command; return its result. Never raises."""
+        saved = {name: getattr(self, name) for name in self._MAPS}
         try:
-            command = parse_command(raw)
-            if isinstance(command, Batch):
-                trial = self.copy()
-                values = []
-                for index, sub in enumerate(command.commands):
-                    try:
-                        values.append(trial._apply_one(sub))
-                    except CommandError as exc:
-                        exc.index = index
-                        exc.message = f"item {index}: {exc.message}; nothing was applied"
-                        raise
-                self._adopt(trial)
-                value: Any = {"results": values}
-            else:
-                value = self._apply_one(command)
-        except CommandError as exc:
-            return {"ok": False, "error": exc.to_dict()}
-        except ValidationError as exc:  # a model rebuilt inside a handler; still deterministic
+            with self.index.transaction():
+                command = parse_command(raw)
+                if isinstance(command, Batch):
+                    values = []
+                    for index, sub in enumerate(command.commands):
+                        try:
+                            values.append(self._apply_one(sub))
+                        except CommandError as exc:
+                            exc.index = index
+                            exc.message = f"item {index}: {exc.message}; nothing was applied"
+                            raise
+                    value: Any = {"results": values}
+                else:
+                    value = self._apply_one(command)
+        except (CommandError, ValidationError) as exc:
+            for name, old in saved.items():
+                setattr(self, name, old)
+            self.log.discard()
+            if isinstance(exc, CommandError):
+                return {"ok": False, "error": exc.to_dict()}
+            # A model rebuilt inside a handler; still deterministic.
             return {"ok": False, "error": {"code": "invalid", "message": str(exc)}}
         self.revision += 1
+        self.log.commit(self.revision)
         return {"ok": True, "value": value}
 
     def _apply_one(self, command: Command) -> Any:
         match command:
             case PutPool(pool=pool):
-                ipam.check_pool(pool, self.pools, self.allocations)
-                self.pools[pool.name] = pool
+                self._put_pool(pool)
                 return {"pool": pool.model_dump(mode="json")}
             case DeletePool(name=name):
-                if name not in self.pools:
+                old = self.pools.get(name)
+                if old is None:
                     raise CommandError("not_found", f"pool {name!r} does not exist")
-                ipam.check_pool_delete(name, self.allocations)
-                del self.pools[name]
+                ipam.check_pool_delete(name, self.index)
+                self.index.remove_pool(old)
+                self.pools = self.pools.delete(name)
+                self.log.note("pools", name)
                 return {"deleted": name}
+            case PutService() | DeleteService() | Allocate() | Release():
+                return self._apply_allocating(command)
+            case ReportMember(report=report):
+                self.members = self.members.set(report.node, report)
+                return {}
+            case RenewLease(renewal=renewal):
+                current = self.renewals.get(renewal.node)
+                newer = ownership.renewal_is_newer(current, renewal)
+                if newer:
+                    self.renewals = self.renewals.set(renewal.node, renewal)
+                return {"newer": newer}
+            case AssignVips():
+                updates, result = ownership.apply_assign(self.assignments, self.renewals, command)
+                self._set_assignments(updates)
+                return result
+            case ReleasedVips(node=node, vips=vips):
+                updates, done = ownership.apply_released(self.assignments, node, vips)
+                self._set_assignments(updates)
+                return {"released": done}
+            case SetDrain(node=node, drained=drained):
+                ownership.check_drain(node, self.members)
+                if (node in self.drained) != drained:
+                    self.drained = self.drained | {node} if drained else self.drained - {node}
+                    self.log.note("drained", node)
+                return {"node": node, "drained": drained}
+        raise CommandError("unsupported", f"command {command.type!r} cannot be nested here")
+
+    def _apply_allocating(self, command: PutService | DeleteService | Allocate | Release) -> Any:
+        match command:
             case PutService(service=spec):
                 allocation = ipam.allocate(
                     AllocationRequest.for_service(spec),
                     self.pools,
                     self.allocations,
                     self.by_address,
+                    self.index,
                 )
                 self._set_allocation(allocation)
                 service = Service(spec=spec, address=allocation.address)
-                self.services[spec.id] = service
+                self.services = self.services.set(spec.id, service)
+                self.log.note("services", spec.id)
                 return {"service": service.model_dump(mode="json")}
             case DeleteService(id=service_id):
                 if service_id not in self.services:
                     raise CommandError("not_found", f"service {service_id!r} does not exist")
-                del self.services[service_id]
+                self.services = self.services.delete(service_id)
+                self.log.note("services", service_id)
                 self._drop_allocation(service_id)
                 return {"deleted": service_id}
             case Allocate(request=request):
@@ -136,79 +235,102 @@ class ClusterState:
                         "update, not an allocation",
                         field="owner",
                     )
-                allocation = ipam.allocate(request, self.pools, self.allocations, self.by_address)
+                allocation = ipam.allocate(
+                    request, self.pools, self.allocations, self.by_address, self.index
+                )
                 self._set_allocation(allocation)
                 return {"allocation": allocation.model_dump(mode="json")}
-            case Release(owner=owner):
-                if owner in self.services:
-                    raise CommandError(
-                        "conflict", f"{owner!r} belongs to a service: delete the service instead"
-                    )
-                if owner not in self.allocations:
-                    raise CommandError("not_found", f"no allocation for owner {owner!r}")
-                self._drop_allocation(owner)
-                return {"deleted": owner}
-            case ReportMember(report=report):
-                self.members[report.node] = report
-                return {}
-            case RenewLease(renewal=renewal):
-                return {"newer": ownership.apply_renewal(self.renewals, renewal)}
-            case AssignVips():
-                return ownership.apply_assign(self.assignments, self.renewals, command)
-            case ReleasedVips(node=node, vips=vips):
-                return {"released": ownership.apply_released(self.assignments, node, vips)}
-            case SetDrain(node=node, drained=drained):
-                ownership.check_drain(node, self.members)
-                (self.drained.add if drained else self.drained.discard)(node)
-                return {"node": node, "drained": drained}
-        raise CommandError("unsupported", f"command {command.type!r} cannot be nested here")
+        if command.owner in self.services:
+            raise CommandError(
+                "conflict", f"{command.owner!r} belongs to a service: delete the service instead"
+            )
+        if command.owner not in self.allocations:
+            raise CommandError("not_found", f"no allocation for owner {command.owner!r}")
+        self._drop_allocation(command.owner)
+        return {"deleted": command.owner}
+
+    def _put_pool(self, pool: Pool) -> None:
+        old = self.pools.get(pool.name)
+        if old is not None:
+            self.index.remove_pool(old)
+        ipam.check_pool(pool, old, self.index, self.by_address)
+        self.index.add_pool(pool)
+        self.pools = self.pools.set(pool.name, pool)
+        self.log.note("pools", pool.name)
+        if old is not None and old.announce != pool.announce:
+            # Its VIPs change from owned (l2) to routed (bgp) or back: O(its allocations), once.
+            for owner in sorted(self.index.pool_owners(pool.name)):
+                self._route(self.allocations[owner].address, pool)
+
+    def _route(self, address: IPAddress, pool: Pool | None) -> None:
+        vip = str(address)
+        if pool is not None and pool.announce == AnnounceMode.BGP:
+            if self.routed.get(vip) != pool.name:
+                self.routed = self.routed.set(vip, pool.name)
+        elif vip in self.routed:
+            self.routed = self.routed.delete(vip)
+
+    def _set_assignments(self, updates: Mapping[str, Assignment]) -> None:
+        if not updates:
+            return
+        assignments = self.assignments.mutate()
+        counts = self.vip_counts.mutate()
+        for vip, assignment in updates.items():
+            old = assignments.get(vip)
+            if old is not None and old.node is not None:
+                counts[old.node] = counts.get(old.node, 0) - 1
+                if counts[old.node] == 0:
+                    del counts[old.node]
+            if assignment.node is not None:
+                counts[assignment.node] = counts.get(assignment.node, 0) + 1
+            assignments[vip] = assignment
+            self.log.note("assignments", vip)
+        self.assignments = assignments.finish()
+        self.vip_counts = counts.finish()
 
     def _set_allocation(self, allocation: Allocation) -> None:
+        old = self.allocations.get(allocation.owner)
+        if old == allocation:
+            return
         self._drop_allocation(allocation.owner)
-        self.allocations[allocation.owner] = allocation
-        self.by_address.setdefault(allocation.address, set()).add(allocation.owner)
+        self.allocations = self.allocations.set(allocation.owner, allocation)
+        self.log.note("allocations", allocation.owner)
+        address = allocation.address
+        owners = self.by_address.get(address, frozenset())
+        if not owners:
+            self.index.address_taken(
+                address.version, int(address), allocation.pool, allocation.sharing_key
+            )
+            self._route(address, self.pools.get(allocation.pool))
+        self.by_address = self.by_address.set(address, owners | {allocation.owner})
+        self.index.owner_added(allocation.pool, allocation.owner)
 
     def _drop_allocation(self, owner: str) -> None:
-        old = self.allocations.pop(owner, None)
+        old = self.allocations.get(owner)
         if old is None:
             return
-        owners = self.by_address.get(old.address, set())
-        owners.discard(owner)
-        if not owners:
-            self.by_address.pop(old.address, None)
+        self.allocations = self.allocations.delete(owner)
+        self.log.note("allocations", owner)
+        self.index.owner_removed(old.pool, owner)
+        owners = self.by_address.get(old.address, frozenset()) - {owner}
+        if owners:
+            self.by_address = self.by_address.set(old.address, owners)
+            return
+        self.by_address = self.by_address.delete(old.address)
+        self.index.address_freed(old.address.version, int(old.address), old.pool, old.sharing_key)
+        self._route(old.address, None)
 
     # -- copies and serialisation --------------------------------------------------------------
 
     def copy(self) -> ClusterState:
-        """A copy that can be changed without touching this one (models are frozen: shared)."""
-        other = ClusterState()
-        other.pools = dict(self.pools)
-        other.allocations = dict(self.allocations)
-        other.services = dict(self.services)
-        other.members = dict(self.members)
-        other.by_address = copy.deepcopy(self.by_address)
-        other.renewals = dict(self.renewals)
-        other.assignments = dict(self.assignments)
-        other.drained = set(self.drained)
+        """An independent copy (rebuilt from a dump: O(n), for tests and tools)."""
+        other = ClusterState.from_data(self.to_data())
         other.revision = self.revision
         return other
 
-    def _adopt(self, other: ClusterState) -> None:
-        self.__dict__.update(other.__dict__)
-
     def to_data(self) -> dict[str, Any]:
         """A JSON-able dump: what the Raft full dump stores, independent of class layout."""
-        return {
-            "format": STATE_FORMAT,
-            "revision": self.revision,
-            "pools": [p.model_dump(mode="json") for p in self.pools.values()],
-            "allocations": [a.model_dump(mode="json") for a in self.allocations.values()],
-            "services": [s.model_dump(mode="json") for s in self.services.values()],
-            "members": [m.model_dump(mode="json") for m in self.members.values()],
-            "renewals": [r.model_dump(mode="json") for r in self.renewals.values()],
-            "assignments": [a.model_dump(mode="json") for a in self.assignments.values()],
-            "drained": sorted(self.drained),
-        }
+        return view_to_data(self.snapshot())
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ClusterState:
@@ -218,22 +340,32 @@ class ClusterState:
         state.revision = int(data.get("revision", 0))
         for raw in data.get("pools", []):
             pool = Pool.model_validate(raw)
-            state.pools[pool.name] = pool
+            state.index.add_pool(pool)
+            state.pools = state.pools.set(pool.name, pool)
         for raw in data.get("allocations", []):
             state._set_allocation(Allocation.model_validate(raw))
+        services = state.services.mutate()
         for raw in data.get("services", []):
             service = Service.model_validate(raw)
-            state.services[service.spec.id] = service
+            services[service.spec.id] = service
+        state.services = services.finish()
+        members = state.members.mutate()
         for raw in data.get("members", []):
             member = MemberReport.model_validate(raw)
-            state.members[member.node] = member
+            members[member.node] = member
+        state.members = members.finish()
+        renewals = state.renewals.mutate()
         for raw in data.get("renewals", []):
             renewal = LeaseRenewal.model_validate(raw)
-            state.renewals[renewal.node] = renewal
-        for raw in data.get("assignments", []):
-            assignment = Assignment.model_validate(raw)
-            state.assignments[str(assignment.vip)] = assignment
-        state.drained = set(data.get("drained", []))
+            renewals[renewal.node] = renewal
+        state.renewals = renewals.finish()
+        state._set_assignments(
+            {str(a.vip): a for a in (Assignment.model_validate(raw) for raw in data["assignments"])}
+            if data.get("assignments")
+            else {}
+        )
+        state.drained = frozenset(data.get("drained", []))
+        state.log.reset(state.revision)
         return state
 
     def __eq__(self, other: object) -> bool:
@@ -245,6 +377,21 @@ class ClusterState:
         return _canonical(mine) == _canonical(theirs)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def view_to_data(view: StateView) -> dict[str, Any]:
+    """The JSON-able dump of a snapshot (see `ClusterState.to_data`)."""
+    return {
+        "format": STATE_FORMAT,
+        "revision": view.revision,
+        "pools": [p.model_dump(mode="json") for p in view.pools.values()],
+        "allocations": [a.model_dump(mode="json") for a in view.allocations.values()],
+        "services": [s.model_dump(mode="json") for s in view.services.values()],
+        "members": [m.model_dump(mode="json") for m in view.members.values()],
+        "renewals": [r.model_dump(mode="json") for r in view.renewals.values()],
+        "assignments": [a.model_dump(mode="json") for a in view.assignments.values()],
+        "drained": sorted(view.drained),
+    }
 
 
 def _canonical(data: dict[str, Any]) -> dict[str, Any]:

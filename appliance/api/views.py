@@ -7,11 +7,11 @@ from typing import Any
 
 from appliance.model import Backend, NodeInfo, Service
 from raft.cluster import RaftStatus
-from raft.state import ClusterState
+from raft.state import StateView
 
 
 def nodes_view(
-    state: ClusterState,
+    state: StateView,
     status: RaftStatus,
     peers: dict[str, str],
     now: float,
@@ -38,7 +38,7 @@ def nodes_view(
                 last_report_age=round(max(0.0, now - report.reported_at), 3) if report else None,
                 drained=node_id in state.drained,
                 lease_age=_rounded((lease_ages or {}).get(node_id)),
-                vips=sum(1 for a in state.assignments.values() if a.node == node_id),
+                vips=state.vip_counts.get(node_id, 0),
             )
         )
     return out
@@ -60,7 +60,7 @@ def backend_counts(
 
 
 def vips_view(
-    state: ClusterState,
+    state: StateView,
     healthy: Callable[[str, Backend], bool] | None = None,
     announced: set[str] | None = None,
 ) -> list[dict[str, Any]]:
@@ -113,7 +113,7 @@ def _rounded(value: float | None) -> float | None:
 
 
 def status_view(
-    state: ClusterState,
+    state: StateView,
     status: RaftStatus,
     peers: dict[str, str],
     version: str,

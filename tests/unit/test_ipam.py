@@ -96,13 +96,15 @@ def refused(state: ClusterState, command: dict[str, Any], code: str) -> dict[str
     before = state.to_data()
     revision = state.revision
     by_address = {a: set(o) for a, o in state.by_address.items()}
+    index = state.index.summary()
     result = state.apply(command)
     assert result["ok"] is False, result
     assert result["error"]["code"] == code, result
     assert result["error"]["message"]
     assert state.to_data() == before
     assert state.revision == revision
-    assert state.by_address == by_address
+    assert dict(state.by_address) == by_address
+    assert state.index.summary() == index  # rolled back exactly
     return result["error"]
 
 
@@ -119,7 +121,9 @@ def check_index(state: ClusterState) -> None:
     for owner, allocation in state.allocations.items():
         assert allocation.owner == owner
         index.setdefault(allocation.address, set()).add(owner)
-    assert state.by_address == index
+    assert dict(state.by_address) == index
+    # The incremental address index (and its rollbacks) equals one built from scratch.
+    assert state.index.summary() == ClusterState.from_data(state.to_data()).index.summary()
     for service_id, service in state.services.items():
         assert state.allocations[service_id].address == service.address
 
@@ -211,7 +215,7 @@ def test_idempotent_by_owner() -> None:
     assert first == second
     assert second["allocation"]["address"] == "192.0.2.0"
     assert list(state.allocations) == ["o1"]
-    assert state.by_address == {ip("192.0.2.0"): {"o1"}}
+    assert dict(state.by_address) == {ip("192.0.2.0"): {"o1"}}
     assert state.revision == revision + 1
     # A new owner gets the next address, not the same one.
     assert address_of(state, allocate("o2")) == "192.0.2.1"
@@ -283,7 +287,7 @@ def test_owner_moves_to_a_specific_address() -> None:
     state = state_with(V4)
     assert address_of(state, allocate("o1")) == "192.0.2.0"
     assert address_of(state, allocate("o1", address="192.0.2.6")) == "192.0.2.6"
-    assert state.by_address == {ip("192.0.2.6"): {"o1"}}
+    assert dict(state.by_address) == {ip("192.0.2.6"): {"o1"}}
     assert address_of(state, allocate("o2")) == "192.0.2.0"
 
 
@@ -383,7 +387,7 @@ def test_shared_owner_changing_to_clashing_ports_moves() -> None:
     ok(state, allocate("b", sharing_key="k", ports=ports(443)))
     moved = address_of(state, allocate("b", sharing_key="k", ports=ports(80)))
     assert moved == "192.0.2.1"
-    assert state.by_address == {ip("192.0.2.0"): {"a"}, ip("192.0.2.1"): {"b"}}
+    assert dict(state.by_address) == {ip("192.0.2.0"): {"a"}, ip("192.0.2.1"): {"b"}}
 
 
 def test_shared_owner_changing_key_moves() -> None:
@@ -399,7 +403,7 @@ def test_release_of_one_sharer_keeps_the_other() -> None:
     ok(state, allocate("a", sharing_key="k", ports=ports(80)))
     ok(state, allocate("b", sharing_key="k", ports=ports(443)))
     ok(state, release("a"))
-    assert state.by_address == {ip("192.0.2.0"): {"b"}}
+    assert dict(state.by_address) == {ip("192.0.2.0"): {"b"}}
     # The address is still held by b: an unrelated owner does not get it.
     assert address_of(state, allocate("c")) == "192.0.2.1"
     ok(state, release("b"))
@@ -623,7 +627,7 @@ def test_deleting_a_pool_in_use_refused() -> None:
     ok(state, delete_pool("other"))
     ok(state, release("o1"))
     ok(state, delete_pool("v4"))
-    assert state.pools == {}
+    assert len(state.pools) == 0
 
 
 def test_deleting_a_pool_used_by_a_service_refused() -> None:
@@ -644,9 +648,9 @@ def test_service_gets_an_allocation_and_releases_it_on_delete() -> None:
     assert state.allocations["prod/ns/web"].ports[0].port == 80
     check_index(state)
     ok(state, delete_service("prod/ns/web"))
-    assert state.services == {}
-    assert state.allocations == {}
-    assert state.by_address == {}
+    assert len(state.services) == 0
+    assert len(state.allocations) == 0
+    assert dict(state.by_address) == {}
 
 
 def test_service_allocation_cannot_be_released_directly() -> None:
@@ -661,7 +665,7 @@ def test_service_update_keeps_or_moves_its_address() -> None:
     state = state_with(V4, put_service("svc", 80))
     assert address_of(state, put_service("svc", 80, 443)) == "192.0.2.0"
     assert address_of(state, put_service("svc", 80, vip="192.0.2.6")) == "192.0.2.6"
-    assert state.by_address == {ip("192.0.2.6"): {"svc"}}
+    assert dict(state.by_address) == {ip("192.0.2.6"): {"svc"}}
     assert state.services["svc"].address == ip("192.0.2.6")
 
 
@@ -736,7 +740,7 @@ def test_batch_is_all_or_nothing(commands: list[dict[str, Any]], code: str) -> N
     state = state_with(V4, allocate("o1"), put_service("svc"))
     before_index = {a: set(o) for a, o in state.by_address.items()}
     refused(state, batch(*commands), code)
-    assert state.by_address == before_index
+    assert dict(state.by_address) == before_index
     # The state still works as before.
     assert address_of(state, allocate("later")) == "192.0.2.2"
 
