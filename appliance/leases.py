@@ -21,7 +21,9 @@ from appliance.metrics import Metrics
 from appliance.model import Assignment, ChangeReason, IPAddress, LeaseRenewal, Pool
 from appliance.routing import routed_to_announce
 from raft.cluster import RaftCluster, SubmitError
-from raft.ownership import Liveness, lease_deadline, plan_assignments
+from raft.commands import AssignVips
+from raft.ownership import Liveness, lease_deadline
+from raft.planner import LeaderPlanner
 from raft.state import StateView
 from raft.timing import TimingProfile
 
@@ -114,6 +116,7 @@ class OwnershipLoops:
         self._inflight: set[asyncio.Task[Any]] = set()
         self._acked: set[tuple[str, int]] = set()
         self.takeovers = 0
+        self.planner: LeaderPlanner | None = None
 
     def cancel_inflight(self) -> list[asyncio.Task[Any]]:
         """Cancel the commands still waiting for a commit (on stop); return their tasks."""
@@ -156,6 +159,8 @@ class OwnershipLoops:
 
     async def leader_loop(self, period: float = 0.02) -> None:
         liveness = Liveness(self.timing.dead_after)
+        planner = LeaderPlanner(self.members)
+        self.planner = planner
         leading = False
         first_seq = 0
         while True:
@@ -170,38 +175,26 @@ class OwnershipLoops:
                 leading, first_seq = True, self.seq + 1
                 self.seen.observe(now, state.renewals)
                 liveness.reset(now, state.renewals, self.seen)
+                planner.reset()
                 log.info("leading: deciding VIP owners once this term's first renewal applies")
             own = state.renewals.get(self.me)
             if own is None or own.mark() < (self.incarnation, first_seq):
                 continue  # not yet applied everything inherited from the previous leader
             liveness.observe(now, state.renewals)
             alive = {n for n in self.members if liveness.alive(n, now)}
-            routed = state.routed_vips()  # announced by every able node: nobody owns them
-            owned = {k: s for k, s in state.services.items() if str(s.address) not in routed}
-            decision = plan_assignments(
-                self.members,
-                state.drained,
-                owned,
-                state.assignments,
+            started = time.perf_counter()
+            decision = planner.plan(
+                state,
                 alive,
+                now,
                 time.time(),
                 liveness.marks(),
                 {n: liveness.age(n, now) for n in self.members},
             )
+            self.metrics.plan_seconds.observe(time.perf_counter() - started)
             if decision is None:
                 continue
-            for vip, placement in decision.placements.items():
-                before = state.assignments.get(vip)
-                log.info(
-                    "assign %s: %s -> %s%s (%s%s; alive: %s)",
-                    vip,
-                    before.node if before else None,
-                    placement.node,
-                    f", releasing {placement.releasing}" if placement.releasing else "",
-                    placement.reason,
-                    f", not renewed for {placement.dead_for:.3f}s" if placement.dead_for else "",
-                    ", ".join(sorted(alive)),
-                )
+            self._log_decision(state, decision, alive)
             try:
                 result = await self.metrics.submit(decision.model_dump(mode="json"), 1.0)
             except SubmitError as exc:
@@ -210,6 +203,28 @@ class OwnershipLoops:
             refused = (result.get("value") or {}).get("refused")
             if refused:
                 log.info("assignment refused for %s: their owner renewed meanwhile", refused)
+
+    def _log_decision(self, state: StateView, decision: AssignVips, alive: set[str]) -> None:
+        """One line per moved VIP; new VIPs (thousands at a time when services are written in
+        bulk) are summed up in one line."""
+        new = 0
+        for vip, placement in sorted(decision.placements.items()):
+            before = state.assignments.get(vip)
+            if before is None and placement.reason == ChangeReason.NEW:
+                new += 1
+                continue
+            log.info(
+                "assign %s: %s -> %s%s (%s%s; alive: %s)",
+                vip,
+                before.node if before else None,
+                placement.node,
+                f", releasing {placement.releasing}" if placement.releasing else "",
+                placement.reason,
+                f", not renewed for {placement.dead_for:.3f}s" if placement.dead_for else "",
+                ", ".join(sorted(alive)),
+            )
+        if new:
+            log.info("assign %d new VIP(s)", new)
 
     # -- the reconciler ---------------------------------------------------------------------
 

@@ -151,6 +151,39 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
             registry=self.registry,
         )
+        fine = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
+        self.apply_seconds = Histogram(
+            "raftlb_raft_apply_seconds",
+            "Time to apply one committed entry to the state (on the Raft tick thread)",
+            ["command"],
+            buckets=fine,
+            registry=self.registry,
+        )
+        self.tick_lag_seconds = Histogram(
+            "raftlb_raft_tick_lag_seconds",
+            "How late the Raft tick thread ran its ticks behind schedule (starved or busy)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "raftlb_reconcile_seconds",
+            "Time of one reconcile pass (announcer, BGP, data plane, acknowledgements)",
+            buckets=fine,
+            registry=self.registry,
+        )
+        self.plan_seconds = Histogram(
+            "raftlb_plan_seconds",
+            "Time the leader took to decide VIP owners in one pass",
+            buckets=fine,
+            registry=self.registry,
+        )
+        self.ruleset_seconds = Histogram(
+            "raftlb_ruleset_update_seconds",
+            "Time to change the nftables ruleset: by delta or by a full load",
+            ["kind"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
         self.submit_failures = Counter(
             "raftlb_submit_failures_total",
             "Commands not committed, by reason",

@@ -33,12 +33,11 @@ timing profiles check this (raft/timing.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping
 from typing import Any
 
-from appliance.model import Assignment, ChangeReason, LeaseRenewal, Service
-from raft.commands import AssignVips, CommandError, Placement
-from raft.scheduler import NodeFacts, VipDemand, schedule
+from appliance.model import Assignment, LeaseRenewal
+from raft.commands import AssignVips, CommandError
 
 
 def lease_deadline(
@@ -122,22 +121,6 @@ def check_drain(node: str, members: Mapping[str, Any]) -> None:
         raise CommandError("not_found", f"node {node!r} is not a member that has reported")
 
 
-def vip_demands(services: Mapping[str, Service]) -> list[VipDemand]:
-    """One demand per service address; sharing services allow the intersection of their nodes."""
-    allowed: dict[str, frozenset[str] | None] = {}
-    keys: dict[str, tuple[int, int]] = {}
-    for service in services.values():
-        vip = str(service.address)
-        keys[vip] = (service.address.version, int(service.address))
-        mine = frozenset(service.spec.nodes) if service.spec.nodes is not None else None
-        if vip not in allowed:
-            allowed[vip] = mine
-        elif mine is not None:
-            theirs = allowed[vip]
-            allowed[vip] = mine if theirs is None else theirs & mine
-    return [VipDemand(vip, allowed[vip], sort_key=keys[vip]) for vip in sorted(allowed)]
-
-
 class Liveness:
     """The leader's view of which nodes renew: last time (its own clock) each renewal changed."""
 
@@ -171,68 +154,3 @@ class Liveness:
 
     def marks(self) -> dict[str, tuple[int, int]]:
         return {node: mark for node, (mark, _) in self._seen.items()}
-
-
-def plan_assignments(
-    members: list[str],
-    drained: Set[str],
-    services: Mapping[str, Service],
-    assignments: Mapping[str, Assignment],
-    alive: set[str],
-    at: float,
-    based_on: Mapping[str, tuple[int, int]],
-    ages: Mapping[str, float | None] | None = None,
-) -> AssignVips | None:
-    """The leader's next decision, or None when the committed assignment is already right.
-
-    Each placement says why (`ChangeReason`); taking a VIP from a dead owner also says how long
-    the leader had not seen that owner renew (`ages`, by the leader's clock), so that a
-    failover's duration can be shown and counted.
-    """
-    nodes = [NodeFacts(n, alive=n in alive, drained=n in drained) for n in members]
-    demands = vip_demands(services)
-    previous: dict[str, str | None] = {}
-    for vip, a in assignments.items():
-        # A VIP being released counts as still with its old owner while that one lives: the
-        # scheduler then keeps wanting it elsewhere, and we wait for the acknowledgement.
-        previous[vip] = a.node if a.node is not None else None
-    target = schedule(nodes, demands, previous)
-    placements: dict[str, Placement] = {}
-
-    def moving(node: str) -> ChangeReason:
-        return ChangeReason.DRAIN if node in drained else ChangeReason.REBALANCE
-
-    for vip, want in target.items():
-        current = assignments.get(vip)
-        node = current.node if current else None
-        releasing = current.releasing if current else None
-        if node == want and releasing is None:
-            continue
-        if node is not None and node != want and node in alive:
-            # break before make
-            placements[vip] = Placement(node=None, releasing=node, reason=moving(node))
-        elif releasing is not None and releasing in alive and releasing != want:
-            continue  # wait for the old owner's acknowledgement
-        elif node is not None and node != want:
-            age = (ages or {}).get(node)
-            placements[vip] = Placement(
-                node=want, reason=ChangeReason.DEAD, dead_for=round(age, 4) if age else None
-            )
-        elif node != want or releasing is not None:
-            # a new VIP, or the second half of a planned move (the release was acknowledged,
-            # or the releasing node died meanwhile)
-            reason = (current.reason if current else None) or ChangeReason.NEW
-            if releasing is not None and releasing not in alive:
-                reason = ChangeReason.DEAD
-            placements[vip] = Placement(node=want, reason=reason)
-    for vip in assignments:
-        if vip not in target and (assignments[vip].node or assignments[vip].releasing):
-            holder = assignments[vip].node
-            placements[vip] = (
-                Placement(node=None, releasing=holder, reason=ChangeReason.REMOVED)
-                if holder in alive
-                else Placement(node=None, reason=ChangeReason.REMOVED)
-            )
-    if not placements:
-        return None
-    return AssignVips(placements=placements, based_on=dict(based_on), at=at)

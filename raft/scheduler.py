@@ -15,15 +15,20 @@ it). Rules, in order:
 Load is the VIP count divided by the node's weight (its capacity), then the sum of the VIPs'
 weights; ties are broken by a hash of (node, VIP), like MetalLB's layer-2 speaker choice, so
 every node computing this reaches the same answer alone and VIPs spread evenly.
+
+Cost: O(N log N) for N VIPs on a fixed number of nodes. Rebalancing keeps, for every pair of
+nodes (from, to), a heap of the VIPs on `from` that may go to `to`, ordered as rule 4 ranks
+them, so each move is the best of the pairs' heads (it was a scan of every VIP for every move:
+1.7 s of CPU for 400 VIPs on one node).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+import heapq
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -52,93 +57,141 @@ def tie_break(node: str, vip: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{node}|{vip}".encode()).digest()[:8], "big")
 
 
+Load = tuple[int | Fraction, int | Fraction]
+
+
 class _Loads:
-    def __init__(self, nodes: Iterable[NodeFacts]) -> None:
+    def __init__(
+        self, nodes: Iterable[NodeFacts], base: Mapping[str, tuple[int, int]] | None = None
+    ) -> None:
         self.weight = {n.id: n.weight for n in nodes}
-        self.count = dict.fromkeys(self.weight, 0)
-        self.vip_weight = dict.fromkeys(self.weight, 0)
+        base = base or {}
+        self.count = {n: base.get(n, (0, 0))[0] for n in self.weight}
+        self.vip_weight = {n: base.get(n, (0, 0))[1] for n in self.weight}
 
     def add(self, node: str, demand: VipDemand, sign: int = 1) -> None:
         self.count[node] += sign
         self.vip_weight[node] += sign * demand.weight
 
-    def key(self, node: str, with_demand: VipDemand | None = None) -> tuple[Fraction, Fraction]:
+    def key(self, node: str, with_demand: VipDemand | None = None) -> Load:
         """(count, VIP weight) per unit of node weight, optionally as if `with_demand` were
-        added."""
+        added. Plain ints for weight-1 nodes (exact, and much cheaper than Fractions)."""
         w = self.weight[node]
         extra, extra_weight = (1, with_demand.weight) if with_demand else (0, 0)
-        return (
-            Fraction(self.count[node] + extra, w),
-            Fraction(self.vip_weight[node] + extra_weight, w),
-        )
+        count, vip_weight = self.count[node] + extra, self.vip_weight[node] + extra_weight
+        if w == 1:
+            return (count, vip_weight)
+        return (Fraction(count, w), Fraction(vip_weight, w))
 
 
 def schedule(
     nodes: Iterable[NodeFacts],
     vips: Iterable[VipDemand],
     previous: Mapping[str, str | None],
+    base: Mapping[str, tuple[int, int]] | None = None,
+    rebalance: bool = True,
 ) -> dict[str, str | None]:
-    """The owner of every VIP (see the module docstring for the rules)."""
-    eligible = sorted((n for n in nodes if n.eligible), key=lambda n: n.id)
-    ids = {n.id for n in eligible}
-    demands = sorted(vips, key=lambda d: (d.sort_key, d.vip))
-    loads = _Loads(eligible)
-    owner: dict[str, str | None] = {}
+    """The owner of every VIP (see the module docstring for the rules).
 
-    def candidates(demand: VipDemand) -> list[str]:
-        allowed = ids if demand.allowed is None else ids & demand.allowed
-        return sorted(allowed)
+    `base` adds, per node, the (count, weight) of VIPs not in `vips` that it holds: the leader
+    places new VIPs among the others without rescheduling them. `rebalance=False` skips rule 4
+    (it needs every VIP in view)."""
+    eligible = sorted((n for n in nodes if n.eligible), key=lambda n: n.id)
+    all_ids = [n.id for n in eligible]
+    ids = frozenset(all_ids)
+    demands = sorted(vips, key=lambda d: (d.sort_key, d.vip))
+    loads = _Loads(eligible, base)
+    owner: dict[str, str | None] = {}
+    options: dict[str, list[str]] = {
+        d.vip: all_ids if d.allowed is None else sorted(ids & d.allowed) for d in demands
+    }
 
     # 2. Keep what can stay.
     for demand in demands:
         prev = previous.get(demand.vip)
-        if prev is not None and prev in candidates(demand):
+        if prev is not None and prev in ids and (demand.allowed is None or prev in demand.allowed):
             owner[demand.vip] = prev
             loads.add(prev, demand)
     # 3. Place the orphans.
     for demand in demands:
         if demand.vip in owner:
             continue
-        options = candidates(demand)
-        if not options:
+        candidates = options[demand.vip]
+        if not candidates:
             owner[demand.vip] = None
             continue
-        best = min(options, key=lambda n: (loads.key(n, demand), tie_break(n, demand.vip)))
+        best = min(candidates, key=lambda n: (loads.key(n, demand), tie_break(n, demand.vip)))
         owner[demand.vip] = best
         loads.add(best, demand)
     # 4. Rebalance while a move strictly lowers the most loaded node below its old load.
-    by_vip = {d.vip: d for d in demands}
-    for _ in range(len(demands) * max(1, len(eligible))):
-        move = _best_move(owner, by_vip, loads, candidates)
-        if move is None:
-            break
-        vip, src, dst = move
-        loads.add(src, by_vip[vip], -1)
-        loads.add(dst, by_vip[vip])
-        owner[vip] = dst
+    if rebalance:
+        _Rebalance(owner, {d.vip: d for d in demands}, loads, options).run(
+            len(demands) * max(1, len(eligible))
+        )
     return owner
 
 
-def _best_move(
-    owner: Mapping[str, str | None],
-    by_vip: Mapping[str, VipDemand],
-    loads: _Loads,
-    candidates: Callable[[VipDemand], list[str]],
-) -> tuple[str, str, str] | None:
-    best: tuple[tuple[Any, ...], tuple[str, str, str]] | None = None
-    for vip, src in owner.items():
-        if src is None:
-            continue
-        demand = by_vip[vip]
-        src_load = loads.key(src)
-        for dst in candidates(demand):
-            after = loads.key(dst, demand)
-            # Each move lowers the sum of squared loads, so rebalancing always ends.
-            if dst == src or not after < src_load:
+class _Rebalance:
+    """Rule 4 with one heap per (from, to) pair of nodes (see the module docstring)."""
+
+    def __init__(
+        self,
+        owner: dict[str, str | None],
+        by_vip: Mapping[str, VipDemand],
+        loads: _Loads,
+        options: Mapping[str, list[str]],
+    ) -> None:
+        self.owner, self.by_vip, self.loads, self.options = owner, by_vip, loads, options
+        self.heaps: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
+        for vip, src in owner.items():
+            if src is not None:
+                self._push(vip, src)
+        for heap in self.heaps.values():
+            heapq.heapify(heap)
+
+    def _push(self, vip: str, src: str, keep_heap: bool = False) -> None:
+        weight = self.by_vip[vip].weight
+        for dst in self.options[vip]:
+            if dst == src:
+                continue
+            entry = (weight, tie_break(dst, vip), vip)
+            heap = self.heaps.setdefault((src, dst), [])
+            if keep_heap:
+                heapq.heappush(heap, entry)
+            else:
+                heap.append(entry)
+
+    def run(self, limit: int) -> None:
+        for _ in range(limit):
+            move = self._best_move()
+            if move is None:
+                return
+            vip, src, dst = move
+            demand = self.by_vip[vip]
+            self.loads.add(src, demand, -1)
+            self.loads.add(dst, demand)
+            self.owner[vip] = dst
+            self._push(vip, dst, keep_heap=True)
+
+    def _best_move(self) -> tuple[str, str, str] | None:
+        best: tuple[tuple[Load, Load, int, str], tuple[str, str, str]] | None = None
+        src_loads: dict[str, Load] = {}
+        for (src, dst), heap in self.heaps.items():
+            # Entries of VIPs that moved away since are dropped as they surface.
+            while heap and self.owner.get(heap[0][2]) != src:
+                heapq.heappop(heap)
+            if not heap:
+                continue
+            _, rank_bits, vip = heap[0]
+            src_load = src_loads.get(src) or src_loads.setdefault(src, self.loads.key(src))
+            after = self.loads.key(dst, self.by_vip[vip])
+            # Each move lowers the sum of squared loads, so rebalancing always ends. The head
+            # has the lowest `after` of its pair: if it does not fit, no VIP of the pair does.
+            if not after < src_load:
                 continue
             # Prefer relieving the most loaded node, then the emptiest target, then the VIP the
             # target ranks best: deterministic whatever the input order.
-            rank = ((-src_load[0], -src_load[1]), after, tie_break(dst, vip), vip)
+            rank = ((-src_load[0], -src_load[1]), after, rank_bits, vip)
             if best is None or rank < best[0]:
                 best = (rank, (vip, src, dst))
-    return best[1] if best else None
+        return best[1] if best else None

@@ -9,8 +9,6 @@ whatever its data structures.
 from __future__ import annotations
 
 import ipaddress
-import sys
-from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,27 +16,11 @@ from hypothesis import strategies as st
 
 from raft.cluster import ReplicatedState
 from raft.state import ClusterState
+from tests.unit.workcount import calls
 
 FAST = settings(
     max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
-
-
-def calls(action: Callable[[], object]) -> int:
-    """How many Python and C functions `action` calls."""
-    count = 0
-
-    def profile(frame: object, event: str, arg: object) -> None:
-        nonlocal count
-        if event in ("call", "c_call"):
-            count += 1
-
-    sys.setprofile(profile)
-    try:
-        action()
-    finally:
-        sys.setprofile(None)
-    return count
 
 
 def pool(name: str, *addresses: str, **extra: Any) -> dict[str, Any]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.model import LeaseRenewal
-from raft.ownership import Liveness, lease_deadline, plan_assignments
+from raft.ownership import Liveness, lease_deadline
+from raft.planner import plan_assignments
 from raft.state import ClusterState
 
 VIP = "192.0.2.200"
