@@ -42,6 +42,13 @@ class FakeAnnouncer:
         self._record(self._state.set(wanted, valid_until, self.clock()))
         self.calls.append(("set", wanted, valid_until))
 
+    def extend(self, valid_until: float) -> None:
+        """Record a new deadline for the same VIPs."""
+        if self.closed:
+            raise RuntimeError(f"l2 announcer on {self.interface} is closed")
+        self._record(self._state.extend(valid_until, self.clock()))
+        self.calls.append(("extend", frozenset(), valid_until))
+
     def clear(self) -> None:
         """Record a clear; nothing is held afterwards."""
         if self.closed:

@@ -72,6 +72,7 @@ class VipAnnouncer(Protocol):
     """What the agent needs of a layer-2 announcer (real or fake)."""
 
     def set(self, vips: Iterable[Vip], valid_until: float) -> None: ...
+    def extend(self, valid_until: float) -> None: ...
     def clear(self) -> None: ...
     def close(self) -> None: ...
     def held(self) -> frozenset[Vip]: ...
@@ -164,6 +165,21 @@ class L2Announcer:
             if change.taken:
                 self._wake()  # so the thread plans the first repeat
         self._log(change, "dropped by set()")
+
+    def extend(self, valid_until: float) -> None:
+        """Keep the VIPs of the last `set()` until a new deadline (a lease renewal): O(1) while
+        the lease is valid, so renewals cost nothing whatever the number of VIPs held."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"l2 announcer on {self.interface} is closed")
+            change = self._state.extend(valid_until, time.monotonic())
+            if change:
+                self._count(change)
+                self._sync_groups()
+                self._announce_due()
+                if change.taken:
+                    self._wake()
+        self._log(change, "dropped by extend()")
 
     def clear(self) -> None:
         """Stop answering and announcing everything at once."""

@@ -14,6 +14,8 @@ new takeover (someone else may have answered meanwhile), so it announces again.
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -80,6 +82,7 @@ class _Held:
     taken_at: float
     slot: int  # the next announcement slot
     due_at: float
+    order: int  # tie-break in the due queue (addresses of two families do not compare)
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,11 @@ class L2State:
         self._held: dict[Vip, _Held] = {}
         self._wanted: frozenset[Vip] = frozenset()
         self._valid_until = -math.inf
-        self._next_due = math.inf
+        # Announcements by due time: (due_at, order, vip). Entries of VIPs released or
+        # rescheduled since are dropped as they surface, so `due` costs what is due, not what
+        # is held (thousands of VIPs, each refreshed on its own schedule).
+        self._queue: list[tuple[float, int, Vip]] = []
+        self._orders = itertools.count()
 
     @property
     def valid_until(self) -> float:
@@ -126,10 +133,20 @@ class L2State:
         for vip in released:
             del self._held[vip]
         for vip in taken:
-            self._held[vip] = _Held(taken_at=now, slot=0, due_at=now)
-        if taken:
-            self._next_due = now
+            held = _Held(taken_at=now, slot=0, due_at=now, order=next(self._orders))
+            self._held[vip] = held
+            heapq.heappush(self._queue, (now, held.order, vip))
+        if not self._held:
+            self._queue.clear()
         return Change(taken=taken, released=released, lapsed=lapsed)
+
+    def extend(self, valid_until: float, now: float) -> Change:
+        """The same desired set, held until a new deadline (a lease renewal): O(1) while the
+        lease is still valid, else the same as `set()` with the last desired set."""
+        if now < self._valid_until and now < valid_until and math.isfinite(valid_until):
+            self._valid_until = valid_until
+            return Change()
+        return self.set(self._wanted, valid_until, now)
 
     def clear(self, now: float) -> Change:
         """Drop every VIP at once."""
@@ -141,7 +158,7 @@ class L2State:
             return frozenset()
         lapsed = frozenset(self._held)
         self._held.clear()
-        self._next_due = math.inf
+        self._queue.clear()
         return lapsed
 
     def should_answer(self, vip: Vip, now: float) -> bool:
@@ -161,24 +178,35 @@ class L2State:
 
         Nothing is due once the lease has ended, whether or not `expire()` ran.
         """
-        if now < self._next_due or now >= self._valid_until:
+        if now >= self._valid_until:
             return []
         out: list[tuple[Vip, int]] = []
-        next_due = math.inf
-        for vip, held in self._held.items():
-            if held.due_at <= now:
-                out.append((vip, self.schedule.copies(held.slot)))
-                held.slot = self.schedule.slot_after(now - held.taken_at)
-                held.due_at = held.taken_at + self.schedule.offset(held.slot)
-            next_due = min(next_due, held.due_at)
-        self._next_due = next_due
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            due_at, order, vip = heapq.heappop(queue)
+            held = self._held.get(vip)
+            if held is None or held.order != order or held.due_at != due_at:
+                continue  # released, or taken again since
+            out.append((vip, self.schedule.copies(held.slot)))
+            held.slot = self.schedule.slot_after(now - held.taken_at)
+            held.due_at = held.taken_at + self.schedule.offset(held.slot)
+            if math.isfinite(held.due_at):
+                heapq.heappush(queue, (held.due_at, order, vip))
         return out
 
     def next_wakeup(self) -> float:
         """When the caller must act next: an announcement or the lease end (inf if idle)."""
         if not self._held:
             return math.inf
-        return min(self._next_due, self._valid_until)
+        queue = self._queue
+        while queue and (
+            (held := self._held.get(queue[0][2])) is None
+            or held.order != queue[0][1]
+            or held.due_at != queue[0][0]
+        ):
+            heapq.heappop(queue)
+        next_due = queue[0][0] if queue else math.inf
+        return min(next_due, self._valid_until)
 
 
 def check_vip(vip: object) -> None:

@@ -247,6 +247,10 @@ def build_announcer(config: AgentConfig) -> Announcer:
 async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     """Run the API and the node's loops until SIGTERM/SIGINT."""
     metrics = Metrics(cluster)
+    cluster.observe(
+        applied=lambda seconds, kind: metrics.apply_seconds.labels(kind or "?").observe(seconds),
+        tick_lag=metrics.tick_lag_seconds.observe,
+    )
     dataplane = health = None
     if config.forward == "nftables":
         for problem in set_forwarding_sysctls():
@@ -255,7 +259,11 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         rules, notes = firewall(config)
         for note in notes:
             log.warning("firewall: %s", note)
-        dataplane = DataPlane(NftApplier(), health, rules)
+        dataplane = DataPlane(
+            NftApplier(),
+            rules,
+            lambda kind, seconds: metrics.ruleset_seconds.labels(kind).observe(seconds),
+        )
     bgp = BgpRoutes(config, config.bgp) if config.announces_bgp and config.bgp else None
     if bgp is not None:
         await bgp.announcer.start()
@@ -271,7 +279,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         bgp,
     )
     if health is not None:
-        health.on_change = loops.wake  # a backend up or down: re-render now
+        health.on_change = loops.wake  # a backend up or down: re-render its VIP now
         metrics.watch_health(health, cluster)
     ctx = ApiContext(
         cluster=cluster,

@@ -7,8 +7,12 @@ For `traffic_policy: local` the check is kube-proxy's health check node port: an
 `/healthz` on the backend's node, 200 while that node has a local endpoint.
 
 A backend starts healthy (so a new service forwards at once), leaves after `fall` failed checks
-in a row and returns after `rise` good ones. Each change bumps `version` and calls `on_change`,
-which makes the data plane re-render. The transitions are pure (`Track.record`), unit-tested.
+in a row and returns after `rise` good ones. Each change bumps `version`, notes the service
+(`take_changed`) and calls `on_change`, which wakes the reconciler: it re-renders that
+service's VIP only. The transitions are pure (`Track.record`), unit-tested.
+
+`update` takes the services whose spec changed (from the state's change log), so writing one
+service among thousands starts or stops only its checks.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from appliance.model import (
@@ -144,7 +148,9 @@ class HealthChecker:
         self.tracks: dict[Key, Track] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._hows: dict[Key, tuple[tuple[str, int, HealthCheckType, str], HealthCheck]] = {}
-        self._last: tuple[Service, ...] = ()
+        self._keys: dict[str, set[Key]] = {}  # service id -> its backends' keys
+        self._seen: dict[str, Service] = {}  # service id -> the spec its checks follow
+        self._changed: set[str] = set()
 
     def healthy(self, service_id: str, backend: Backend) -> bool:
         track = self.tracks.get((service_id, str(backend.address), backend.port))
@@ -152,29 +158,46 @@ class HealthChecker:
 
     def of_service(self, service_id: str) -> list[dict[str, object]]:
         return [
-            {"address": address, "port": port, **track.view()}
-            for (sid, address, port), track in sorted(self.tracks.items())
-            if sid == service_id
+            {"address": key[1], "port": key[2], **self.tracks[key].view()}
+            for key in sorted(self._keys.get(service_id, ()))
+            if key in self.tracks
         ]
 
-    def update(self, services: Mapping[str, Service]) -> None:
-        """Check exactly the backends of `services` (start new checks, stop gone ones)."""
-        current = tuple(services.values())
-        if len(current) == len(self._last) and all(
-            a is b for a, b in zip(current, self._last, strict=True)
-        ):
-            return  # the same (frozen) objects: nothing to do
-        self._last = current
+    def take_changed(self) -> set[str]:
+        """The services whose backends' health changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def update(self, services: Mapping[str, Service], only: Iterable[str] | None = None) -> None:
+        """Check exactly the backends of `services` (start new checks, stop gone ones); with
+        `only`, just those service ids changed since the last update."""
+        ids = set(services) | set(self._seen) if only is None else set(only)
+        for sid in ids:
+            service = services.get(sid)
+            if service is self._seen.get(sid):
+                continue  # the same (frozen) object: nothing to do
+            self._update_service(sid, service)
+
+    def _update_service(self, sid: str, service: Service | None) -> None:
         wanted: dict[Key, tuple[Service, Backend, Protocol]] = {}
-        for service in services.values():
+        if service is not None:
+            self._seen[sid] = service
             for port in service.spec.ports:
                 for backend in port.backends:
-                    key = (service.spec.id, str(backend.address), backend.port)
-                    wanted[key] = (service, backend, port.protocol)
-        for key in set(self._hows) - set(wanted):
+                    wanted[(sid, str(backend.address), backend.port)] = (
+                        service,
+                        backend,
+                        port.protocol,
+                    )
+        else:
+            self._seen.pop(sid, None)
+        for key in self._keys.get(sid, set()) - set(wanted):
             self._forget(key)
-        for key, (service, backend, protocol) in wanted.items():
-            how = self._how(service, backend, protocol)
+        self._keys[sid] = set(wanted)
+        if not wanted:
+            self._keys.pop(sid)
+        for key, (spec_of, backend, protocol) in wanted.items():
+            how = self._how(spec_of, backend, protocol)
             if self._hows.get(key) == how:
                 continue
             # New, or checked differently now: start over from a fresh (healthy) track.
@@ -217,6 +240,7 @@ class HealthChecker:
                 return
             if track.record(ok, reason, check.rise, check.fall, time.time()):
                 self.version += 1
+                self._changed.add(key[0])
                 log.warning(
                     "backend %s:%d of %s is now %s (%s)%s",
                     host,

@@ -1,8 +1,10 @@
 """The agent's ownership loops: lease renewals, the leader's assignment decisions, and the
 reconciler that makes the announcer hold exactly the VIPs this node may answer for.
 
-The safety argument lives in raft/ownership.py; this module only wires it to clocks, the Raft
-cluster and the announcer. `desired_vips` is the pure heart of the reconciler.
+The safety argument lives in raft/ownership.py; the decisions in raft/planner.py (the leader's)
+and appliance/reconciler.py (each node's); this module wires them to clocks, the Raft cluster,
+the announcers and the data plane, and carries each reconcile step out in its order: rules of
+gained VIPs, then announcing, then withdrawing, then removing the rules of dropped VIPs.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from appliance.dataplane.nft import DataPlane
+from appliance.dataplane.render import Forward
 from appliance.health import HealthChecker
 from appliance.metrics import Metrics
 from appliance.model import Assignment, ChangeReason, IPAddress, LeaseRenewal, Pool
-from appliance.routing import routed_to_announce
+from appliance.reconciler import Reconciler
 from raft.cluster import RaftCluster, SubmitError
 from raft.commands import AssignVips
-from raft.ownership import Liveness, lease_deadline
+from raft.ownership import Liveness
 from raft.planner import LeaderPlanner
 from raft.state import StateView
 from raft.timing import TimingProfile
@@ -41,6 +44,8 @@ class Announcer(Protocol):
 
     def set(self, vips: Iterable[IPAddress], valid_until: float) -> None: ...
 
+    def extend(self, valid_until: float) -> None: ...
+
     def clear(self) -> None: ...
 
     def close(self) -> None: ...
@@ -56,27 +61,14 @@ class NullAnnouncer:
     def set(self, vips: Iterable[IPAddress], valid_until: float) -> None:
         self.vips, self.valid_until = frozenset(vips), valid_until
 
+    def extend(self, valid_until: float) -> None:
+        self.valid_until = valid_until
+
     def clear(self) -> None:
         self.vips = frozenset()
 
     def close(self) -> None:
         self.clear()
-
-
-def desired_vips(
-    assignments: Mapping[str, Assignment],
-    renewals: Mapping[str, LeaseRenewal],
-    me: str,
-    incarnation: int,
-    lease: float,
-    now: float,
-) -> tuple[frozenset[str], float]:
-    """The VIPs this node may answer for now, and until when (its lease end, monotonic)."""
-    deadline = lease_deadline(renewals, me, incarnation, lease)
-    if deadline is None or now >= deadline:
-        return frozenset(), 0.0
-    mine = frozenset(vip for vip, a in assignments.items() if a.node == me)
-    return mine, deadline
 
 
 def _addresses(vips: Iterable[str]) -> list[IPAddress]:
@@ -111,6 +103,14 @@ class OwnershipLoops:
         self.seq = 0
         self.held: frozenset[str] = frozenset()
         self.valid_until = 0.0
+        self.reconciler = Reconciler(
+            self.me,
+            self.incarnation,
+            timing.lease,
+            routes=bgp is not None,
+            forwarding=dataplane is not None,
+        )
+        self._health_revision: int | None = None
         self.seen = Liveness(timing.dead_after)  # every node's view, for `lease_age`
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -231,7 +231,7 @@ class OwnershipLoops:
     async def reconcile_loop(self) -> None:
         try:
             while True:
-                self.reconcile()
+                await self.reconcile()
                 wait = 0.05
                 if self.held:
                     wait = max(0.001, min(wait, self.valid_until - time.monotonic()))
@@ -243,52 +243,61 @@ class OwnershipLoops:
             if self.dataplane is not None:
                 self.dataplane.stop()  # not serving any more: no table left behind
 
-    def reconcile(self) -> None:
+    async def reconcile(self) -> None:
+        """One pass: decide (appliance.reconciler) and carry the step out, in order."""
+        started = time.perf_counter()
         state = self.cluster.view()
         now = time.monotonic()
         self.seen.observe(now, state.renewals)
-        vips, until = desired_vips(
-            state.assignments, state.renewals, self.me, self.incarnation, self.timing.lease, now
-        )
+        healthy = changed = None
         if self.health is not None:
-            self.health.update(state.services)
-        routed: dict[str, Pool] = {}
-        if self.bgp is not None:
-            able = until > now and self.me not in state.drained
-            healthy = self.health.healthy if self.health is not None else None
-            routed = routed_to_announce(state.routed_vips(), state.services, able, healthy)
-        serving = vips | frozenset(routed)
-        if self.dataplane is not None:
-            # Rules for a gained VIP are in place before it is announced.
-            self.dataplane.sync(
-                state.services.values(), _addresses(serving | self.held | self.routed)
+            spec_changes = (
+                None
+                if self._health_revision is None
+                else state.changes_since(self._health_revision)
             )
-        if vips != self.held or until != self.valid_until:
-            for vip in sorted(vips - self.held):
-                self._took(state.assignments[vip])
-            for vip in sorted(self.held - vips):
-                reason = "lease lapsed" if not until else "assigned elsewhere"
+            self.health.update(
+                state.services, None if spec_changes is None else spec_changes.services
+            )
+            self._health_revision = state.revision
+            healthy, changed = self.health.healthy, self.health.take_changed()
+        step = self.reconciler.step(state, now, healthy, changed if changed is not None else set())
+        if step.before:
+            # Rules for a gained (or changed) VIP are in place before it is announced.
+            await self._rules(step.before)
+        if step.held_changed:
+            for assignment in step.taken:
+                self._took(assignment)
+            for vip in step.released:
+                reason = "lease lapsed" if not step.until else "assigned elsewhere"
                 log.info("released %s (%s)", vip, reason)
-            self.announcer.set(_addresses(vips), until)
-            self.held, self.valid_until = vips, until
-        if self.bgp is not None and frozenset(routed) != self.routed:
-            for vip in sorted(frozenset(routed) - self.routed):
+            self.announcer.set(_addresses(step.held), step.until)
+        elif step.until != self.valid_until:
+            self.announcer.extend(step.until)  # a renewal: same VIPs, O(1)
+        self.held, self.valid_until = step.held, step.until
+        if self.bgp is not None and step.routed is not None:
+            for vip in step.announced:
                 log.info("announcing %s by BGP", vip)
-            for vip in sorted(self.routed - frozenset(routed)):
-                log.info("withdrawing %s from BGP (%s)", vip, self._why_not(state, until, now))
-            self.bgp.set(routed)
-            self.routed = frozenset(routed)
-        if self.dataplane is not None:
+            for vip in step.withdrawn:
+                log.info("withdrawing %s from BGP (%s)", vip, self._why_not(state, step.until, now))
+            self.bgp.set(step.routed)
+            self.routed = frozenset(step.routed)
+        if step.after:
             # Rules of a dropped VIP go once it is no longer announced.
-            self.dataplane.sync(state.services.values(), _addresses(serving))
-        acks = [
-            vip
-            for vip, a in state.assignments.items()
-            if a.releasing == self.me and vip not in self.held and (vip, a.epoch) not in self._acked
-        ]
-        if acks:
-            self._acked.update((vip, state.assignments[vip].epoch) for vip in acks)
-            self._fire({"v": 1, "type": "vips.released", "node": self.me, "vips": acks}, 1.0)
+            await self._rules(step.after)
+        elif self.dataplane is not None and not self.dataplane.loaded:
+            # At start (the firewall is in the tables too, VIPs or not), or after a failure.
+            await asyncio.get_running_loop().run_in_executor(None, self.dataplane.repair)
+        if step.acks:
+            self._fire({"v": 1, "type": "vips.released", "node": self.me, "vips": step.acks}, 1.0)
+        self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    async def _rules(self, changes: Mapping[IPAddress, tuple[Forward, ...]]) -> None:
+        if self.dataplane is None:
+            return
+        # In a worker thread: a full load of thousands of services takes a while, and the
+        # event loop must keep sending lease renewals meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self.dataplane.update, changes)
 
     def _why_not(self, state: StateView, until: float, now: float) -> str:
         if until <= now:

@@ -7,7 +7,7 @@ it, and the router spreads flows over them (ECMP). A node is able while it holds
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from announce.bgp_config import Route
@@ -16,30 +16,30 @@ from appliance.model import Backend, Pool, Service
 Healthy = Callable[[str, Backend], bool]
 
 
+def serves(services: Iterable[Service], healthy: Healthy | None) -> bool:
+    """At least one backend (of its VIP's family) of these services is healthy here."""
+    return any(
+        b.address.version == service.address.version
+        and (healthy is None or healthy(service.spec.id, b))
+        for service in services
+        for port in service.spec.ports
+        for b in port.backends
+    )
+
+
 def routed_to_announce(
     routed: Mapping[str, Pool],
     services: Mapping[str, Service],
     able: bool,
     healthy: Healthy | None,
 ) -> dict[str, Pool]:
-    """The routed VIPs (with their pool) this node announces now."""
+    """The routed VIPs (with their pool) this node announces now (the whole set at once)."""
     if not able:
         return {}
-    # One pass over the services, not one per VIP: this runs on every reconcile.
     by_address: dict[str, list[Service]] = {}
     for service in services.values():
         by_address.setdefault(str(service.address), []).append(service)
-    out = {}
-    for vip, pool in routed.items():
-        version = ip_address(vip).version
-        if any(
-            b.address.version == version and (healthy is None or healthy(service.spec.id, b))
-            for service in by_address.get(vip, ())
-            for port in service.spec.ports
-            for b in port.backends
-        ):
-            out[vip] = pool
-    return out
+    return {vip: pool for vip, pool in routed.items() if serves(by_address.get(vip, ()), healthy)}
 
 
 def routes(

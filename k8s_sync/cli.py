@@ -142,7 +142,7 @@ def k8s_sync(
     # Imported here: the kubernetes client costs ~0.4 s, which every other command would pay.
     from kubernetes import client, config
 
-    from k8s_sync.syncer import Syncer
+    from k8s_sync.syncer import CONCURRENCY, Syncer
 
     if not CLUSTER_NAME.match(cluster_name):
         raise click.BadParameter(
@@ -159,7 +159,10 @@ def k8s_sync(
         )
     except ClientConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    kube = client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # One connection per concurrent status patch (urllib3 would otherwise open and drop).
+    configuration.connection_pool_maxsize = CONCURRENCY + 2
+    kube = client.ApiClient(configuration)
     options = Options(
         cluster=cluster_name,
         load_balancer_class=klass,

@@ -1,16 +1,20 @@
-"""The sync loop: informers feed a work queue keyed by Service; each key is reconciled alone.
+"""The sync loop: informers feed a work queue keyed by Service; keys are reconciled in batches.
 
-For a key `namespace/name`: translate the Service (with its EndpointSlices and the Nodes) into
-ServiceSpecs, PUT what changed and DELETE what this cluster no longer wants through the
-appliance's API, patch `status.loadBalancer.ingress` with the addresses the appliance gave, and
-record Events (allocated, failed with the reason, released, invalid configuration). A key that
-fails is retried with backoff without holding up the others. At start and every `resync`
-seconds every key is reconciled again, including this cluster's ids that exist only in the
-appliance (Services deleted while the sync was down).
+For each key `namespace/name`: translate the Service (with its EndpointSlices and the Nodes) into
+ServiceSpecs, put what changed and delete what this cluster no longer wants in the appliance,
+patch `status.loadBalancer.ingress` with the addresses the appliance gave, and record Events
+(allocated, failed with the reason, released, invalid configuration). A worker takes every
+ready key at once (up to `batch`): their writes go to the appliance in a few `/v1/apply`
+requests (k8s_sync.writer) and their status patches run concurrently (`concurrency`), so a
+cold start with thousands of Services costs seconds, not a request round trip per Service.
+A key that fails is retried with backoff without holding up the others. At start and every
+`resync` seconds every key is reconciled again, including this cluster's ids that exist only in
+the appliance (Services deleted while the sync was down).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import logging
 import threading
@@ -21,7 +25,7 @@ from typing import Any
 from appliance.client import ApiClient, ApiError, ApiUnreachable
 from appliance.model import Service
 from k8s_sync.informer import Informer, object_key
-from k8s_sync.plan import ingress_patch, owned, plan
+from k8s_sync.plan import Plan, ingress_patch, owned, plan
 from k8s_sync.translate import (
     SERVICE_NAME_LABEL,
     Options,
@@ -30,9 +34,12 @@ from k8s_sync.translate import (
     translate,
     wanted,
 )
+from k8s_sync.writer import Outcome, Writer
 
 log = logging.getLogger("raftlb.k8s")
 COMPONENT = "raftlb-k8s-sync"
+# Status patches and Events in flight at once (and the Kubernetes client's connection pool).
+CONCURRENCY = 16
 
 
 class WorkQueue:
@@ -63,6 +70,23 @@ class WorkQueue:
                 self._cond.wait(min([0.5, *later]))
             return None
 
+    def get_many(self, stop: threading.Event, limit: int) -> list[str]:
+        """Every ready key (up to `limit`), oldest first; waits for at least one."""
+        first = self.get(stop)
+        if first is None:
+            return []
+        keys = [first]
+        with self._cond:
+            now = time.monotonic()
+            ready = sorted(
+                (at, k) for k, at in self._pending.items() if at <= now and k not in self._busy
+            )
+            for _, key in ready[: limit - 1]:
+                del self._pending[key]
+                self._busy.add(key)
+                keys.append(key)
+        return keys
+
     def done(self, key: str) -> None:
         with self._cond:
             self._busy.discard(key)
@@ -79,7 +103,9 @@ class Syncer:
         """A syncer for the API server at `url` without credentials (tests, the lab)."""
         from kubernetes import client
 
-        kube = client.ApiClient(client.Configuration(host=url))
+        configuration = client.Configuration(host=url)
+        configuration.connection_pool_maxsize = kwargs.get("concurrency", CONCURRENCY) + 2
+        kube = client.ApiClient(configuration)
         return cls(
             client.CoreV1Api(kube), client.DiscoveryV1Api(kube), appliance, options, **kwargs
         )
@@ -92,18 +118,27 @@ class Syncer:
         options: Options,
         resync: float = 300.0,
         workers: int = 2,
+        batch: int = 1000,
+        concurrency: int = CONCURRENCY,
     ) -> None:
         self.core = core
         self.appliance = appliance
         self.options = options
         self.resync = resync
         self.workers = workers
+        self.batch = batch
         self.queue = WorkQueue()
         self.services = Informer("services", core.list_service_for_all_namespaces, self._on_service)
         self.slices = Informer(
-            "endpointslices", discovery.list_endpoint_slice_for_all_namespaces, self._on_slice
+            "endpointslices",
+            discovery.list_endpoint_slice_for_all_namespaces,
+            self._on_slice,
+            index=_slice_service,
         )
         self.nodes = Informer("nodes", core.list_node, self._on_node)
+        self.writer = Writer(appliance)
+        # Status patches and Events, concurrently (the kubernetes client is thread-safe).
+        self.pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="k8s")
         self.reconciled = 0
         self.failures = 0
         self._deleted: dict[str, dict[str, Any]] = {}
@@ -116,10 +151,9 @@ class Syncer:
         self.queue.add(object_key(obj))
 
     def _on_slice(self, kind: str, obj: dict[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-        if name:
-            self.queue.add(f"{meta.get('namespace')}/{name}")
+        key = _slice_service(obj)
+        if key:
+            self.queue.add(key)
 
     def _on_node(self, kind: str, obj: dict[str, Any]) -> None:
         for service in self.services.snapshot():
@@ -137,60 +171,91 @@ class Syncer:
         for key in keys:
             self.queue.add(key)
 
-    # --- reconciling one key -----------------------------------------------------------------
+    # --- reconciling keys ----------------------------------------------------------------------
 
     def reconcile(self, key: str) -> None:
-        namespace, name = key.split("/", 1)
-        prefix = id_prefix(self.options.cluster, namespace, name) + ":"
-        existing = {}
-        for family in ("ipv4", "ipv6"):  # by id: listing every service per key is O(n^2)
-            try:
-                found = self.appliance.service(prefix + family)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            existing[found.spec.id] = found
-        service = self.services.get(key)
-        desired = {}
-        if service is not None and wanted(service, self.options):
-            slices = [
-                s
-                for s in self.slices.snapshot()
-                if (s.get("metadata") or {}).get("namespace") == namespace
-                and ((s.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL) == name
-            ]
-            try:
-                specs = translate(service, slices, self.nodes.snapshot(), self.options)
-            except TranslationError as exc:
-                self._event(service, "Warning", "InvalidConfiguration", str(exc))
-                log.warning("%s: not applied: %s", key, exc)
-                return  # nothing applied: the previous state stays
-            desired = {s.id: s for s in specs}
-        changes = plan(self.options.cluster, desired, existing)
-        applied: dict[str, Service] = {sid: s for sid, s in existing.items() if sid in desired}
-        for spec in changes.puts:
-            try:
-                result = self.appliance.put_service(spec)
-            except ApiError as exc:
-                if service is not None and exc.status in (409, 422):
-                    self._event(service, "Warning", "AllocationFailed", exc.message)
-                    log.warning("%s: %s", spec.id, exc)
+        """Reconcile one key (see `reconcile_many`)."""
+        self.reconcile_many([key])
+
+    def reconcile_many(self, keys: list[str]) -> None:
+        """Translate, plan, write (batched) and report (concurrently) every key. Raises on
+        failures that a retry may cure (the appliance or the Kubernetes API unreachable)."""
+        existing = self._existing(keys)
+        nodes = self.nodes.snapshot()
+        work: list[tuple[str, dict[str, Any] | None, dict[str, Service], Plan]] = []
+        for key in keys:
+            service = self.services.get(key)
+            desired = {}
+            if service is not None and wanted(service, self.options):
+                try:
+                    specs = translate(service, self.slices.indexed(key), nodes, self.options)
+                except TranslationError as exc:
+                    self._event(service, "Warning", "InvalidConfiguration", str(exc))
+                    log.warning("%s: not applied: %s", key, exc)
+                    continue  # nothing applied: the previous state stays
+                desired = {s.id: s for s in specs}
+            work.append(
+                (key, service, existing[key], plan(self.options.cluster, desired, existing[key]))
+            )
+        outcomes = self.writer.write((key, p) for key, _, _, p in work if p)
+        reports = [
+            self.pool.submit(self._report, key, service, found, changes, outcomes.get(key))
+            for key, service, found, changes in work
+        ]
+        errors = [f.exception() for f in reports if f.exception() is not None]
+        self.reconciled += len(work)
+        if errors:
+            raise errors[0]  # type: ignore[misc]
+
+    def _existing(self, keys: list[str]) -> dict[str, dict[str, Service]]:
+        """This cluster's services in the appliance, per key: by id for a few keys, one listing
+        for many (a GET per key would be two requests per Service at a cold start)."""
+        out: dict[str, dict[str, Service]] = {key: {} for key in keys}
+        prefixes = {id_prefix(self.options.cluster, *key.split("/", 1)) + ":": key for key in keys}
+        if len(keys) > 8:
+            for service in self.appliance.services():
+                key = prefixes.get(service.spec.id.rsplit(":", 1)[0] + ":")
+                if key is not None:
+                    out[key][service.spec.id] = service
+            return out
+        for prefix, key in prefixes.items():
+            for family in ("ipv4", "ipv6"):
+                try:
+                    found = self.appliance.service(prefix + family)
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
                     continue
-                raise
-            new_address = spec.id not in existing or existing[spec.id].address != result.address
+                out[key][found.spec.id] = found
+        return out
+
+    def _report(
+        self,
+        key: str,
+        service: dict[str, Any] | None,
+        existing: dict[str, Service],
+        changes: Plan,
+        outcome: Outcome | None,
+    ) -> None:
+        """Events and the status patch of one key, after its writes."""
+        outcome = outcome or Outcome()
+        applied = {sid: s for sid, s in existing.items() if sid not in changes.deletes}
+        for sid, reason in outcome.refused:
+            if service is not None:
+                self._event(service, "Warning", "AllocationFailed", reason)
+            log.warning("%s: %s", sid, reason)
+        for sid, result in outcome.applied.items():
+            new_address = sid not in existing or existing[sid].address != result.address
             if new_address and service is not None:
-                self._event(service, "Normal", "IPAllocated", f"{result.address} ({spec.id})")
-            applied[spec.id] = result
+                self._event(service, "Normal", "IPAllocated", f"{result.address} ({sid})")
+            applied[sid] = result
         subject = service or self._deleted.pop(key, None)
-        for sid in changes.deletes:
-            self.appliance.delete_service(sid)
+        for sid in outcome.deleted:
             if subject is not None:
                 self._event(subject, "Normal", "IPReleased", f"{existing[sid].address} ({sid})")
             log.info("%s: released %s", key, existing[sid].address)
         if service is not None and wanted(service, self.options):
             self._patch_status(service, list(applied.values()))
-        self.reconciled += 1
 
     def _patch_status(self, service: dict[str, Any], applied: list[Service]) -> None:
         body = ingress_patch(applied)
@@ -234,19 +299,29 @@ class Syncer:
     def _work(self, stop: threading.Event) -> None:
         backoff: dict[str, float] = {}
         while not stop.is_set():
-            key = self.queue.get(stop)
-            if key is None:
+            keys = self.queue.get_many(stop, self.batch)
+            if not keys:
                 return
             try:
-                self.reconcile(key)
-                backoff.pop(key, None)
-            except (ApiError, ApiUnreachable, OSError) as exc:
+                self.reconcile_many(keys)
+                for key in keys:
+                    backoff.pop(key, None)
+            except Exception as exc:  # the appliance, the Kubernetes API, the network
                 self.failures += 1
-                delay = backoff[key] = min(backoff.get(key, 0.25) * 2, 30.0)
-                log.warning("%s: sync failed (%s); retrying in %.1fs", key, exc, delay)
-                self.queue.add(key, delay)
+                delay = min(max(backoff.get(k, 0.25) for k in keys) * 2, 30.0)
+                for key in keys:
+                    backoff[key] = delay
+                    self.queue.add(key, delay)
+                log.warning(
+                    "%d Service(s) (%s...) not synced (%s); retrying in %.1fs",
+                    len(keys),
+                    keys[0],
+                    exc,
+                    delay,
+                )
             finally:
-                self.queue.done(key)
+                for key in keys:
+                    self.queue.done(key)
 
     def run(self, stop: threading.Event, ready: Callable[[], None] = lambda: None) -> None:
         threads = [
@@ -277,3 +352,11 @@ class Syncer:
             informer.stop()
         for thread in [*threads, *workers]:
             thread.join(5)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _slice_service(obj: dict[str, Any]) -> str | None:
+    """The key (namespace/name) of the Service an EndpointSlice belongs to."""
+    meta = obj.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return f"{meta.get('namespace')}/{name}" if name else None

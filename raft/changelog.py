@@ -33,6 +33,9 @@ class Changes:
         )
 
 
+_NOTHING = Changes()
+
+
 @dataclass(frozen=True, slots=True)
 class LogReader:
     """A reader's fixed view of the log: entries up to `upto`, complete after `floor`."""
@@ -45,6 +48,8 @@ class LogReader:
         """What changed in revisions (after, upto]; None if some of it was trimmed away."""
         if after < self.floor:
             return None
+        if not self.entries or self.entries[-1][0] <= after:
+            return _NOTHING  # the common case (renewals change nothing noted): O(1)
         start = bisect.bisect_right(self.entries, after, key=lambda entry: entry[0])
         found: dict[str, set[str]] = {kind: set() for kind in KINDS}
         for revision, kind, key in self.entries[start:]:

@@ -225,7 +225,11 @@ class _StallGuardedSyncObj(SyncObj):  # type: ignore[misc]
         # (never dumped), and before its tick thread starts calling _onTick.
         conf = kwargs["conf"]
         self._raftlb_stall = float(conf.raftMaxTimeout)
+        self._raftlb_period = float(conf.autoTickPeriod)
         self._raftlb_last_tick = time.monotonic()
+        self._raftlb_last_start = self._raftlb_last_tick
+        # Called with how late each tick started behind its schedule (metrics).
+        self.raftlb_on_lag: Callable[[float], None] | None = None
         super().__init__(*args, **kwargs)
 
     def _raftlb_hold_back(self, since: float) -> None:
@@ -241,6 +245,13 @@ class _StallGuardedSyncObj(SyncObj):  # type: ignore[misc]
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - pysyncobj's names
         self._raftlb_hold_back(self._raftlb_last_tick)  # stalled between ticks
         started = time.monotonic()
+        # A tick is due at the latest one period after the previous one started (its poll
+        # returns early when messages come): anything later is time the thread lost, to work
+        # on this thread (applying entries) or to the GIL.
+        lag = started - self._raftlb_last_start - self._raftlb_period
+        self._raftlb_last_start = started
+        if self.raftlb_on_lag is not None:
+            self.raftlb_on_lag(max(0.0, lag))
         try:
             super()._onTick(timeToWait)
         finally:
@@ -291,6 +302,16 @@ class RaftCluster:
 
     def view(self) -> StateView:
         return self.state.view()
+
+    def observe(
+        self,
+        applied: Callable[[float, str], None] | None = None,
+        tick_lag: Callable[[float], None] | None = None,
+    ) -> None:
+        """Report the time each entry takes to apply and how late each tick ran (metrics)."""
+        self.state.on_applied = applied
+        if isinstance(self._syncobj, _StallGuardedSyncObj):
+            self._syncobj.raftlb_on_lag = tick_lag
 
     def _current_leader(self) -> Any:
         """pysyncobj's last known leader, if it can still be current.

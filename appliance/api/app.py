@@ -21,6 +21,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from appliance.api.openapi import openapi_document
 from appliance.api.views import nodes_view, status_view, vips_view
+from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES
 from appliance.metrics import Metrics
 from appliance.model import AllocationRequest, Backend, Pool, ServiceSpec, field_errors
 from raft.cluster import Cluster, SubmitError
@@ -38,11 +39,11 @@ _STATUS_BY_CODE = {
     "no_quorum": 503,
     "timeout": 503,
     "failed": 500,
+    "too_large": 413,
 }
 _POOLS: TypeAdapter[list[Pool]] = TypeAdapter(list[Pool])
 _SERVICES: TypeAdapter[list[ServiceSpec]] = TypeAdapter(list[ServiceSpec])
 M = TypeVar("M", bound=BaseModel)
-MAX_BODY = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,11 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def _json_body(request: web.Request) -> Any:
+    limit = APPLY_MAX_BYTES if request.path == "/v1/apply" else BODY_MAX_BYTES
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(
+            413, "too_large", f"the body has {request.content_length} bytes, more than {limit}"
+        )
     try:
         return await request.json(loads=json.loads)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -345,6 +351,13 @@ async def apply_batch(request: web.Request) -> web.Response:
     commands += [{"v": 1, "type": "service.delete", "id": d} for d in deletes]
     if not commands:
         raise ApiError(422, "invalid", "nothing to apply: give pools, services or delete_services")
+    if len(commands) > APPLY_MAX_ITEMS:
+        raise ApiError(
+            413,
+            "too_large",
+            f"{len(commands)} items (pools + services + delete_services), more than "
+            f"{APPLY_MAX_ITEMS} in one request: split them into several /v1/apply requests",
+        )
 
     def locate(index: int) -> str:
         if index < len(pools):
@@ -358,7 +371,10 @@ async def apply_batch(request: web.Request) -> web.Response:
 
 
 def build_app(ctx: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_BODY)
+    # aiohttp refuses (413) bodies past client_max_size; /v1/apply checks its own limit.
+    app = web.Application(
+        middlewares=[_errors_and_auth], client_max_size=max(APPLY_MAX_BYTES, BODY_MAX_BYTES)
+    )
     app[CTX] = ctx
     app.add_routes(
         [

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES
 from appliance.model import (
     Allocation,
     AllocationRequest,
@@ -65,6 +66,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Missing or wrong bearer token",
         404: "Unknown id",
         409: "Conflict (address taken, pool exhausted or in use, overlap)",
+        413: "Body too large, or too many items in one /v1/apply (see info.x-limits)",
         422: "Invalid body; one entry per bad field",
         503: "No quorum: not committed within the write timeout",
     }
@@ -108,9 +110,10 @@ def openapi_document(version: str) -> dict[str, Any]:
             "delete_services": {"type": "array", "items": {"type": "string"}},
         },
         "additionalProperties": False,
+        "description": f"At most {APPLY_MAX_ITEMS} items and {APPLY_MAX_BYTES} bytes",
     }
     obj = {"type": "object"}
-    writes = (400, 409, 422, 503)
+    writes = (400, 409, 413, 422, 503)
     paths: dict[str, Any] = {
         "/healthz": {
             "get": {
@@ -184,7 +187,15 @@ def openapi_document(version: str) -> dict[str, Any]:
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "raftlb appliance API", "version": version},
+        "info": {
+            "title": "raftlb appliance API",
+            "version": version,
+            "x-limits": {
+                "apply_max_items": APPLY_MAX_ITEMS,
+                "apply_max_bytes": APPLY_MAX_BYTES,
+                "body_max_bytes": BODY_MAX_BYTES,
+            },
+        },
         "paths": paths,
         "components": {
             "schemas": schemas,

@@ -134,6 +134,8 @@ def status_view(
         "allocations": len(state.allocations),
         "vips": len(state.by_address),
         "revision": state.revision,
+        # Committed entries not yet applied here: grows when applying cannot keep up.
+        "apply_backlog": max(0, status.commit_index - status.last_applied),
         "lease_ages": {n.id: n.lease_age for n in nodes},
         "drained": sorted(state.drained),
     }

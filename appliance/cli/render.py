@@ -67,10 +67,7 @@ def status_view(status: dict[str, Any]) -> Table:
             ("role", _text(raft.get("role"))),
             ("leader", leader_text),
             ("term", _text(raft.get("term"))),
-            (
-                "commit index",
-                f"{raft.get('commit_index')} (applied here: {raft.get('last_applied')})",
-            ),
+            ("commit index", _commit(raft, status.get("apply_backlog"))),
             ("quorum", quorum),
             ("members", f"{status.get('members_connected')}/{status.get('members')} connected"),
             ("pools", _text(status.get("pools"))),
@@ -81,6 +78,13 @@ def status_view(status: dict[str, Any]) -> Table:
             ("bgp", _bgp(status.get("bgp"))),
         ]
     )
+
+
+def _commit(raft: dict[str, Any], backlog: Any) -> str:
+    text = f"{raft.get('commit_index')} (applied here: {raft.get('last_applied')})"
+    if isinstance(backlog, int) and backlog > 0:
+        text += f" [yellow]apply backlog: {backlog} entries[/yellow]"
+    return text
 
 
 def _bgp(bgp: Any) -> str:
@@ -98,7 +102,15 @@ def _bgp(bgp: Any) -> str:
 def _dataplane(plane: Any) -> str:
     if not isinstance(plane, dict) or plane.get("forward") != "nftables":
         return "not forwarding (forward: none)"
-    parts = [f"nftables, {plane.get('loads', 0)} ruleset load(s)"]
+    parts = [
+        f"nftables, {plane.get('vips', 0)} VIP(s), {plane.get('loads', 0)} full load(s), "
+        f"{plane.get('deltas', 0)} change(s)"
+    ]
+    timing = plane.get("last_update_ms") or {}
+    if timing:
+        parts.append(
+            "last " + ", ".join(f"{kind} {ms:g} ms" for kind, ms in sorted(timing.items()))
+        )
     if plane.get("sysctl_problems"):
         parts.append("[red]WRONG sysctls: " + ", ".join(plane["sysctl_problems"]))
     if plane.get("last_error"):

@@ -1,10 +1,12 @@
-"""Loads rendered rulesets with `nft -f` and keeps the node's data plane in step with what it holds.
+"""Runs `nft -f` and keeps the node's nftables table equal to what it forwards, by delta.
 
-`NftApplier` runs nft (in the calling process's network namespace): a ruleset is loaded whole or
-not at all (a broken one changes nothing and raises `NftError` with nft's message), and is not
-reloaded when the same text is already in place, also across an agent restart (the table carries
-the digest of its rules). `DataPlane` renders from the replicated state and the VIPs held, and
-applies only when that input changed.
+`NftApplier` runs nft (libnftables in process, in the calling thread's network namespace): a
+file is applied whole or not at all (a broken one changes nothing and raises `NftError` with
+nft's message).
+`DataPlane` holds what the kernel has, per VIP, and turns each change into one transaction that
+names only the VIPs that changed (`render_delta`); it loads the whole table (`render`) only the
+first time, and again after a transaction failed (the kernel's copy is then not trusted: someone
+changed the table by hand, or nft misbehaved), retrying with backoff while that fails.
 """
 
 from __future__ import annotations
@@ -12,12 +14,20 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
-from appliance.dataplane.render import TABLE, Firewall, digest_of, forwards, removal, render
-from appliance.model import Backend, IPAddress, Service
+from appliance.dataplane.libnft import LibNft, LibNftError
+from appliance.dataplane.render import (
+    TABLE,
+    Firewall,
+    Forward,
+    ForwardMap,
+    removal,
+    render,
+    render_delta,
+)
+from appliance.model import IPAddress
 
 log = logging.getLogger("raftlb.dataplane")
 
@@ -67,13 +77,23 @@ class NftError(Exception):
 
 
 class NftApplier:
-    def __init__(self, table: str = TABLE, nft: str = "nft", timeout: float = 10.0) -> None:
+    """Applies `nft -f` files: through libnftables in process when it loads, else by running
+    the `nft` command (`nft=` given, or no library)."""
+
+    def __init__(self, table: str = TABLE, nft: str | None = None, timeout: float = 30.0) -> None:
         self.table = table
-        self.nft = nft
+        self.nft = nft or "nft"
         self.timeout = timeout
-        self.loaded: str | None = None  # the digest of what is in the kernel, when known
-        self.loads = 0
-        self.last_load_seconds = 0.0
+        self._lib: LibNft | None = None
+        if nft is None:
+            try:
+                self._lib = LibNft()
+            except LibNftError as exc:
+                log.warning("%s; running the nft command instead (slower)", exc)
+
+    @property
+    def how(self) -> str:
+        return "libnftables" if self._lib is not None else self.nft
 
     def _run(self, args: list[str], text: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
@@ -88,102 +108,140 @@ class NftApplier:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise NftError(f"cannot run {self.nft}: {exc}") from None
 
-    def current_digest(self) -> str | None:
-        """The digest of the table now in the kernel (None: no table, or not ours)."""
-        result = self._run(["list", "table", "inet", self.table])
-        return digest_of(result.stdout) if result.returncode == 0 else None
-
-    def apply(self, text: str) -> bool:
-        """Load `text` unless it is what is loaded already; True if it was loaded."""
-        digest = digest_of(text)
-        if self.loaded is None:
-            self.loaded = self.current_digest()
-        if digest is not None and digest == self.loaded:
-            return False
-        started = time.monotonic()
+    def _apply(self, text: str) -> tuple[bool, str]:
+        if self._lib is not None:
+            return self._lib.run(text)
         result = self._run(["-f", "-"], text)
-        if result.returncode != 0:
-            raise NftError(
-                f"nft refused the ruleset (nothing changed): {result.stderr.strip()[:2000]}"
-            )
-        self.last_load_seconds = time.monotonic() - started
-        self.loads += 1
-        self.loaded = digest
-        return True
+        return result.returncode == 0, result.stderr
+
+    def apply(self, text: str) -> None:
+        """Apply an `nft -f` file as one transaction."""
+        ok, error = self._apply(text)
+        if not ok:
+            raise NftError(f"nft refused the ruleset (nothing changed): {error.strip()[:2000]}")
 
     def remove(self) -> None:
-        result = self._run(["-f", "-"], removal(self.table))
-        if result.returncode != 0:
-            raise NftError(f"cannot remove table inet {self.table}: {result.stderr.strip()}")
-        self.loaded = None
+        ok, error = self._apply(removal(self.table))
+        if not ok:
+            raise NftError(f"cannot remove the raftlb tables: {error.strip()}")
 
-
-class Health(Protocol):
-    """What the data plane needs of the health checker (appliance.health)."""
-
-    version: int
-
-    def healthy(self, service_id: str, backend: Backend) -> bool: ...
+    def close(self) -> None:
+        if self._lib is not None:
+            self._lib.close()
 
 
 class DataPlane:
-    """Keeps the forwarding rules equal to (services, held VIPs, backend health)."""
+    """Keeps the forwarding rules equal to what the reconciler says each VIP forwards.
+
+    Not thread-safe: one caller at a time (the reconciler runs it in a worker thread so that
+    nft never blocks the agent's event loop, which sends the lease renewals)."""
 
     def __init__(
-        self, applier: NftApplier, health: Health | None = None, firewall: Firewall | None = None
+        self,
+        applier: NftApplier,
+        firewall: Firewall | None = None,
+        observe: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.applier = applier
-        self.health = health
         self.firewall = firewall
-        self._key: tuple[frozenset[IPAddress], tuple[Service, ...], int] | None = None
+        self.observe = observe
+        self.clock = clock
+        self.current: dict[IPAddress, tuple[Forward, ...]] = {}  # what the kernel has
+        self.loaded = False  # False: the kernel's table is unknown, the next change loads all
+        self.loads = 0
+        self.deltas = 0
         self.errors = 0
         self.last_error: str | None = None
+        self.last_seconds: dict[str, float] = {}
+        self._retry_at = 0.0
+        self._backoff = 0.5
 
-    def sync(self, services: Iterable[Service], held: Iterable[IPAddress]) -> None:
-        vips = frozenset(held)
-        mine = tuple(s for s in services if s.address in vips)
-        key = (vips, mine, self.health.version if self.health else 0)
-        old = self._key
-        if (
-            old is not None
-            and old[0] == key[0]
-            and old[2] == key[2]
-            and len(old[1]) == len(mine)
-            and all(a is b for a, b in zip(old[1], mine, strict=True))
-        ):
-            return  # same objects: the models are frozen, so the same rules
-        healthy = self.health.healthy if self.health else None
-        text = render(forwards(mine, vips, healthy), self.applier.table, self.firewall)
+    def update(self, changes: ForwardMap) -> bool:
+        """Make each VIP of `changes` forward exactly its forwards (none: drop it). True when
+        the kernel now has everything asked for so far; False after a refusal (retried by
+        `update` or `repair` later, with backoff)."""
+        desired = dict(self.current)
+        for vip, wanted in changes.items():
+            if wanted:
+                desired[vip] = tuple(wanted)
+            else:
+                desired.pop(vip, None)
+        if self.loaded:
+            text = render_delta(self.current, changes, self.applier.table)
+            if not text:
+                return True
+            return self._apply("delta", text, desired)
+        if self.clock() < self._retry_at:
+            self.current = desired  # loaded whole once the backoff is over
+            return False
+        return self._load(desired)
+
+    def repair(self) -> bool:
+        """Load the whole table again if the last change failed and its backoff is over."""
+        if self.loaded or self.clock() < self._retry_at:
+            return self.loaded
+        return self._load(self.current)
+
+    def _load(self, desired: dict[IPAddress, tuple[Forward, ...]]) -> bool:
+        items = [f for forwards in desired.values() for f in forwards]
+        text = render(items, self.applier.table, self.firewall)
+        return self._apply("full", text, desired)
+
+    def _apply(self, kind: str, text: str, desired: dict[IPAddress, tuple[Forward, ...]]) -> bool:
+        started = self.clock()
         try:
-            if self.applier.apply(text):
-                log.info(
-                    "data plane: %d VIP(s), %d service(s) loaded in %.1f ms",
-                    len(vips),
-                    len(mine),
-                    1000 * self.applier.last_load_seconds,
-                )
+            self.applier.apply(text)
         except NftError as exc:
             self.errors += 1
-            if str(exc) != self.last_error:  # retried on every reconcile: say it once
-                log.error("%s; the previous rules stay in place. Check `nft --version` (1.0+)", exc)
+            self.loaded = False  # whatever the kernel has now, the next attempt loads it all
+            self.current = desired
+            self._retry_at = self.clock() + self._backoff
+            self._backoff = min(self._backoff * 2, 30.0)
+            if str(exc) != self.last_error:  # retried with backoff: say it once
+                log.error(
+                    "%s; the previous rules stay in place and the whole table is loaded again "
+                    "in %.1fs. Check `nft --version` (1.0+) and that nothing else edits table "
+                    "inet %s",
+                    exc,
+                    self._retry_at - self.clock(),
+                    self.applier.table,
+                )
             self.last_error = str(exc)
-            return  # key not stored: the next sync tries again
-        self.last_error = None
-        self._key = key
+            return False
+        seconds = self.clock() - started
+        self.last_seconds[kind] = seconds
+        if self.observe is not None:
+            self.observe(kind, seconds)
+        if kind == "full":
+            self.loads += 1
+            log.info(
+                "data plane: whole table loaded, %d VIP(s) in %.1f ms", len(desired), 1000 * seconds
+            )
+        else:
+            self.deltas += 1
+        if self.last_error is not None:
+            log.info("data plane: rules loaded again after %d error(s)", self.errors)
+        self.current, self.loaded, self.last_error, self._backoff = desired, True, None, 0.5
+        return True
 
     def status(self) -> dict[str, object]:
         """For `raftlb status`: the sysctls forwarding needs, and how loading rules went."""
         return {
             "forward": "nftables",
             "sysctl_problems": sysctl_problems(),
-            "loads": self.applier.loads,
+            "vips": len(self.current),
+            "loads": self.loads,
+            "deltas": self.deltas,
             "errors": self.errors,
             "last_error": self.last_error,
+            "last_update_ms": {k: round(1000 * v, 2) for k, v in sorted(self.last_seconds.items())},
         }
 
     def stop(self) -> None:
         try:
             self.applier.remove()
         except NftError as exc:
-            log.error("%s; remove it by hand: nft delete table inet %s", exc, self.applier.table)
-        self._key = None
+            log.error("%s; remove them by hand: nft list tables | grep raftlb", exc)
+        self.current, self.loaded = {}, False
+        self.applier.close()

@@ -1,0 +1,200 @@
+"""What this node must do now, derived change by change: the decision half of the reconciler.
+
+`Reconciler.step(view, now, healthy, health_changed)` looks at the replicated state, this
+node's lease and its health checks and says, as plain values (`Step`), which layer-2 VIPs to
+answer for and until when, which routed VIPs to announce by BGP, which VIPs' forwarding rules
+to change before announcing (gained or changed) and after withdrawing (dropped), and which
+releases to acknowledge. `appliance.leases` carries a step out, in that order.
+
+It reacts to what changed, not to "something was applied": a lease renewal (ten a second per
+node) only moves the deadline; a service written among thousands touches the VIPs it was and is
+on; a backend going down touches its service's VIP. Everything is looked at again only when the
+lease starts or ends, this node is drained or undrained, a pool changes, or the state's change
+log no longer reaches back to the last step (`StateView.changes_since` gives None).
+
+The rules (unchanged from the first, whole-state reconciler):
+- a layer-2 VIP is held while the committed assignment names this node and its lease is valid
+  (raft/ownership.py has the argument);
+- a routed (bgp pool) VIP is announced while the lease is valid, the node is not drained and
+  at least one of the VIP's backends (of its family) is healthy here (appliance/routing.py);
+- a VIP's rules are in place before it is announced and leave after it was withdrawn;
+- a VIP this node is asked to release is acknowledged once it no longer answers for it, and
+  again every `ack_every` seconds while the assignment still waits for it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Set
+from dataclasses import dataclass, field
+
+from appliance.dataplane.render import Forward, forwards
+from appliance.model import Assignment, Backend, IPAddress, Pool
+from appliance.routing import serves
+from raft.ownership import lease_deadline
+from raft.state import StateView
+
+Healthy = Callable[[str, Backend], bool]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One reconcile pass, as values."""
+
+    held: frozenset[str]  # layer-2 VIPs to answer for (the whole set)
+    until: float  # their lease end (monotonic); 0 without a valid lease
+    held_changed: bool  # `held` differs from the last step's (else only `until` moved)
+    routed: dict[str, Pool] | None  # routed VIPs to announce (whole set), None: unchanged
+    before: dict[IPAddress, tuple[Forward, ...]]  # rules to set before announcing
+    after: dict[IPAddress, tuple[Forward, ...]]  # rules to drop after withdrawing
+    acks: list[str]  # VIPs to acknowledge as released
+    taken: list[Assignment] = field(default_factory=list)  # for logs and counters
+    released: list[str] = field(default_factory=list)
+    withdrawn: list[str] = field(default_factory=list)  # routed VIPs no longer announced
+    announced: list[str] = field(default_factory=list)
+    full: bool = False  # every VIP was looked at
+
+
+class Reconciler:
+    """The state kept between steps (see the module docstring). Not thread-safe."""
+
+    def __init__(
+        self,
+        me: str,
+        incarnation: int,
+        lease: float,
+        routes: bool,
+        forwarding: bool,
+        ack_every: float = 1.0,
+    ) -> None:
+        self.me, self.incarnation, self.lease = me, incarnation, lease
+        self.routes, self.forwarding, self.ack_every = routes, forwarding, ack_every
+        self.revision: int | None = None
+        self.held: frozenset[str] = frozenset()
+        self.until = 0.0
+        self.announced: frozenset[str] = frozenset()  # routed VIPs announced
+        self.rules: dict[str, tuple[Forward, ...]] = {}  # what the data plane was told
+        self.able = False
+        self.valid = False
+        self.vip_of: dict[str, str] = {}  # service id -> its VIP (text), as last seen
+        self.releasing: set[str] = set()  # VIPs whose assignment waits for our release
+        self.acked: dict[tuple[str, int], float] = {}  # (VIP, epoch) -> when acknowledged
+        self.full_steps = 0
+        self.partial_steps = 0
+
+    def step(
+        self,
+        view: StateView,
+        now: float,
+        healthy: Healthy | None = None,
+        health_changed: Set[str] | None = frozenset(),
+    ) -> Step:
+        """The next step. `health_changed`: services whose backends' health changed since the
+        last step (None: unknown, look at every service)."""
+        deadline = lease_deadline(view.renewals, self.me, self.incarnation, self.lease)
+        valid = deadline is not None and now < deadline
+        until = deadline if valid and deadline is not None else 0.0
+        able = valid and self.me not in view.drained
+        changes = None if self.revision is None else view.changes_since(self.revision)
+        full = (
+            changes is None
+            or health_changed is None
+            or valid != self.valid
+            or able != self.able
+            or bool(changes.pools)
+        )
+        if full:
+            affected = self._everything(view)
+            self.vip_of = {sid: str(s.address) for sid, s in view.services.items()}
+            self.full_steps += 1
+        else:
+            assert changes is not None and health_changed is not None
+            affected = self._affected(view, changes.services | health_changed)
+            affected |= changes.assignments
+            if affected:
+                self.partial_steps += 1
+        self.revision, self.valid, self.able = view.revision, valid, able
+
+        held = set(self.held)
+        announced = set(self.announced)
+        before: dict[IPAddress, tuple[Forward, ...]] = {}
+        after: dict[IPAddress, tuple[Forward, ...]] = {}
+        for vip in sorted(affected):
+            address = ipaddress.ip_address(vip)
+            services = view.services_at(address)
+            assignment = view.assignments.get(vip)
+            holds = valid and assignment is not None and assignment.node == self.me
+            routed = vip in view.routed
+            announces = self.routes and routed and able and serves(services, healthy)
+            (held.add if holds else held.discard)(vip)
+            (announced.add if announces else announced.discard)(vip)
+            if assignment is not None and assignment.releasing == self.me:
+                self.releasing.add(vip)
+            else:
+                self.releasing.discard(vip)
+            if not self.forwarding:
+                continue
+            rules = tuple(forwards(services, [address], healthy)) if holds or announces else ()
+            if rules == self.rules.get(vip, ()):
+                continue
+            if rules:
+                before[address] = rules
+                self.rules[vip] = rules
+            else:
+                after[address] = ()
+                self.rules.pop(vip, None)
+
+        new_held, new_announced = frozenset(held), frozenset(announced)
+        step = Step(
+            held=new_held,
+            until=until,
+            held_changed=new_held != self.held,
+            routed=(
+                {vip: view.pools[view.routed[vip]] for vip in sorted(new_announced)}
+                if new_announced != self.announced
+                else None
+            ),
+            before=before,
+            after=after,
+            acks=self._acks(view, new_held, now),
+            taken=[view.assignments[v] for v in sorted(new_held - self.held)],
+            released=sorted(self.held - new_held),
+            withdrawn=sorted(self.announced - new_announced),
+            announced=sorted(new_announced - self.announced),
+            full=full,
+        )
+        self.held, self.until, self.announced = new_held, until, new_announced
+        return step
+
+    def _everything(self, view: StateView) -> set[str]:
+        vips = {str(s.address) for s in view.services.values()}
+        vips |= set(view.assignments.keys()) | set(view.routed.keys())
+        return vips | set(self.held) | set(self.announced) | set(self.rules)
+
+    def _affected(self, view: StateView, service_ids: Iterable[str]) -> set[str]:
+        """The VIPs the services were on (as last seen) and are on now."""
+        vips = set()
+        for sid in service_ids:
+            old = self.vip_of.pop(sid, None)
+            if old is not None:
+                vips.add(old)
+            service = view.services.get(sid)
+            if service is not None:
+                self.vip_of[sid] = str(service.address)
+                vips.add(str(service.address))
+        return vips
+
+    def _acks(self, view: StateView, held: frozenset[str], now: float) -> list[str]:
+        out = []
+        for vip in sorted(self.releasing):
+            assignment = view.assignments.get(vip)
+            if assignment is None or assignment.releasing != self.me or vip in held:
+                continue
+            key = (vip, assignment.epoch)
+            sent = self.acked.get(key)
+            if sent is None or now - sent >= self.ack_every:
+                self.acked[key] = now
+                out.append(vip)
+        if len(self.acked) > 4 * len(self.releasing) + 64:  # forget acknowledgements done
+            self.acked = {k: t for k, t in self.acked.items() if k[0] in self.releasing}
+        return out
