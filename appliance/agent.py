@@ -15,6 +15,7 @@ import math
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
@@ -26,6 +27,7 @@ from aiohttp import web
 from announce.bgp import BgpAnnouncer
 from announce.bgp_config import Peer, Session
 from announce.l2 import L2Announcer
+from appliance import gcpolicy
 from appliance.api.app import ApiContext, build_app
 from appliance.config import (
     AgentConfig,
@@ -247,10 +249,7 @@ def build_announcer(config: AgentConfig) -> Announcer:
 async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
     """Run the API and the node's loops until SIGTERM/SIGINT."""
     metrics = Metrics(cluster)
-    cluster.observe(
-        applied=lambda seconds, kind: metrics.apply_seconds.labels(kind or "?").observe(seconds),
-        tick_lag=metrics.tick_lag_seconds.observe,
-    )
+    cluster.observe(applied=metrics.applied, tick_lag=metrics.tick_lag_seconds.observe)
     dataplane = health = None
     if config.forward == "nftables":
         for problem in set_forwarding_sysctls():
@@ -328,6 +327,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         asyncio.create_task(_report_loop(config, metrics, time.time()), name="member-report"),
         asyncio.create_task(_apply_static(config, metrics), name="static-config"),
         asyncio.create_task(_watch_raft(cluster), name="raft-watch"),
+        asyncio.create_task(gcpolicy.freeze_loop(), name="gc-freeze"),
     ]
     try:
         await stop.wait()
@@ -377,6 +377,12 @@ def run_agent(config: AgentConfig) -> None:
         config.timing,
         settings.data_dir,
     )
+    # pysyncobj's tick thread gives the GIL up at every socket and journal call and waits for it
+    # again each time: with another thread busy (an API answer, a reconcile over thousands of
+    # services) every wait lasted up to the 5 ms switch interval, and one tick with dozens of
+    # calls took a third of a second, past the election timeout. 1 ms keeps ticks short.
+    sys.setswitchinterval(0.001)
+    gcpolicy.install()
     # Created on the main thread: pysyncobj's tick thread stops when its creator exits.
     cluster = RaftCluster(settings)
     try:

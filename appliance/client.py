@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from pydantic import TypeAdapter, ValidationError
 
+from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
 from appliance.model import (
     Allocation,
     AllocationRequest,
@@ -41,6 +42,8 @@ _HINTS = {
     "other) or just lost its leader; retrying is safe once the nodes are back",
     "timeout": "the change was not confirmed in time and may still be applied later; "
     "retrying is safe",
+    "too_large": f"one apply takes at most {APPLY_MAX_ITEMS} items and {APPLY_MAX_BYTES} bytes, "
+    "all or nothing: split the file into several",
 }
 
 
@@ -72,8 +75,9 @@ class ApiError(Exception):
 
     @property
     def bad_input(self) -> bool:
-        """True when the request itself was refused as malformed or invalid (400, 422)."""
-        return self.status in (400, 422)
+        """True when the request itself was refused as malformed, invalid or too large (400,
+        413, 422): nothing was changed, and sending it again will not help."""
+        return self.status in (400, 413, 422)
 
     def __str__(self) -> str:
         return f"{self.message} (HTTP {self.status} {self.code})"

@@ -6,6 +6,7 @@ the commit-latency histogram is fed by `Metrics.submit`, the one path every writ
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -16,6 +17,22 @@ from prometheus_client.registry import Collector
 
 from appliance.model import Backend
 from raft.cluster import Cluster, SubmitError
+
+COMMAND_BUCKETS = (
+    5e-05,
+    1e-4,
+    2e-4,
+    3e-4,
+    5e-4,
+    7.5e-4,
+    1e-3,
+    1.5e-3,
+    2e-3,
+    3e-3,
+    5e-3,
+    0.01,
+    0.05,
+)
 
 
 class _ClusterCollector(Collector):
@@ -69,6 +86,11 @@ class _ClusterCollector(Collector):
         )
         yield GaugeMetricFamily(
             "raftlb_vips", "Distinct allocated addresses", value=len(state.by_address)
+        )
+        yield GaugeMetricFamily(
+            "raftlb_gc_frozen_objects",
+            "Objects moved out of the garbage collector's reach (appliance.gcpolicy)",
+            value=gc.get_freeze_count(),
         )
 
 
@@ -159,6 +181,12 @@ class Metrics:
             buckets=fine,
             registry=self.registry,
         )
+        self.apply_command_seconds = Histogram(
+            "raftlb_raft_apply_command_seconds",
+            "Time to apply one command (an entry's time divided by the commands of its batch)",
+            buckets=COMMAND_BUCKETS,
+            registry=self.registry,
+        )
         self.tick_lag_seconds = Histogram(
             "raftlb_raft_tick_lag_seconds",
             "How late the Raft tick thread ran its ticks behind schedule (starved or busy)",
@@ -214,6 +242,11 @@ class Metrics:
             raise
         self.commit_seconds.observe(time.monotonic() - started)
         return result
+
+    def applied(self, seconds: float, kind: str, commands: int) -> None:
+        """An entry was applied (called on the Raft tick thread: cheap and lock-light)."""
+        self.apply_seconds.labels(kind or "?").observe(seconds)
+        self.apply_command_seconds.observe(seconds / max(1, commands))
 
     def watch_bgp(self, status: Callable[[], dict[str, Any]]) -> None:
         """Export the BGP announcer's sessions and routes (announce.bgp) at scrape time."""

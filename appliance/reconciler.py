@@ -17,7 +17,9 @@ The rules (unchanged from the first, whole-state reconciler):
   (raft/ownership.py has the argument);
 - a routed (bgp pool) VIP is announced while the lease is valid, the node is not drained and
   at least one of the VIP's backends (of its family) is healthy here (appliance/routing.py);
-- a VIP's rules are in place before it is announced and leave after it was withdrawn;
+- a VIP's rules are in place before it is announced and leave after it was withdrawn; for a
+  routed VIP, `withdraw_grace` seconds after: routers take tens of ms to act on a withdraw
+  (FRR 68-105 ms, BIRD 8-89 ms here), and connections they send meanwhile must not be lost;
 - a VIP this node is asked to release is acknowledged once it no longer answers for it, and
   again every `ack_every` seconds while the assignment still waits for it.
 """
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 
 from appliance.dataplane.render import Forward, forwards
-from appliance.model import Assignment, Backend, IPAddress, Pool
+from appliance.model import Assignment, Backend, IPAddress, Pool, Service
 from appliance.routing import serves
 from raft.ownership import lease_deadline
 from raft.state import StateView
@@ -66,9 +68,12 @@ class Reconciler:
         routes: bool,
         forwarding: bool,
         ack_every: float = 1.0,
+        withdraw_grace: float = 1.0,
     ) -> None:
         self.me, self.incarnation, self.lease = me, incarnation, lease
         self.routes, self.forwarding, self.ack_every = routes, forwarding, ack_every
+        self.withdraw_grace = withdraw_grace
+        self.draining: dict[str, float] = {}  # withdrawn routed VIP -> when its rules may go
         self.revision: int | None = None
         self.held: frozenset[str] = frozenset()
         self.until = 0.0
@@ -132,17 +137,14 @@ class Reconciler:
                 self.releasing.add(vip)
             else:
                 self.releasing.discard(vip)
-            if not self.forwarding:
-                continue
-            rules = tuple(forwards(services, [address], healthy)) if holds or announces else ()
-            if rules == self.rules.get(vip, ()):
-                continue
-            if rules:
-                before[address] = rules
-                self.rules[vip] = rules
-            else:
-                after[address] = ()
-                self.rules.pop(vip, None)
+            if self.forwarding:
+                self._rules(vip, address, services, holds or announces, healthy, now, before, after)
+        for vip, until in list(self.draining.items()):
+            if now >= until:
+                del self.draining[vip]
+                if vip not in held and vip not in announced and vip in self.rules:
+                    del self.rules[vip]
+                    after[ipaddress.ip_address(vip)] = ()
 
         new_held, new_announced = frozenset(held), frozenset(announced)
         step = Step(
@@ -166,10 +168,37 @@ class Reconciler:
         self.held, self.until, self.announced = new_held, until, new_announced
         return step
 
+    def _rules(
+        self,
+        vip: str,
+        address: IPAddress,
+        services: list[Service],
+        serving: bool,
+        healthy: Healthy | None,
+        now: float,
+        before: dict[IPAddress, tuple[Forward, ...]],
+        after: dict[IPAddress, tuple[Forward, ...]],
+    ) -> None:
+        """What one VIP's rules become: set before announcing, dropped after withdrawing."""
+        if not serving and vip in self.announced and vip in self.rules:
+            self.draining.setdefault(vip, now + self.withdraw_grace)
+        if not serving and vip in self.draining:
+            return  # withdrawn from the routers: forwarding goes on for the grace
+        self.draining.pop(vip, None)
+        rules = tuple(forwards(services, [address], healthy)) if serving else ()
+        if rules == self.rules.get(vip, ()):
+            return
+        if rules:
+            before[address] = rules
+            self.rules[vip] = rules
+        else:
+            after[address] = ()
+            self.rules.pop(vip, None)
+
     def _everything(self, view: StateView) -> set[str]:
         vips = {str(s.address) for s in view.services.values()}
         vips |= set(view.assignments.keys()) | set(view.routed.keys())
-        return vips | set(self.held) | set(self.announced) | set(self.rules)
+        return vips | set(self.held) | set(self.announced) | set(self.rules) | set(self.draining)
 
     def _affected(self, view: StateView, service_ids: Iterable[str]) -> set[str]:
         """The VIPs the services were on (as last seen) and are on now."""

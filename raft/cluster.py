@@ -143,8 +143,8 @@ class ReplicatedState(SyncObjConsumer):  # type: ignore[misc]
         self._state = ClusterState()
         self._view: StateView | None = None
         self.on_change: Callable[[], None] | None = None
-        # Called with (seconds, command type) after each entry is applied (metrics).
-        self.on_applied: Callable[[float, str], None] | None = None
+        # Called with (seconds, command type, commands in it) after each entry is applied.
+        self.on_applied: Callable[[float, str, int], None] | None = None
 
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +154,11 @@ class ReplicatedState(SyncObjConsumer):  # type: ignore[misc]
             self._view = None
         if self.on_applied is not None:
             kind = command.get("type") if isinstance(command, dict) else None
-            self.on_applied(time.perf_counter() - started, kind if isinstance(kind, str) else "")
+            items = command.get("commands") if kind == "batch" else None
+            count = len(items) if isinstance(items, list) and items else 1
+            self.on_applied(
+                time.perf_counter() - started, kind if isinstance(kind, str) else "", count
+            )
         if self.on_change is not None:
             self.on_change()
         return result
@@ -171,10 +175,18 @@ class ReplicatedState(SyncObjConsumer):  # type: ignore[misc]
         return _Dump(self.view())
 
     def _deserialize(self, data: dict[str, Any]) -> None:
+        started = time.monotonic()
         state = ClusterState.from_data(data["state"])
         with self._lock:
             self._state = state
             self._view = None
+        # A restart reading its dump, or a follower too far behind taking the leader's.
+        log.info(
+            "state loaded from a full dump: %d service(s), %d allocation(s) in %.2fs",
+            len(state.services),
+            len(state.allocations),
+            time.monotonic() - started,
+        )
         if self.on_change is not None:
             self.on_change()
 
@@ -305,7 +317,7 @@ class RaftCluster:
 
     def observe(
         self,
-        applied: Callable[[float, str], None] | None = None,
+        applied: Callable[[float, str, int], None] | None = None,
         tick_lag: Callable[[float], None] | None = None,
     ) -> None:
         """Report the time each entry takes to apply and how late each tick ran (metrics)."""

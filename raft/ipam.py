@@ -150,7 +150,8 @@ def allocate(
     existing = allocations.get(request.owner)
 
     def build(address: IPAddress) -> Allocation:
-        return Allocation(
+        # From validated parts (the request and an address of the pool): no validation again.
+        return Allocation.model_construct(
             owner=request.owner,
             address=address,
             pool=pool.name,

@@ -78,6 +78,7 @@ class _Space:
     lasts: list[int]
     avoid_buggy: bool
     sizes: list[int]  # usable addresses per block
+    taken: list[int] = field(default_factory=list)  # allocated addresses per block
     nonfull: SortedList[int] = field(default_factory=SortedList)  # block indexes
     used: int = 0  # allocated addresses in the pool
 
@@ -166,6 +167,7 @@ class AddressIndex:
             )
             for i, (first, last) in enumerate(zip(firsts, lasts, strict=True)):
                 taken = self.count_used(version, first, last)
+                space.taken.append(taken)
                 space.used += taken
                 if taken < space.sizes[i]:
                     space.nonfull.add(i)
@@ -268,7 +270,9 @@ class AddressIndex:
         at = space.block_of(value)
         if at is None:
             return
-        full = self.count_used(version, space.firsts[at], space.lasts[at]) >= space.sizes[at]
+        space.taken[at] += delta
+        self._record(lambda: space.taken.__setitem__(at, space.taken[at] - delta))
+        full = space.taken[at] >= space.sizes[at]
         if full and at in space.nonfull:
             self._sorted_remove(space.nonfull, at)
         elif not full and at not in space.nonfull:
@@ -341,7 +345,7 @@ class AddressIndex:
             "buggy_used": list(self.buggy_used),
             "blocks": {v: list(items) for v, items in self.blocks.items()},
             "spaces": {
-                key: (s.firsts, s.lasts, s.avoid_buggy, s.sizes, list(s.nonfull), s.used)
+                key: (s.firsts, s.lasts, s.avoid_buggy, s.sizes, s.taken, list(s.nonfull), s.used)
                 for key, s in sorted(self.spaces.items())
             },
             "shared": {k: list(v) for k, v in sorted(self.shared.items()) if v},

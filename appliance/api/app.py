@@ -8,6 +8,7 @@ JSON) or 422 with one entry per bad field, and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -23,7 +24,14 @@ from appliance.api.openapi import openapi_document
 from appliance.api.views import nodes_view, status_view, vips_view
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES
 from appliance.metrics import Metrics
-from appliance.model import AllocationRequest, Backend, Pool, ServiceSpec, field_errors
+from appliance.model import (
+    AllocationRequest,
+    Backend,
+    Pool,
+    Service,
+    ServiceSpec,
+    field_errors,
+)
 from raft.cluster import Cluster, SubmitError
 
 log = logging.getLogger(__name__)
@@ -168,8 +176,19 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "node": status.node_id, "role": status.role})
 
 
+async def _in_thread(make: Callable[[], Any]) -> web.Response:
+    """A big answer (thousands of services) made and encoded in a worker thread: the event
+    loop keeps sending lease renewals and serving other requests meanwhile."""
+
+    def encode() -> bytes:
+        return json.dumps(make()).encode()
+
+    return web.Response(body=await asyncio.to_thread(encode), content_type="application/json")
+
+
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=_ctx(request).metrics.render(), content_type="text/plain")
+    body = await asyncio.to_thread(_ctx(request).metrics.render)
+    return web.Response(body=body, content_type="text/plain")
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -241,6 +260,12 @@ async def _body_named(request: web.Request, key: str, url_param: str) -> Any:
     return body
 
 
+def _stored(spec: ServiceSpec, result: dict[str, Any]) -> dict[str, Any]:
+    """The service as stored: the spec sent and the address Raft answered (the apply returns
+    only the address, to keep the Raft thread's work small)."""
+    return Service(spec=spec, address=result["address"]).model_dump(mode="json")
+
+
 def _check_pools(ctx: ApiContext, pools: list[Pool], prefix: str) -> None:
     problems = ctx.pool_check(pools, prefix) if ctx.pool_check and pools else []
     if problems:
@@ -263,7 +288,9 @@ async def delete_pool(request: web.Request) -> web.Response:
 
 async def list_services(request: web.Request) -> web.Response:
     state = _ctx(request).cluster.view()
-    return web.json_response([s.model_dump(mode="json") for _, s in sorted(state.services.items())])
+    return await _in_thread(
+        lambda: [s.model_dump(mode="json") for _, s in sorted(state.services.items())]
+    )
 
 
 async def get_service(request: web.Request) -> web.Response:
@@ -282,7 +309,7 @@ async def put_service(request: web.Request) -> web.Response:
     spec = _parse(ServiceSpec, await _body_named(request, "id", "id"))
     command = {"v": 1, "type": "service.put", "service": spec.model_dump(mode="json")}
     value = await _commit(_ctx(request), command)
-    return web.json_response(value["service"])
+    return web.json_response(_stored(spec, value["service"]))
 
 
 async def delete_service(request: web.Request) -> web.Response:
@@ -293,8 +320,8 @@ async def delete_service(request: web.Request) -> web.Response:
 
 async def list_allocations(request: web.Request) -> web.Response:
     state = _ctx(request).cluster.view()
-    return web.json_response(
-        [a.model_dump(mode="json") for _, a in sorted(state.allocations.items())]
+    return await _in_thread(
+        lambda: [a.model_dump(mode="json") for _, a in sorted(state.allocations.items())]
     )
 
 
@@ -314,7 +341,8 @@ async def delete_allocation(request: web.Request) -> web.Response:
 async def get_vips(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     announced = set(ctx.bgp_status().get("routes", [])) if ctx.bgp_status else None
-    return web.json_response(vips_view(ctx.cluster.view(), ctx.backend_healthy, announced))
+    state = ctx.cluster.view()
+    return await _in_thread(lambda: vips_view(state, ctx.backend_healthy, announced))
 
 
 async def apply_batch(request: web.Request) -> web.Response:
@@ -367,7 +395,10 @@ async def apply_batch(request: web.Request) -> web.Response:
         return f"delete_services.{index - len(pools) - len(services)}"
 
     value = await _commit(_ctx(request), {"v": 1, "type": "batch", "commands": commands}, locate)
-    return web.json_response(value)
+    results = value["results"]
+    for i, spec in enumerate(services):
+        results[len(pools) + i] = {"service": _stored(spec, results[len(pools) + i]["service"])}
+    return await _in_thread(lambda: value)
 
 
 def build_app(ctx: ApiContext) -> web.Application:

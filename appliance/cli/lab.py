@@ -349,9 +349,27 @@ def bench_dataplane(
         _fail(str(exc))
 
 
+@bench_group.command("scale")
+@click.option("--services", default=5000, show_default=True, type=click.IntRange(10, 20000))
+@click.option("--backends", default=10, show_default=True, type=click.IntRange(1, 100))
+@click.option("--batch", default=100, show_default=True, type=click.IntRange(1, 250))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_BASE
+def bench_scale(services: int, backends: int, batch: int, as_json: bool, base: Path | None) -> None:
+    """Thousands of services: apply and write latency, ruleset deltas, elections, VIP moves,
+    a probed VIP's outage, a lagging node's snapshot install, a full-cluster restart."""
+    from appliance.lab.bench_scale import main_scale
+    from appliance.lab.netlab import LabError
+
+    try:
+        click.echo(main_scale(_base(base), services, backends, batch, as_json, _progress))
+    except LabError as exc:
+        _fail(str(exc))
+
+
 @bench_group.command("k8s")
 @click.option("--runs", default=5, show_default=True, type=click.IntRange(1, 100))
-@click.option("--services", default=1000, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--services", default=1000, show_default=True, type=click.IntRange(1, 20000))
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @_BASE
 def bench_k8s(runs: int, services: int, as_json: bool, base: Path | None) -> None:

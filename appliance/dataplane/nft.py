@@ -231,6 +231,7 @@ class DataPlane:
             "forward": "nftables",
             "sysctl_problems": sysctl_problems(),
             "vips": len(self.current),
+            "loaded": self.loaded,
             "loads": self.loads,
             "deltas": self.deltas,
             "errors": self.errors,

@@ -148,7 +148,7 @@ def cold_sync(count: int, endpoints: int, progress: Progress) -> dict[str, Any]:
             from appliance.model import Pool
 
             with ApiClient(lab.api_url, lab.token()) as appliance:
-                appliance.put_pool(Pool(name="big", addresses=["2001:db8:100::/118"], default=True))
+                appliance.put_pool(Pool(name="big", addresses=["2001:db8:100::/112"], default=True))
             nodes = [f"k{i}" for i in range(endpoints)]
             for i, name in enumerate(nodes, 1):
                 api.put("nodes", k8s_node(name, f"2001:db8:5::{i:x}"))

@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from appliance.api.app import ApiContext, build_app
 from appliance.config import segment_errors
+from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
 from appliance.metrics import Metrics
 from raft.fake import InMemoryCluster
 
@@ -324,6 +325,33 @@ async def test_apply_puts_pools_then_services_in_one_commit(
     assert [r["service"]["address"] for r in results[1:]] == ["192.0.2.10", "192.0.2.11"]
     assert len(cluster.applied) == 1
     assert cluster.applied[0]["type"] == "batch"
+
+
+async def test_apply_returns_each_service_as_stored(
+    api: TestClient[Any, Any], cluster: InMemoryCluster
+) -> None:
+    """Raft answers only the address (cheap on the Raft thread); the API answers the whole
+    service, as GET does."""
+    await call(api, "PUT", "/v1/pools/web", POOL)
+    data = await call(api, "POST", "/v1/apply", {"services": [service("a/one", 80, 443)]})
+    (result,) = data["results"]
+    assert result["service"] == await call(api, "GET", "/v1/services/a/one")
+    put = await call(api, "PUT", "/v1/services/a/two", service("a/two", 80))
+    assert put == await call(api, "GET", "/v1/services/a/two")
+
+
+async def test_apply_beyond_the_limits_is_413_and_changes_nothing(
+    api: TestClient[Any, Any], cluster: InMemoryCluster
+) -> None:
+    await call(api, "PUT", "/v1/pools/web", POOL)
+    body = {"delete_services": [f"a/s{i}" for i in range(APPLY_MAX_ITEMS + 1)]}
+    data = await call(api, "POST", "/v1/apply", body, status=413)
+    assert data["error"]["code"] == "too_large"
+    assert str(APPLY_MAX_ITEMS) in data["error"]["message"]
+    big = {"services": [service("a/big", 80, description="x" * APPLY_MAX_BYTES)]}
+    data = await call(api, "POST", "/v1/apply", big, status=413)
+    assert str(APPLY_MAX_BYTES) in data["error"]["message"]
+    assert len(cluster.applied) == 1  # the pool only
 
 
 async def test_apply_is_all_or_nothing(api: TestClient[Any, Any], cluster: InMemoryCluster) -> None:

@@ -166,9 +166,13 @@ def test_routed_vips_announced_while_able_and_served_withdrawn_when_drained() ->
     assert state.apply(command("node.drain", node=ME, drained=True))["ok"]
     drained = rec.step(state.snapshot(), now=100.2)
     assert drained.routed == {} and drained.withdrawn == [routed]
-    assert ip(routed) in drained.after
     # Drained stops routed announcements only; layer-2 VIPs follow the assignment.
     assert drained.held == rec.held and not drained.held_changed
+    # The routers need a moment to act on the withdraw: forwarding goes on for the grace...
+    assert ip(routed) not in drained.after
+    assert ip(routed) not in rec.step(state.snapshot(), now=100.2 + 0.9).after
+    # ...then the rules go.
+    assert rec.step(state.snapshot(), now=100.2 + 1.0).after == {ip(routed): ()}
 
 
 def test_no_healthy_backend_withdraws_the_route_but_a_layer2_vip_rejects() -> None:
@@ -181,7 +185,7 @@ def test_no_healthy_backend_withdraws_the_route_but_a_layer2_vip_rejects() -> No
         healthy=lambda sid, b: False,
         health_changed={"c/ns/s10", "c/ns/s0"},
     )
-    assert step.withdrawn == [routed] and ip(routed) in step.after
+    assert step.withdrawn == [routed] and ip(routed) not in step.after  # kept for the grace
     # The layer-2 VIP stays held, its port rejects (a forward without targets).
     assert vips[0] in step.held
     assert step.before[ip(vips[0])][0].targets == ()
