@@ -291,6 +291,7 @@ async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
         pool_check=pool_checker(config),
         backend_health=health.of_service if health is not None else None,
         backend_healthy=health.healthy if health is not None else None,
+        health_version=health.version_of if health is not None else None,
         dataplane_status=dataplane.status if dataplane is not None else None,
         bgp_status=bgp.announcer.status if bgp is not None else None,
     )

@@ -151,6 +151,7 @@ class HealthChecker:
         self._keys: dict[str, set[Key]] = {}  # service id -> its backends' keys
         self._seen: dict[str, Service] = {}  # service id -> the spec its checks follow
         self._changed: set[str] = set()
+        self._versions: dict[str, int] = {}  # service id -> bumped at each health change
 
     def healthy(self, service_id: str, backend: Backend) -> bool:
         track = self.tracks.get((service_id, str(backend.address), backend.port))
@@ -162,6 +163,10 @@ class HealthChecker:
             for key in sorted(self._keys.get(service_id, ()))
             if key in self.tracks
         ]
+
+    def version_of(self, service_id: str) -> int:
+        """Changes whenever a backend of the service changes health (or is checked anew)."""
+        return self._versions.get(service_id, 0)
 
     def take_changed(self) -> set[str]:
         """The services whose backends' health changed since the last call."""
@@ -179,6 +184,7 @@ class HealthChecker:
             self._update_service(sid, service)
 
     def _update_service(self, sid: str, service: Service | None) -> None:
+        self._versions[sid] = self._versions.get(sid, 0) + 1  # tracks start over: healthy
         wanted: dict[Key, tuple[Service, Backend, Protocol]] = {}
         if service is not None:
             self._seen[sid] = service
@@ -191,6 +197,7 @@ class HealthChecker:
                     )
         else:
             self._seen.pop(sid, None)
+            self._versions.pop(sid, None)
         for key in self._keys.get(sid, set()) - set(wanted):
             self._forget(key)
         self._keys[sid] = set(wanted)
@@ -241,6 +248,7 @@ class HealthChecker:
             if track.record(ok, reason, check.rise, check.fall, time.time()):
                 self.version += 1
                 self._changed.add(key[0])
+                self._versions[key[0]] = self._versions.get(key[0], 0) + 1
                 log.warning(
                     "backend %s:%d of %s is now %s (%s)%s",
                     host,

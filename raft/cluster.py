@@ -115,6 +115,10 @@ class Cluster(Protocol):
     async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]: ...
 
 
+# The items a command carries: its apply time per item is what grows (or not) with size.
+_ITEMS = {"batch": "commands", "vips.assign": "placements", "vips.released": "vips"}
+
+
 class _Dump:
     """What `_serialize` hands pysyncobj: a snapshot that becomes plain data only when pickled.
 
@@ -154,8 +158,8 @@ class ReplicatedState(SyncObjConsumer):  # type: ignore[misc]
             self._view = None
         if self.on_applied is not None:
             kind = command.get("type") if isinstance(command, dict) else None
-            items = command.get("commands") if kind == "batch" else None
-            count = len(items) if isinstance(items, list) and items else 1
+            items = command.get(_ITEMS.get(kind, "")) if isinstance(kind, str) else None
+            count = len(items) if isinstance(items, list | dict) and items else 1
             self.on_applied(
                 time.perf_counter() - started, kind if isinstance(kind, str) else "", count
             )

@@ -33,6 +33,7 @@ timing profiles check this (raft/timing.py).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,25 +84,37 @@ def apply_assign(
             # The record of the last change; the second half of a planned move keeps the node
             # it came from.
             previous = old_node or (current.releasing or current.previous if current else None)
-            change = {
-                "since": command.at,
-                "previous": previous,
-                "reason": placement.reason,
-                "dead_for": placement.dead_for,
-            }
+            since: float | None = command.at
+            reason, dead_for = placement.reason, placement.dead_for
         else:
-            keep = current or Assignment(vip=vip, node=None, epoch=0)
-            change = {
-                "since": keep.since,
-                "previous": keep.previous,
-                "reason": keep.reason,
-                "dead_for": keep.dead_for,
-            }
-        updates[vip] = Assignment(
-            vip=vip, node=placement.node, epoch=epoch, releasing=placement.releasing, **change
+            previous = current.previous if current else None
+            since = current.since if current else None
+            reason = current.reason if current else None
+            dead_for = current.dead_for if current else None
+        # Built from validated parts (the command was parsed): validating again cost more
+        # than the rest of the apply, for decisions of thousands of VIPs.
+        updates[vip] = Assignment.model_construct(
+            vip=current.vip if current else _address(vip),
+            node=placement.node,
+            epoch=epoch,
+            releasing=placement.releasing,
+            since=since,
+            previous=previous,
+            reason=reason,
+            dead_for=dead_for,
         )
         changed.append(vip)
     return updates, {"changed": changed, "refused": refused}
+
+
+def _address(vip: str) -> Any:
+    try:
+        address = ipaddress.ip_address(vip)
+    except ValueError:
+        raise CommandError("invalid", f"placement {vip!r} is not an IP address") from None
+    if str(address) != vip:  # the key is the address's canonical text everywhere
+        raise CommandError("invalid", f"placement {vip!r} is not written as {address}")
+    return address
 
 
 def apply_released(

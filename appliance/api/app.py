@@ -21,7 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from appliance.api.openapi import openapi_document
-from appliance.api.views import nodes_view, status_view, vips_view
+from appliance.api.views import VipsCache, nodes_view, status_view
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES
 from appliance.metrics import Metrics
 from appliance.model import (
@@ -70,11 +70,14 @@ class ApiContext:
     # This node's view of a service's backends (appliance.health), None when it checks none.
     backend_health: Callable[[str], list[dict[str, Any]]] | None = None
     backend_healthy: Callable[[str, Backend], bool] | None = None
+    # A number that changes whenever a service's backends change health (caches key on it).
+    health_version: Callable[[str], int] | None = None
     dataplane_status: Callable[[], dict[str, Any]] | None = None
     bgp_status: Callable[[], dict[str, Any]] | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)
+VIPS = web.AppKey("vips", VipsCache)
 
 
 class ApiError(Exception):
@@ -342,7 +345,13 @@ async def get_vips(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     announced = set(ctx.bgp_status().get("routes", [])) if ctx.bgp_status else None
     state = ctx.cluster.view()
-    return await _in_thread(lambda: vips_view(state, ctx.backend_healthy, announced))
+    cache = request.app[VIPS]
+
+    def body() -> bytes:
+        return cache.body(state, ctx.backend_healthy, announced, ctx.health_version)
+
+    data = await asyncio.to_thread(body)
+    return web.Response(body=data, content_type="application/json")
 
 
 async def apply_batch(request: web.Request) -> web.Response:
@@ -407,6 +416,7 @@ def build_app(ctx: ApiContext) -> web.Application:
         middlewares=[_errors_and_auth], client_max_size=max(APPLY_MAX_BYTES, BODY_MAX_BYTES)
     )
     app[CTX] = ctx
+    app[VIPS] = VipsCache()
     app.add_routes(
         [
             web.get("/healthz", healthz),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from appliance.model import Backend, NodeInfo, Service
+from appliance.model import Backend, IPAddress, NodeInfo, Service
 from raft.cluster import RaftStatus
 from raft.state import StateView
 
@@ -59,53 +61,111 @@ def backend_counts(
     return {"healthy": up, "total": total}
 
 
+def vip_entry(
+    state: StateView,
+    address: IPAddress,
+    counts: Callable[[list[Service]], dict[str, int] | None],
+    announced: set[str] | None = None,
+) -> dict[str, Any]:
+    """One allocated address: pool, mode, owners, services and their ports, its assignment;
+    `counts(services)`: how many of its backends answer (None: not checked here)."""
+    owners = sorted(state.by_address[address])
+    allocations = [state.allocations[o] for o in owners]
+    pool = state.pools.get(allocations[0].pool)
+    assignment = state.assignments.get(str(address))
+    ports = sorted(
+        {str(p) for a in allocations for p in a.ports},
+        key=lambda text: (text.split("/")[1], int(text.split("/")[0])),
+    )
+    return {
+        "address": str(address),
+        "pool": allocations[0].pool,
+        "announce": str(pool.announce) if pool else None,
+        "owners": owners,
+        "services": [o for o in owners if o in state.services],
+        "sharing_key": allocations[0].sharing_key,
+        "ports": ports,
+        "node": assignment.node if assignment else None,
+        "epoch": assignment.epoch if assignment else None,
+        "since": assignment.since if assignment else None,
+        "releasing": assignment.releasing if assignment else None,
+        "previous": assignment.previous if assignment else None,
+        "reason": str(assignment.reason) if assignment and assignment.reason else None,
+        "dead_for": assignment.dead_for if assignment else None,
+        # bgp VIPs: owned by nobody, announced by every able node; this one or not.
+        "bgp_announced_here": (
+            f"{address}/{address.max_prefixlen}" in announced
+            if announced is not None and pool is not None and pool.announce == "bgp"
+            else None
+        ),
+        "backends": counts([state.services[o] for o in owners if o in state.services]),
+    }
+
+
 def vips_view(
     state: StateView,
     healthy: Callable[[str, Backend], bool] | None = None,
     announced: set[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per allocated address: pool, mode, owners, services and their ports; with
-    `healthy` (this node's health checks), how many of its backends answer."""
-    out = []
-    for address in sorted(state.by_address, key=lambda a: (a.version, int(a))):
-        owners = sorted(state.by_address[address])
-        allocations = [state.allocations[o] for o in owners]
-        pool = state.pools.get(allocations[0].pool)
-        assignment = state.assignments.get(str(address))
-        ports = sorted(
-            {str(p) for a in allocations for p in a.ports},
-            key=lambda text: (text.split("/")[1], int(text.split("/")[0])),
-        )
-        out.append(
-            {
-                "address": str(address),
-                "pool": allocations[0].pool,
-                "announce": str(pool.announce) if pool else None,
-                "owners": owners,
-                "services": [o for o in owners if o in state.services],
-                "sharing_key": allocations[0].sharing_key,
-                "ports": ports,
-                "node": assignment.node if assignment else None,
-                "epoch": assignment.epoch if assignment else None,
-                "since": assignment.since if assignment else None,
-                "releasing": assignment.releasing if assignment else None,
-                "previous": assignment.previous if assignment else None,
-                "reason": str(assignment.reason) if assignment and assignment.reason else None,
-                "dead_for": assignment.dead_for if assignment else None,
-                # bgp VIPs: owned by nobody, announced by every able node; this one or not.
-                "bgp_announced_here": (
-                    f"{address}/{address.max_prefixlen}" in announced
-                    if announced is not None and pool is not None and pool.announce == "bgp"
-                    else None
-                ),
-                "backends": backend_counts(
-                    [state.services[o] for o in owners if o in state.services], healthy
+    """One entry per allocated address (`vip_entry`); with `healthy` (this node's health
+    checks), how many of its backends answer."""
+
+    def counts(services: list[Service]) -> dict[str, int] | None:
+        return backend_counts(services, healthy) if healthy is not None else None
+
+    order = sorted(state.by_address, key=lambda a: (a.version, int(a)))
+    return [vip_entry(state, address, counts, announced) for address in order]
+
+
+class VipsCache:
+    """`GET /v1/vips` at thousands of VIPs: each entry is kept encoded and made again only when
+    one of its parts changed (its allocations, assignment, pool, services, or the health of
+    their backends, by `version_of(service id)`). Building all 5,000 entries took ~0.7 s."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[IPAddress, tuple[tuple[Any, ...], bytes]] = {}
+        self.built = 0  # entries made (again): what the cache saves shows here
+
+    def body(
+        self,
+        state: StateView,
+        healthy: Callable[[str, Backend], bool] | None,
+        announced: set[str] | None,
+        version_of: Callable[[str], int] | None,
+    ) -> bytes:
+        def counts(services: list[Service]) -> dict[str, int] | None:
+            return backend_counts(services, healthy) if healthy is not None else None
+
+        with self._lock:
+            entries: dict[IPAddress, tuple[tuple[Any, ...], bytes]] = {}
+            parts = []
+            for address in sorted(state.by_address, key=lambda a: (a.version, int(a))):
+                owners = sorted(state.by_address[address])
+                # The parts themselves (the key keeps them alive), compared by identity: the
+                # state's objects are frozen and replaced, never changed in place.
+                key = (
+                    *(state.allocations[o] for o in owners),
+                    *(state.services.get(o) for o in owners),
+                    *((version_of(o) for o in owners) if version_of else ()),
+                    state.assignments.get(str(address)),
+                    state.pools.get(state.allocations[owners[0]].pool),
+                    announced is not None and f"{address}/{address.max_prefixlen}" in announced,
+                    healthy is None,
                 )
-                if healthy is not None
-                else None,
-            }
-        )
-    return out
+                cached = self._entries.get(address)
+                if cached is None or not _same(cached[0], key):
+                    entry = vip_entry(state, address, counts, announced)
+                    cached = (key, json.dumps(entry).encode())
+                    self.built += 1
+                entries[address] = cached
+                parts.append(cached[1])
+            self._entries = entries
+        return b"[" + b",".join(parts) + b"]"
+
+
+def _same(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
+    return len(old) == len(new) and all(a is b or a == b for a, b in zip(old, new, strict=True))
 
 
 def _rounded(value: float | None) -> float | None:
