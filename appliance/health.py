@@ -31,6 +31,7 @@ from appliance.model import (
     Protocol,
     Service,
     TrafficPolicy,
+    address_text,
 )
 
 log = logging.getLogger("raftlb.health")
@@ -88,10 +89,15 @@ def target(
     spec = service.spec
     check = spec.health_check
     if spec.traffic_policy == TrafficPolicy.LOCAL and spec.health_check_node_port:
-        return str(backend.address), spec.health_check_node_port, HealthCheckType.HTTP, "/healthz"
+        return (
+            address_text(backend.address),
+            spec.health_check_node_port,
+            HealthCheckType.HTTP,
+            "/healthz",
+        )
     if protocol == Protocol.UDP:
-        return str(backend.address), backend.port, HealthCheckType.NONE, check.path
-    return str(backend.address), backend.port, check.type, check.path
+        return address_text(backend.address), backend.port, HealthCheckType.NONE, check.path
+    return address_text(backend.address), backend.port, check.type, check.path
 
 
 async def check_tcp(host: str, port: int, timeout: float) -> tuple[bool, str]:
@@ -154,7 +160,7 @@ class HealthChecker:
         self._versions: dict[str, int] = {}  # service id -> bumped at each health change
 
     def healthy(self, service_id: str, backend: Backend) -> bool:
-        track = self.tracks.get((service_id, str(backend.address), backend.port))
+        track = self.tracks.get((service_id, address_text(backend.address), backend.port))
         return track is None or track.healthy
 
     def of_service(self, service_id: str) -> list[dict[str, object]]:
@@ -190,7 +196,7 @@ class HealthChecker:
             self._seen[sid] = service
             for port in service.spec.ports:
                 for backend in port.backends:
-                    wanted[(sid, str(backend.address), backend.port)] = (
+                    wanted[(sid, address_text(backend.address), backend.port)] = (
                         service,
                         backend,
                         port.protocol,

@@ -11,6 +11,7 @@ This module imports nothing of the project so that every package may use it.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import itertools
 import json
@@ -107,6 +108,13 @@ class HealthCheckType(StrEnum):
 
 def family_of(address: IPAddress) -> IPFamily:
     return IPFamily.IPV4 if address.version == 4 else IPFamily.IPV6
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def address_text(address: IPAddress) -> str:
+    """`str(address)`, remembered: the standard library compresses an IPv6 address's text anew
+    each time (~25 us), and views and reconcile passes ask it for thousands of VIPs."""
+    return str(address)
 
 
 def address_from_int(version: int) -> type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]:

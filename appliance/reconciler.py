@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 
 from appliance.dataplane.render import Forward, forwards
-from appliance.model import Assignment, Backend, IPAddress, Pool, Service
+from appliance.model import Assignment, Backend, IPAddress, Pool, Service, address_text
 from appliance.routing import serves
 from raft.ownership import lease_deadline
 from raft.state import StateView
@@ -110,7 +110,7 @@ class Reconciler:
         )
         if full:
             affected = self._everything(view)
-            self.vip_of = {sid: str(s.address) for sid, s in view.services.items()}
+            self.vip_of = {sid: address_text(s.address) for sid, s in view.services.items()}
             self.full_steps += 1
         else:
             assert changes is not None and health_changed is not None
@@ -196,7 +196,7 @@ class Reconciler:
             self.rules.pop(vip, None)
 
     def _everything(self, view: StateView) -> set[str]:
-        vips = {str(s.address) for s in view.services.values()}
+        vips = {address_text(s.address) for s in view.services.values()}
         vips |= set(view.assignments.keys()) | set(view.routed.keys())
         return vips | set(self.held) | set(self.announced) | set(self.rules) | set(self.draining)
 
@@ -209,8 +209,8 @@ class Reconciler:
                 vips.add(old)
             service = view.services.get(sid)
             if service is not None:
-                self.vip_of[sid] = str(service.address)
-                vips.add(str(service.address))
+                self.vip_of[sid] = address_text(service.address)
+                vips.add(address_text(service.address))
         return vips
 
     def _acks(self, view: StateView, held: frozenset[str], now: float) -> list[str]:

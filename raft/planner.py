@@ -21,7 +21,7 @@ import ipaddress
 import math
 from collections.abc import Iterable, Mapping, Set
 
-from appliance.model import Assignment, ChangeReason, IPAddress, Service
+from appliance.model import Assignment, ChangeReason, IPAddress, Service, address_text
 from raft.commands import AssignVips, Placement
 from raft.scheduler import NodeFacts, VipDemand, schedule
 from raft.state import StateView
@@ -45,7 +45,7 @@ def vip_demands(services: Mapping[str, Service]) -> list[VipDemand]:
     """One demand per service address."""
     by_vip: dict[str, list[Service]] = {}
     for service in services.values():
-        by_vip.setdefault(str(service.address), []).append(service)
+        by_vip.setdefault(address_text(service.address), []).append(service)
     out = []
     for vip in sorted(by_vip):
         demand = demand_of(vip, by_vip[vip][0].address, by_vip[vip])
@@ -212,9 +212,11 @@ class LeaderPlanner:
         return decision
 
     def _rebuild(self, view: StateView) -> None:
-        owned = {k: s for k, s in view.services.items() if str(s.address) not in view.routed}
+        owned = {
+            k: s for k, s in view.services.items() if address_text(s.address) not in view.routed
+        }
         self._demands = {d.vip: d for d in vip_demands(owned)}
-        self._vip_of = {k: str(s.address) for k, s in owned.items()}
+        self._vip_of = {k: address_text(s.address) for k, s in owned.items()}
 
     def _update(self, view: StateView, service_ids: Set[str]) -> set[str]:
         """Refresh the demands of the VIPs the changed services were or are on."""
@@ -224,9 +226,9 @@ class LeaderPlanner:
             if old is not None:
                 vips.add(old)
             service = view.services.get(sid)
-            if service is not None and str(service.address) not in view.routed:
-                self._vip_of[sid] = str(service.address)
-                vips.add(str(service.address))
+            if service is not None and address_text(service.address) not in view.routed:
+                self._vip_of[sid] = address_text(service.address)
+                vips.add(address_text(service.address))
         for vip in vips:
             demand = None
             if vip not in view.routed:

@@ -33,6 +33,7 @@ from appliance.model import (
     MemberReport,
     Pool,
     Service,
+    address_text,
 )
 from raft import ipam, ownership
 from raft.changelog import ChangeLog, Changes, LogReader
@@ -222,7 +223,7 @@ class ClusterState:
                 self.services = self.services.set(spec.id, service)
                 self.log.note("services", spec.id)
                 # The submitter rebuilds the whole service from its spec (appliance.api).
-                return {"service": {"id": spec.id, "address": str(allocation.address)}}
+                return {"service": {"id": spec.id, "address": address_text(allocation.address)}}
             case DeleteService(id=service_id):
                 if service_id not in self.services:
                     raise CommandError("not_found", f"service {service_id!r} does not exist")
@@ -266,7 +267,7 @@ class ClusterState:
                 self._route(self.allocations[owner].address, pool)
 
     def _route(self, address: IPAddress, pool: Pool | None) -> None:
-        vip = str(address)
+        vip = address_text(address)
         if pool is not None and pool.announce == AnnounceMode.BGP:
             if self.routed.get(vip) != pool.name:
                 self.routed = self.routed.set(vip, pool.name)

@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from appliance.model import Affinity, Backend, IPAddress, Service
+from appliance.model import Affinity, Backend, IPAddress, Service, address_text
 
 TABLE = "raftlb"
 COMMENT = "managed by the raftlb agent: changes made by hand are undone"
@@ -126,8 +126,8 @@ def _quote(text: str) -> str:
 
 def _to(target: Target) -> str:
     if target.address.version == 6:
-        return f"[{target.address}]:{target.port}"
-    return f"{target.address}:{target.port}"
+        return f"[{address_text(target.address)}]:{target.port}"
+    return f"{address_text(target.address)}:{target.port}"
 
 
 def _pick(forward: Forward, total: int) -> str:
@@ -145,7 +145,7 @@ def _dnat_map(forward: Forward) -> str:
     for target in forward.targets:
         end = start + target.weight - 1
         key = str(start) if end == start else f"{start}-{end}"
-        entries.append(f"{key} : {target.address} . {target.port}")
+        entries.append(f"{key} : {address_text(target.address)} . {target.port}")
         start = end + 1
     return f"dnat {_family(forward.vip)} to {_pick(forward, start)} map {{ {', '.join(entries)} }}"
 
@@ -178,7 +178,7 @@ def chain_name(forward: Forward) -> str:
 
 
 def _key(forward: Forward) -> str:
-    return f"{forward.vip} . {forward.protocol} . {forward.port}"
+    return f"{address_text(forward.vip)} . {forward.protocol} . {forward.port}"
 
 
 def _map(address: IPAddress) -> str:
@@ -306,7 +306,7 @@ def render(
             body += [f"\tchain {chain_name(f)} {{", *(f"\t\t{r}" for r in _rules(f)), "\t}"]
         lines += _replace(shard, body)
     for family in (4, 6):
-        addresses = [str(v) for v in vips if v.version == family]
+        addresses = [address_text(v) for v in vips if v.version == family]
         lines += _chunks(f"add element inet {table} vips{family}", addresses)
     for shard, forwards_of_shard in by_shard.items():
         for family in (4, 6):
@@ -338,9 +338,9 @@ def render_delta(current: ForwardMap, changes: ForwardMap, table: str = TABLE) -
             continue
         shard = shard_table(vip, table)
         if new and not old:
-            adds_elem.setdefault((table, _vips(vip)), []).append(str(vip))
+            adds_elem.setdefault((table, _vips(vip)), []).append(address_text(vip))
         elif old and not new:
-            dels_elem.setdefault((table, _vips(vip)), []).append(str(vip))
+            dels_elem.setdefault((table, _vips(vip)), []).append(address_text(vip))
         for key in sorted(new.keys() | old.keys()):
             before, after = old.get(key), new.get(key)
             if before == after:
