@@ -182,6 +182,8 @@ class OwnershipLoops:
                 continue  # not yet applied everything inherited from the previous leader
             liveness.observe(now, state.renewals)
             alive = {n for n in self.members if liveness.alive(n, now)}
+            warmup = self.timing.warmup
+            warming = {n for n in alive if not liveness.settled(n, now, warmup)}
             started = time.perf_counter()
             decision = planner.plan(
                 state,
@@ -190,6 +192,7 @@ class OwnershipLoops:
                 time.time(),
                 liveness.marks(),
                 {n: liveness.age(n, now) for n in self.members},
+                warming,
             )
             self.metrics.plan_seconds.observe(time.perf_counter() - started)
             if decision is None:

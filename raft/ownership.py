@@ -140,6 +140,8 @@ class Liveness:
     def __init__(self, dead_after: float) -> None:
         self.dead_after = dead_after
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
+        # Since when each node has been renewing without a gap, in the same incarnation.
+        self._since: dict[str, float] = {}
 
     def reset(
         self, now: float, renewals: Mapping[str, LeaseRenewal], seen: Liveness | None = None
@@ -147,15 +149,32 @@ class Liveness:
         """A new leader (rule 5): each node as `seen` observed its current renewal, else now."""
         known = seen._seen if seen is not None else {}
         self._seen = {}
+        self._since = {}
         for node, renewal in renewals.items():
             mark, at = known.get(node, (renewal.mark(), now))
             self._seen[node] = (mark, at) if mark == renewal.mark() else (renewal.mark(), now)
+            since = seen._since.get(node) if seen is not None else None
+            self._since[node] = since if since is not None and mark == renewal.mark() else now
 
     def observe(self, now: float, renewals: Mapping[str, LeaseRenewal]) -> None:
         for node, renewal in renewals.items():
             seen = self._seen.get(node)
             if seen is None or seen[0] != renewal.mark():
+                # A restart (new incarnation) or a gap past dead_after starts a new streak.
+                if (
+                    seen is None
+                    or seen[0][0] != renewal.incarnation
+                    or now - seen[1] > self.dead_after
+                ):
+                    self._since[node] = now
                 self._seen[node] = (renewal.mark(), now)
+
+    def settled(self, node: str, now: float, warmup: float) -> bool:
+        """Alive, and renewing for `warmup` seconds without a gap (a node back from a restart
+        loads its state and the leader's snapshot first: VIPs given to it then were lost
+        again when it stalled doing so)."""
+        since = self._since.get(node)
+        return self.alive(node, now) and since is not None and now - since >= warmup
 
     def alive(self, node: str, now: float) -> bool:
         seen = self._seen.get(node)

@@ -65,15 +65,52 @@ def decide(
     ages: Mapping[str, float | None] | None = None,
     only: Set[str] | None = None,
     base: Mapping[str, tuple[int, int]] | None = None,
+    max_moves: int | None = None,
+    warming: Set[str] = frozenset(),
 ) -> AssignVips | None:
     """The leader's next decision, or None when the committed assignment is already right.
 
     With `only`, just those VIPs are placed (without rebalancing), among the others' loads
     given per node in `base`. Each placement says why (`ChangeReason`); taking a VIP from a
     dead owner also says how long the leader had not seen that owner renew (`ages`, by the
-    leader's clock), so that a failover's duration can be shown and counted.
+    leader's clock), so that a failover's duration can be shown and counted. At most
+    `max_moves` planned moves (drain, rebalance) start in one decision (see LeaderPlanner).
     """
-    nodes = [NodeFacts(n, alive=n in alive, drained=n in drained) for n in members]
+    return _decide(
+        members,
+        drained,
+        demands,
+        assignments,
+        alive,
+        at,
+        based_on,
+        ages,
+        only,
+        base,
+        max_moves,
+        warming,
+    )[0]
+
+
+def _decide(
+    members: list[str],
+    drained: Set[str],
+    demands: Mapping[str, VipDemand],
+    assignments: Mapping[str, Assignment],
+    alive: Set[str],
+    at: float,
+    based_on: Mapping[str, tuple[int, int]],
+    ages: Mapping[str, float | None] | None,
+    only: Set[str] | None,
+    base: Mapping[str, tuple[int, int]] | None,
+    max_moves: int | None,
+    warming: Set[str],
+) -> tuple[AssignVips | None, bool]:
+    """`decide`, and whether planned moves were held back by `max_moves`."""
+    nodes = [
+        NodeFacts(n, alive=n in alive, drained=n in drained, settled=n not in warming)
+        for n in members
+    ]
     if only is None:
         wanted = list(demands.values())
     else:
@@ -83,6 +120,7 @@ def decide(
     previous = {d.vip: a.node for d in wanted if (a := assignments.get(d.vip)) is not None}
     target = schedule(nodes, wanted, previous, base=base, rebalance=only is None)
     placements: dict[str, Placement] = {}
+    moves, capped = 0, False
 
     def moving(node: str) -> ChangeReason:
         return ChangeReason.DRAIN if node in drained else ChangeReason.REBALANCE
@@ -95,6 +133,10 @@ def decide(
             continue
         if node is not None and node != want and node in alive:
             # break before make
+            if max_moves is not None and moves >= max_moves:
+                capped = True
+                continue
+            moves += 1
             placements[vip] = Placement(node=None, releasing=node, reason=moving(node))
         elif releasing is not None and releasing in alive and releasing != want:
             continue  # wait for the old owner's acknowledgement
@@ -120,8 +162,8 @@ def decide(
                 else Placement(node=None, reason=ChangeReason.REMOVED)
             )
     if not placements:
-        return None
-    return AssignVips(placements=placements, based_on=dict(based_on), at=at)
+        return None, capped
+    return AssignVips(placements=placements, based_on=dict(based_on), at=at), capped
 
 
 def plan_assignments(
@@ -139,12 +181,27 @@ def plan_assignments(
     return decide(members, drained, demands, assignments, alive, at, based_on, ages)
 
 
+# Planned moves (drain, rebalance) started per decision, one decision every `move_every`: a
+# node back after a restart took 1,667 VIPs in one decision, and the burst (thousands of
+# releases, acknowledgements, rules and announcements on every node at once) stalled Raft
+# long enough for leases to lapse. A failover (dead owner) is never held back.
+MAX_MOVES = 200
+
+
 class LeaderPlanner:
     """`decide`, kept up to date change by change (see the module docstring)."""
 
-    def __init__(self, members: list[str], full_every: float = 5.0) -> None:
+    def __init__(
+        self,
+        members: list[str],
+        full_every: float = 5.0,
+        max_moves: int = MAX_MOVES,
+        move_every: float = 0.5,
+    ) -> None:
         self.members = sorted(members)
         self.full_every = full_every
+        self.max_moves = max_moves
+        self.move_every = move_every
         self.full_passes = 0
         self.partial_passes = 0
         self.reset()
@@ -152,12 +209,13 @@ class LeaderPlanner:
     def reset(self) -> None:
         """Forget everything: the next plan is a full pass (a new leadership)."""
         self._revision: int | None = None
-        self._facts: tuple[frozenset[str], frozenset[str]] | None = None
+        self._facts: tuple[frozenset[str], frozenset[str], frozenset[str]] | None = None
         self._demands: dict[str, VipDemand] = {}
         self._vip_of: dict[str, str] = {}  # service id -> its address (text), as planned
         self._last_full = -math.inf
         self._since_full = False
         self._retry: set[str] = set()  # VIPs of the last decision: re-checked next time
+        self._more_moves_at: float | None = None  # planned moves held back: next full pass
 
     def plan(
         self,
@@ -167,16 +225,19 @@ class LeaderPlanner:
         at: float,
         based_on: Mapping[str, tuple[int, int]],
         ages: Mapping[str, float | None] | None = None,
+        warming: Set[str] = frozenset(),
     ) -> AssignVips | None:
         """The next decision (None: nothing to change). `now` is the leader's monotonic clock,
-        `at` its unix time (shown as `since`)."""
-        facts = (frozenset(alive), frozenset(view.drained))
+        `at` its unix time (shown as `since`); `warming`: alive nodes back so recently that
+        they get VIPs only when nobody else may take them."""
+        facts = (frozenset(alive), frozenset(view.drained), frozenset(warming))
         changes = None if self._revision is None else view.changes_since(self._revision)
         full = (
             changes is None
             or facts != self._facts
             or bool(changes.pools)
             or (self._since_full and now - self._last_full >= self.full_every)
+            or (self._more_moves_at is not None and now >= self._more_moves_at)
         )
         only: set[str] | None = None
         base: dict[str, tuple[int, int]] | None = None
@@ -196,7 +257,7 @@ class LeaderPlanner:
             base = self._base_loads(view, only)
             self.partial_passes += 1
         self._revision, self._facts = view.revision, facts
-        decision = decide(
+        decision, capped = _decide(
             self.members,
             view.drained,
             self._demands,
@@ -205,9 +266,13 @@ class LeaderPlanner:
             at,
             based_on,
             ages,
-            only=only,
-            base=base,
+            only,
+            base,
+            self.max_moves,
+            warming,
         )
+        if full:
+            self._more_moves_at = now + self.move_every if capped else None
         self._retry = set(decision.placements) if decision is not None else set()
         return decision
 

@@ -38,6 +38,9 @@ class NodeFacts:
     in_quorum: bool = True
     drained: bool = False
     weight: int = 1
+    # False while a node warms up (back from a restart): it gets VIPs only when no settled
+    # node may take them, and none by rebalancing.
+    settled: bool = True
 
     @property
     def eligible(self) -> bool:
@@ -99,12 +102,20 @@ def schedule(
     eligible = sorted((n for n in nodes if n.eligible), key=lambda n: n.id)
     all_ids = [n.id for n in eligible]
     ids = frozenset(all_ids)
+    settled_ids = [n.id for n in eligible if n.settled]
     demands = sorted(vips, key=lambda d: (d.sort_key, d.vip))
     loads = _Loads(eligible, base)
     owner: dict[str, str | None] = {}
-    options: dict[str, list[str]] = {
-        d.vip: all_ids if d.allowed is None else sorted(ids & d.allowed) for d in demands
-    }
+
+    def choose(pool: list[str], allowed: frozenset[str] | None) -> list[str]:
+        return pool if allowed is None else [n for n in pool if n in allowed]
+
+    # Orphans go to settled nodes when one may take them; rebalancing moves only to them.
+    options: dict[str, list[str]] = {}
+    moves: dict[str, list[str]] = {}
+    for d in demands:
+        moves[d.vip] = choose(settled_ids, d.allowed)
+        options[d.vip] = moves[d.vip] or choose(all_ids, d.allowed)
 
     # 2. Keep what can stay.
     for demand in demands:
@@ -125,7 +136,7 @@ def schedule(
         loads.add(best, demand)
     # 4. Rebalance while a move strictly lowers the most loaded node below its old load.
     if rebalance:
-        _Rebalance(owner, {d.vip: d for d in demands}, loads, options).run(
+        _Rebalance(owner, {d.vip: d for d in demands}, loads, moves).run(
             len(demands) * max(1, len(eligible))
         )
     return owner

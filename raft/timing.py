@@ -31,6 +31,13 @@ class TimingProfile:
     margin: float = 0.05
 
     @property
+    def warmup(self) -> float:
+        """How long a node back from a restart (or a gap) renews before it gets VIPs from
+        other nodes: it loads its state and perhaps the leader's snapshot first, which
+        stalls it for a second or two at thousands of services."""
+        return max(5.0, 5 * self.dead_after)
+
+    @property
     def dead_after(self) -> float:
         """How long the leader waits without a renewal before reassigning a node's VIPs."""
         return self.lease * (1 + self.drift) + self.margin

@@ -216,3 +216,28 @@ def test_ownership_survives_the_dump() -> None:
     assert again.renewals == state.renewals
     assert again.drained == {"n1"}
     assert isinstance(again.renewals["n1"], LeaseRenewal)
+
+
+def test_a_node_is_settled_after_renewing_for_the_warmup_without_a_gap() -> None:
+    live = Liveness(dead_after=0.85)
+    seq = 0
+
+    def renew_until(end: float, start: float, incarnation: int = 1) -> None:
+        nonlocal seq
+        now = start
+        while now <= end + 1e-9:
+            seq += 1
+            mark = LeaseRenewal(node="n1", incarnation=incarnation, seq=seq, sent_at=now)
+            live.observe(now, {"n1": mark})
+            now = round(now + 0.1, 6)
+
+    renew_until(4.0, 0.0)
+    assert not live.settled("n1", 4.0, warmup=5.0)
+    renew_until(5.0, 4.1)
+    assert live.settled("n1", 5.0, warmup=5.0)
+    renew_until(6.0, 5.1, incarnation=2)  # restarted: a new incarnation starts over
+    assert not live.settled("n1", 6.0, warmup=5.0)
+    renew_until(10.1, 6.1, incarnation=2)
+    assert live.settled("n1", 10.1, warmup=5.0)
+    renew_until(12.0, 12.0, incarnation=2)  # a gap past dead_after starts over too
+    assert not live.settled("n1", 12.0, warmup=5.0)

@@ -161,3 +161,32 @@ def test_a_write_plans_only_what_it_changed() -> None:
     assert planner.full_passes == before + 1
     assert moved == sum(1 for a in state.assignments.values() if a.previous == "n2")
     assert all(a.node != "n2" for a in state.assignments.values())
+
+
+def test_a_returning_node_takes_its_share_in_paced_steps() -> None:
+    """600 VIPs on two nodes, the third comes back: at most MAX_MOVES planned moves start per
+    decision, the next ones `move_every` later, until the three are balanced."""
+    state = ClusterState()
+    assert state.apply(pool())["ok"]
+    planner = LeaderPlanner(MEMBERS, full_every=1e9, max_moves=50, move_every=0.5)
+    for i in range(300):
+        assert state.apply(put(i))["ok"]
+    settle(state, planner, {"n1", "n2"}, 0.0)
+    moves = []
+    now = 10.0
+    for _ in range(20):
+        decision = planner.plan(state.snapshot(), set(MEMBERS), now, now, {})
+        started = [p for p in (decision.placements.values() if decision else []) if p.releasing]
+        moves.append(len(started))
+        if decision is not None:
+            assert state.apply(decision.model_dump(mode="json"))["ok"]
+            for vip, p in decision.placements.items():
+                if p.releasing:
+                    ack = {"v": 1, "type": "vips.released", "node": p.releasing, "vips": [vip]}
+                    assert state.apply(ack)["ok"]
+            settle(state, planner, set(MEMBERS), now)  # the second halves
+        now += 0.5
+    counts = Counter(a.node for a in state.assignments.values())
+    assert sorted(counts.values()) == [100, 100, 100]
+    assert max(moves) == 50 and sum(moves) == 100
+    assert {a.reason for a in state.assignments.values() if a.node == "n3"} == {"rebalance"}

@@ -159,3 +159,19 @@ def test_rebalance_cost_grows_like_n_log_n() -> None:
         assert max(counts) - min(counts) <= 1
     # x16 VIPs: x16 log(1600)/log(100) ~ x26 for N log N; quadratic would be x256.
     assert cost[1600] < 40 * cost[100], cost
+
+
+def test_a_warming_node_gets_vips_only_when_no_settled_node_may_take_them() -> None:
+    nodes = [NodeFacts("n1"), NodeFacts("n2"), NodeFacts("n3", settled=False)]
+    demands = vips(9)
+    owners = schedule(nodes, demands, {})
+    assert set(owners.values()) == {"n1", "n2"}  # new VIPs: the settled nodes
+    again = schedule(nodes, demands, owners)
+    assert again == owners  # and no rebalancing onto the warming node
+    only_n3 = [VipDemand("192.0.2.99", allowed=frozenset({"n3"}))]
+    assert schedule(nodes, only_n3, {}) == {"192.0.2.99": "n3"}
+    all_warming = [NodeFacts(n, settled=False) for n in ("n1", "n2")]
+    assert set(schedule(all_warming, demands, {}).values()) == {"n1", "n2"}
+    settled = [NodeFacts("n1"), NodeFacts("n2"), NodeFacts("n3")]
+    moved = schedule(settled, demands, owners)
+    assert Counter(moved.values()) == {"n1": 3, "n2": 3, "n3": 3}  # once warm, its share
