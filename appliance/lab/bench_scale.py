@@ -46,6 +46,7 @@ from appliance.lab.scale import (
 )
 
 CHECKPOINTS = (1000, 2000)
+SETTLE = 3.0
 # Low enough that the leader compacts its log while a follower is away for a minute.
 COMPACTION_ENTRIES = 2000
 
@@ -314,6 +315,7 @@ def bench_scale(
             took = write_bulk(client, lab.node_names()[0], done, mark, batch, backends, each)
             done = mark
             wait_services(client, run.nodes, done + 1, timeout=120)  # + the probed one
+            time.sleep(SETTLE)  # measured at N services, not in the tail of the last batches
             results.append(run.checkpoint(done, took, probe_vip))
         write_seconds = time.monotonic() - started
         _stop(prober)
