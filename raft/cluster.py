@@ -138,14 +138,15 @@ class _Dump:
 class ReplicatedState(SyncObjConsumer):  # type: ignore[misc]
     """The pysyncobj consumer: one replicated entry point, a JSON-able full dump.
 
-    `apply` runs on pysyncobj's tick thread; `view()` hands any thread an O(1) snapshot.
+    `apply` runs on pysyncobj's tick thread, the only one that touches the state; after each
+    entry it publishes an O(1) snapshot that `view()` hands to any thread without a lock (a
+    reader waiting for a lock held through a batch's apply stalled the agent's event loop).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._lock = threading.Lock()
         self._state = ClusterState()
-        self._view: StateView | None = None
+        self._view: StateView = self._state.snapshot()
         self.on_change: Callable[[], None] | None = None
         # Called with (seconds, command type, commands in it) after each entry is applied.
         self.on_applied: Callable[[float, str, int], None] | None = None
@@ -153,9 +154,8 @@ class ReplicatedState(SyncObjConsumer):  # type: ignore[misc]
     @replicated  # type: ignore[untyped-decorator]
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        with self._lock:
-            result = self._state.apply(command)
-            self._view = None
+        result = self._state.apply(command)
+        self._view = self._state.snapshot()  # one reference: readers see before or after
         if self.on_applied is not None:
             kind = command.get("type") if isinstance(command, dict) else None
             items = command.get(_ITEMS.get(kind, "")) if isinstance(kind, str) else None
@@ -168,10 +168,7 @@ class ReplicatedState(SyncObjConsumer):  # type: ignore[misc]
         return result
 
     def view(self) -> StateView:
-        with self._lock:
-            if self._view is None:
-                self._view = self._state.snapshot()
-            return self._view
+        return self._view
 
     # pysyncobj pickles what these return into its full dump; a plain dict keeps dumps readable
     # by later versions whatever our classes look like.
@@ -181,9 +178,8 @@ class ReplicatedState(SyncObjConsumer):  # type: ignore[misc]
     def _deserialize(self, data: dict[str, Any]) -> None:
         started = time.monotonic()
         state = ClusterState.from_data(data["state"])
-        with self._lock:
-            self._state = state
-            self._view = None
+        self._state = state
+        self._view = state.snapshot()
         # A restart reading its dump, or a follower too far behind taking the leader's.
         log.info(
             "state loaded from a full dump: %d service(s), %d allocation(s) in %.2fs",
