@@ -1,6 +1,6 @@
 """The nftables ruleset of one node, rendered from what it serves. Pure: no I/O, golden-tested.
 
-Tables owned by raftlb: `inet raftlb` and its shards `inet raftlb_fNN` (see SHARDS). They are
+Tables owned by raftlb: `inet raftlb` and its shards `inet raftlb_f00`-`03` (see SHARDS). They are
 loaded whole (`render`: at start, or when the kernel's copy can no longer be trusted) and
 otherwise changed by delta (`render_delta`): one `nft -f` transaction that names only the VIPs
 that changed, so a change to one service among thousands costs what it costs alone, and other
@@ -42,9 +42,11 @@ CHUNK = 1000
 MAP_ABOVE = 16
 # VIPs' chains are spread over this many tables (by a hash of the VIP), each with its own
 # prerouting chain and verdict maps. On every commit that adds a NAT rule the kernel validates
-# all it can reach from the table's base chains: with every chain in one table that was ~17 ms
-# of a one-service change at 5,000 services x 10 backends; per shard it is a sixteenth.
-SHARDS = 16
+# all it can reach from the table's base chains: a one-service change at 5,000 services x 10
+# backends took 25-36 ms with one table, 15-18 ms with 4, 11-20 ms with 16. Each table's base
+# chain is a netfilter hook registered at a full load, slow where RCU is (an emulated VM took
+# 13.7 s to load 16 empty shards): 4 is the balance.
+SHARDS = 4
 
 
 @dataclass(frozen=True, slots=True)

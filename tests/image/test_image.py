@@ -6,6 +6,7 @@ VM takes from power-on to an active raftlb-agent, and the VIP's failover between
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -195,8 +196,24 @@ def raftlb_json(net: VmNet, seeds: Path, node: Vm, *args: str) -> Any:
         check=False, timeout=60,
     )  # fmt: skip
     if result.returncode != 0:
+        # What the CLI said, for the assertion that follows a None (pytest -s shows it).
+        print(f"raftlb {' '.join(args)} on {node.name}: exit {result.returncode}: {result.stderr}")
         return None
     return json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def journals_on_failure(net: VmNet, vms: list[Vm], key: Path) -> Iterator[None]:
+    """On a failure, print each VM's agent journal (pytest shows it with the failure)."""
+    try:
+        yield
+    except BaseException:
+        for vm in vms:
+            shown = ssh_command(
+                net, vm, key, "sudo journalctl -u raftlb-agent -n 80 --no-pager -o short-precise"
+            )
+            print(f"---- {vm.name}: raftlb-agent journal ----\n{shown.stdout}{shown.stderr}")
+        raise
 
 
 def wait_for(what: str, probe: Any, timeout: float, every: float = 2.0) -> Any:
@@ -235,126 +252,135 @@ def test_three_vms_boot_from_seeds_and_form_a_cluster_that_fails_over(
     print(
         "\npower-on to raftlb-agent active: " + ", ".join(f"{n} {s:.0f} s" for n, s in boot.items())
     )
-    # The data disk holds the Raft state (an upgrade swaps the system disk and keeps it).
-    mount = ssh_command(vmnet, vms[0], key, "findmnt -n -o SOURCE /var/lib/raftlb")
-    assert mount.stdout.strip() == "/dev/vdb", mount.stdout + mount.stderr
+    with journals_on_failure(vmnet, vms, key):
+        # The data disk holds the Raft state (an upgrade swaps the system disk and keeps it).
+        mount = ssh_command(vmnet, vms[0], key, "findmnt -n -o SOURCE /var/lib/raftlb")
+        assert mount.stdout.strip() == "/dev/vdb", mount.stdout + mount.stderr
 
-    def cluster_up() -> Any:
-        status = raftlb_json(vmnet, seeds, vms[0], "status")
-        if status and status["raft"]["leader"] and status["members_connected"] == 3:
-            return status
-        return None
+        def cluster_up() -> Any:
+            status = raftlb_json(vmnet, seeds, vms[0], "status")
+            if status and status["raft"]["leader"] and status["members_connected"] == 3:
+                return status
+            return None
 
-    status = wait_for("a leader and 3 connected members", cluster_up, 300)
-    print(
-        f"cluster formed: leader {status['raft']['leader']}, "
-        f"{time.monotonic() - vms[0].started:.0f} s after power-on"
-    )
-
-    # A service on the VIP, its backend on the LAN (the test host), reached from the LAN.
-    backend = subprocess.Popen(
-        ["ip", "netns", "exec", vmnet.name,
-         sys.executable, "-m", "http.server", "8000", "--bind", GATEWAY4],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        backends = [{"address": GATEWAY4, "port": 8000}]
-        service = {"id": "img/web", "pool": "lan", "ports": [{"port": 80, "backends": backends}]}
-        spec = tmp_path / "web.yaml"
-        spec.write_text(yaml.safe_dump(service))
-        assert raftlb_json(vmnet, seeds, vms[1], "services", "apply", "-f", str(spec)) is not None
-        vip = wait_for("the service's VIP", lambda: _vip(vmnet, seeds, vms[1]), 120)
-
-        def answered() -> bool:
-            result = vmnet.ns(
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "3",
-                f"http://{vip}/",
-                check=False,
-                timeout=30,
-            )
-            return result.stdout == "200"
-
-        wait_for(f"an answer through the VIP {vip}", answered, 180, every=1)
-
-        # The same backend behind a BGP VIP: the router learns it from every VM (ECMP), as
-        # exabgp runs inside the image as the agent's unprivileged child.
-        routed = {**service, "id": "img/routed", "pool": "routed"}
-        spec.write_text(yaml.safe_dump(routed))
-        assert raftlb_json(vmnet, seeds, vms[1], "services", "apply", "-f", str(spec)) is not None
-        routed_vip = wait_for(
-            "the routed VIP", lambda: _vip(vmnet, seeds, vms[1], "img/routed"), 120
-        )
-        everyone = {vm.address for vm in vms}
-        wait_for(
-            f"a route to {routed_vip} via all three VMs",
-            lambda: nexthops(vmnet, routed_vip) == everyone,
-            180,
-        )
-        routed_answer = vmnet.ns(
-            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
-            f"http://{routed_vip}/", check=False, timeout=30,
-        )  # fmt: skip
-        assert routed_answer.stdout == "200"
-        print(f"BGP VIP {routed_vip}: routed by the LAN's router via {sorted(everyone)}")
-        owner = _owner(vmnet, seeds, vms[1], vip)
-        victim = next(vm for vm in vms if vm.name == owner)
-        survivor = next(vm for vm in vms if vm is not victim)
-        # sync: a power-off loses what the guest's page cache had not written yet.
-        marker = ssh_command(
-            vmnet, victim, key, "sudo sh -c 'touch /var/lib/raftlb/before-upgrade && sync'"
-        )
-        assert marker.returncode == 0, marker.stderr
-        killed = time.monotonic()
-        vmnet.kill(victim)
-        # The LAN keeps the dead owner's MAC until the new owner's gratuitous ARP replaces it.
-        wait_for("the VIP answered by another VM", answered, 180, every=0.2)
+        status = wait_for("a leader and 3 connected members", cluster_up, 300)
         print(
-            f"VIP {vip}: owner {owner} powered off, answered again after "
-            f"{time.monotonic() - killed:.1f} s (emulated VMs)"
+            f"cluster formed: leader {status['raft']['leader']}, "
+            f"{time.monotonic() - vms[0].started:.0f} s after power-on"
         )
-        new_owner = wait_for(
-            "a new owner", lambda: (o := _owner(vmnet, seeds, survivor, vip)) != owner and o, 60
-        )
-        assert new_owner in {vm.name for vm in vms} - {owner}
 
-        # images/README.md's upgrade: the node comes back on a new system disk with its data
-        # disk and seed; it rejoins with its Raft journal (the data disk is not reformatted).
-        vmnet.replace_system_disk(victim, built_image.path)
-        back = wait_until_active(vmnet, victim, key, time.monotonic() + BOOT_TIMEOUT)
-        kept = ssh_command(vmnet, victim, key, "sudo test -e /var/lib/raftlb/before-upgrade")
-        assert kept.returncode == 0, "the data disk was reformatted or not mounted"
-        rejoined = wait_for(
-            f"{victim.name} back in the cluster",
-            lambda: (
-                (st := raftlb_json(vmnet, seeds, victim, "status"))
-                and st["raft"]["leader"]
-                and st["members_connected"] == 3
-                and st
-            ),
-            300,
-        )
-        print(f"{victim.name} on a new system disk: agent active after {back:.0f} s, rejoined")
-        assert rejoined["services"] == 2  # the state it had, plus what it missed
+        # A service on the VIP, its backend on the LAN (the test host), reached from the LAN.
+        backend = subprocess.Popen(
+            ["ip", "netns", "exec", vmnet.name,
+             sys.executable, "-m", "http.server", "8000", "--bind", GATEWAY4],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            backends = [{"address": GATEWAY4, "port": 8000}]
+            service = {
+                "id": "img/web",
+                "pool": "lan",
+                "ports": [{"port": 80, "backends": backends}],
+            }
+            spec = tmp_path / "web.yaml"
+            spec.write_text(yaml.safe_dump(service))
+            assert (
+                raftlb_json(vmnet, seeds, vms[1], "services", "apply", "-f", str(spec)) is not None
+            )
+            vip = wait_for("the service's VIP", lambda: _vip(vmnet, seeds, vms[1]), 120)
 
-        # Then a planned move: drain the VIP's owner while a client keeps asking.
-        drained = _owner(vmnet, seeds, survivor, vip)
-        assert drained is not None
-        failures = drain_under_load(vmnet, seeds, survivor, drained, vip, answered)
-        print(f"drain of {drained}: {failures[0]} failed of {failures[1]} requests")
-        assert failures[0] == 0
-        assert raftlb_json(vmnet, seeds, survivor, "nodes", "undrain", drained) is not None
-    finally:
-        backend.kill()
-        backend.wait(timeout=10)
-        bird.kill()
-        bird.wait(timeout=10)
+            def answered() -> bool:
+                result = vmnet.ns(
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "3",
+                    f"http://{vip}/",
+                    check=False,
+                    timeout=30,
+                )
+                return result.stdout == "200"
+
+            wait_for(f"an answer through the VIP {vip}", answered, 180, every=1)
+
+            # The same backend behind a BGP VIP: the router learns it from every VM (ECMP), as
+            # exabgp runs inside the image as the agent's unprivileged child.
+            routed = {**service, "id": "img/routed", "pool": "routed"}
+            spec.write_text(yaml.safe_dump(routed))
+            assert (
+                raftlb_json(vmnet, seeds, vms[1], "services", "apply", "-f", str(spec)) is not None
+            )
+            routed_vip = wait_for(
+                "the routed VIP", lambda: _vip(vmnet, seeds, vms[1], "img/routed"), 120
+            )
+            everyone = {vm.address for vm in vms}
+            wait_for(
+                f"a route to {routed_vip} via all three VMs",
+                lambda: nexthops(vmnet, routed_vip) == everyone,
+                180,
+            )
+            routed_answer = vmnet.ns(
+                "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                f"http://{routed_vip}/", check=False, timeout=30,
+            )  # fmt: skip
+            assert routed_answer.stdout == "200"
+            print(f"BGP VIP {routed_vip}: routed by the LAN's router via {sorted(everyone)}")
+            owner = _owner(vmnet, seeds, vms[1], vip)
+            victim = next(vm for vm in vms if vm.name == owner)
+            survivor = next(vm for vm in vms if vm is not victim)
+            # sync: a power-off loses what the guest's page cache had not written yet.
+            marker = ssh_command(
+                vmnet, victim, key, "sudo sh -c 'touch /var/lib/raftlb/before-upgrade && sync'"
+            )
+            assert marker.returncode == 0, marker.stderr
+            killed = time.monotonic()
+            vmnet.kill(victim)
+            # The LAN keeps the dead owner's MAC until the new owner's gratuitous ARP replaces it.
+            wait_for("the VIP answered by another VM", answered, 180, every=0.2)
+            print(
+                f"VIP {vip}: owner {owner} powered off, answered again after "
+                f"{time.monotonic() - killed:.1f} s (emulated VMs)"
+            )
+            new_owner = wait_for(
+                "a new owner", lambda: (o := _owner(vmnet, seeds, survivor, vip)) != owner and o, 60
+            )
+            assert new_owner in {vm.name for vm in vms} - {owner}
+
+            # images/README.md's upgrade: the node comes back on a new system disk with its data
+            # disk and seed; it rejoins with its Raft journal (the data disk is not reformatted).
+            vmnet.replace_system_disk(victim, built_image.path)
+            back = wait_until_active(vmnet, victim, key, time.monotonic() + BOOT_TIMEOUT)
+            kept = ssh_command(vmnet, victim, key, "sudo test -e /var/lib/raftlb/before-upgrade")
+            assert kept.returncode == 0, "the data disk was reformatted or not mounted"
+            rejoined = wait_for(
+                f"{victim.name} back in the cluster",
+                lambda: (
+                    (st := raftlb_json(vmnet, seeds, victim, "status"))
+                    and st["raft"]["leader"]
+                    and st["members_connected"] == 3
+                    and st
+                ),
+                300,
+            )
+            print(f"{victim.name} on a new system disk: agent active after {back:.0f} s, rejoined")
+            assert rejoined["services"] == 2  # the state it had, plus what it missed
+
+            # Then a planned move: drain the VIP's owner while a client keeps asking.
+            drained = _owner(vmnet, seeds, survivor, vip)
+            assert drained is not None
+            failures = drain_under_load(vmnet, seeds, survivor, drained, vip, answered)
+            print(f"drain of {drained}: {failures[0]} failed of {failures[1]} requests")
+            assert failures[0] == 0
+            assert raftlb_json(vmnet, seeds, survivor, "nodes", "undrain", drained) is not None
+        finally:
+            backend.kill()
+            backend.wait(timeout=10)
+            bird.kill()
+            bird.wait(timeout=10)
 
 
 def drain_under_load(
