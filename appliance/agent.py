@@ -246,22 +246,31 @@ def build_announcer(config: AgentConfig) -> Announcer:
         ) from None
 
 
-async def serve(config: AgentConfig, cluster: RaftCluster, token: str) -> None:
+def start_dataplane(config: AgentConfig) -> DataPlane:
+    """The forwarding tables with the appliance's firewall, loaded before the Raft and API
+    ports open (they are then never open to everyone), and before anything else runs: the
+    first load also loads the kernel's nftables modules, which took an emulated VM 14 s."""
+    for problem in set_forwarding_sysctls():
+        log.warning("%s", problem)
+    rules, notes = firewall(config)
+    for note in notes:
+        log.warning("firewall: %s", note)
+    dataplane = DataPlane(NftApplier(), rules)
+    dataplane.repair()  # an error is logged and retried by the reconciler
+    return dataplane
+
+
+async def serve(
+    config: AgentConfig, cluster: RaftCluster, token: str, dataplane: DataPlane | None = None
+) -> None:
     """Run the API and the node's loops until SIGTERM/SIGINT."""
     metrics = Metrics(cluster)
     cluster.observe(applied=metrics.applied, tick_lag=metrics.tick_lag_seconds.observe)
-    dataplane = health = None
-    if config.forward == "nftables":
-        for problem in set_forwarding_sysctls():
-            log.warning("%s", problem)
+    health = None
+    if dataplane is not None:
         health = HealthChecker()
-        rules, notes = firewall(config)
-        for note in notes:
-            log.warning("firewall: %s", note)
-        dataplane = DataPlane(
-            NftApplier(),
-            rules,
-            lambda kind, seconds: metrics.ruleset_seconds.labels(kind).observe(seconds),
+        dataplane.observe = lambda kind, seconds: metrics.ruleset_seconds.labels(kind).observe(
+            seconds
         )
     bgp = BgpRoutes(config, config.bgp) if config.announces_bgp and config.bgp else None
     if bgp is not None:
@@ -384,10 +393,16 @@ def run_agent(config: AgentConfig) -> None:
     # calls took a third of a second, past the election timeout. 1 ms keeps ticks short.
     sys.setswitchinterval(0.001)
     gcpolicy.install()
-    # Created on the main thread: pysyncobj's tick thread stops when its creator exits.
-    cluster = RaftCluster(settings)
+    dataplane = start_dataplane(config) if config.forward == "nftables" else None
     try:
-        asyncio.run(serve(config, cluster, token))
+        # Created on the main thread: pysyncobj's tick thread stops when its creator exits.
+        cluster = RaftCluster(settings)
+    except BaseException:
+        if dataplane is not None:
+            dataplane.stop()
+        raise
+    try:
+        asyncio.run(serve(config, cluster, token, dataplane))
     finally:
         cluster.close()
         log.info("stopped")
