@@ -405,4 +405,6 @@ def run_agent(config: AgentConfig) -> None:
         asyncio.run(serve(config, cluster, token, dataplane))
     finally:
         cluster.close()
+        if dataplane is not None and dataplane.loaded:
+            dataplane.stop()  # serve() failed before its loops ran (they remove the tables)
         log.info("stopped")
