@@ -26,17 +26,62 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
+    PlainSerializer,
+    PlainValidator,
     StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import WithJsonSchema
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# The same union as a pydantic field type: one clear error ("not a valid IPv4 or IPv6 address")
-# for a bad value instead of one per member of the union.
-AnyIP = IPvAnyAddress
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def address_text(address: IPAddress) -> str:
+    """`str(address)`, remembered: the standard library compresses an IPv6 address's text anew
+    each time (~25 us), and views and reconcile passes ask it for thousands of VIPs."""
+    return str(address)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address_from_text(text: str) -> IPAddress:
+    # Remembered: a listing of 5,000 services holds 50,000 backend addresses, mostly the same
+    # few node addresses, and pydantic's IPvAnyAddress parsed each anew (trying IPv4 first and
+    # raising for every IPv6 one): most of a sync's cold start. Addresses are immutable.
+    if "%" in text:
+        # A zone id makes "fe80::1%a" and "fe80::1%b" different addresses (one VIP, two
+        # owners) and carries any text (spaces, newlines) into logs, nft and exabgp commands.
+        raise ValueError("an address with a zone id (addr%zone) is not accepted")
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError("value is not a valid IPv4 or IPv6 address") from None
+
+
+def _address(value: Any) -> IPAddress:
+    """An address given as text (or, from Python, as an address): nothing else. pydantic's
+    IPvAnyAddress took `true` as 0.0.0.1 and `0` as 0.0.0.0."""
+    if isinstance(value, str):
+        return _address_from_text(value)
+    if isinstance(value, ipaddress.IPv4Address):
+        return value
+    if isinstance(value, ipaddress.IPv6Address):
+        if value.scope_id is not None:
+            return _address_from_text(str(value))  # refused, with the text's message
+        return value
+    raise ValueError("an address must be a string such as 192.0.2.1 or 2001:db8::1")
+
+
+# The union as a pydantic field type: one clear error for a bad value instead of one per member
+# of the union; serialised to JSON as its text, kept an address object in Python mode.
+AnyIP = Annotated[
+    IPAddress,
+    PlainValidator(_address),
+    PlainSerializer(address_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "ipvanyaddress"}),
+]
 
 # A pool or node name: short, DNS-label-like, safe in URLs, file names and nft identifiers.
 Name = Annotated[
@@ -108,13 +153,6 @@ class HealthCheckType(StrEnum):
 
 def family_of(address: IPAddress) -> IPFamily:
     return IPFamily.IPV4 if address.version == 4 else IPFamily.IPV6
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def address_text(address: IPAddress) -> str:
-    """`str(address)`, remembered: the standard library compresses an IPv6 address's text anew
-    each time (~25 us), and views and reconcile passes ask it for thousands of VIPs."""
-    return str(address)
 
 
 def address_from_int(version: int) -> type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]:

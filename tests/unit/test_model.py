@@ -490,6 +490,10 @@ def test_health_check_timeout_over_interval_names_both() -> None:
         ({"address": "192.0.2.0/24", "port": 80}, False),
         ({"port": 80}, False),
         ({"address": "192.0.2.1", "port": 80, "extra": True}, False),
+        # Only text: pydantic's IPvAnyAddress took false as 0.0.0.0 and 3221225985 as 192.0.2.1.
+        ({"address": False, "port": 80}, False),
+        ({"address": 3221225985, "port": 80}, False),
+        ({"address": "2001:db8::1%eth0", "port": 80}, False),
     ],
 )
 def test_backend_validation(data: dict[str, Any], ok: bool) -> None:
@@ -689,3 +693,28 @@ def test_format_field_errors() -> None:
 )
 def test_family_of(address: str, family: IPFamily) -> None:
     assert family_of(ip(address)) == family
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2001:db8:100::78%x",
+        "2001:db8:100::78%x\nannounce route 203.0.113.7 next-hop 192.0.2.66",
+        "fe80::1%eth0",
+    ],
+)
+def test_zoned_addresses_are_refused_everywhere(value: str) -> None:
+    """A zone id made one address compare as several (one VIP, four owners) and carried any
+    text into logs and exabgp commands."""
+    assert errors_of(Backend, {"address": value, "port": 80})[0]["field"] == "address"
+    assert errors_of(ServiceSpec, service(vip=value))[0]["field"] == "vip"
+    assert errors_of(AllocationRequest, {"owner": "o", "address": value})[0]["field"] == "address"
+    # From Python too: an IPv6Address object may carry a zone.
+    assert errors_of(Backend, {"address": ipaddress.IPv6Address("fe80::1%eth0"), "port": 80})
+
+
+def test_addresses_stay_objects_in_python_and_text_in_json() -> None:
+    backend = Backend.model_validate({"address": "2001:db8::1", "port": 80})
+    assert backend.model_dump()["address"] == ipaddress.IPv6Address("2001:db8::1")
+    assert backend.model_dump(mode="json")["address"] == "2001:db8::1"
+    assert Backend.model_json_schema()["properties"]["address"]["type"] == "string"
