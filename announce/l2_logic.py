@@ -68,8 +68,12 @@ class Schedule:
             return 1 + bisect.bisect_right(self.repeats, elapsed)
         last = self.repeats[-1] if self.repeats else 0.0
         slot = len(self.repeats) + math.floor((elapsed - last) / self.refresh_interval) + 1
-        while self.offset(slot) <= elapsed:  # float rounding at a slot boundary
+        # Float rounding at a slot boundary, either way (1.9 / 0.01 is 190.0, 0.01 * 190 is
+        # 1.9000000000000001): the first slot strictly later, not one past it.
+        while self.offset(slot) <= elapsed:
             slot += 1
+        while slot > len(self.repeats) + 1 and self.offset(slot - 1) > elapsed:
+            slot -= 1
         return slot
 
     def copies(self, slot: int) -> int:

@@ -6,7 +6,7 @@ import math
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from announce.fake import FakeAnnouncer
@@ -50,6 +50,7 @@ def test_without_repeats_only_refreshes() -> None:
     refresh=st.floats(0.01, 1000),
     elapsed=st.floats(0, 1e6),
 )
+@example(repeats=(), refresh=0.01, elapsed=1.9)  # 1.9 / 0.01 == 190.0, 0.01 * 190 > 1.9
 def test_slot_after_is_the_first_slot_strictly_later(
     repeats: tuple[float, ...], refresh: float, elapsed: float
 ) -> None:
