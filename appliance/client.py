@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -207,6 +207,17 @@ class ApiClient:
     def services(self) -> list[Service]:
         return _parse(_SERVICES, self._request("GET", "/v1/services"))
 
+    def each_service(self, where: Callable[[str], bool] | None = None) -> Iterator[Service]:
+        """The services whose id `where` accepts (all without it), parsed one at a time: a
+        caller that keeps a little of each does not hold thousands of models at once, and
+        the ones not asked for are not validated at all."""
+        data = self._request("GET", "/v1/services")
+        if not isinstance(data, list):
+            raise _bad_response("expected a list of services")
+        for item in data:
+            if where is None or not _is_service_of(item) or where(item["spec"]["id"]):
+                yield _parse(Service, item)
+
     def service(self, service_id: str) -> Service:
         return self.service_with_health(service_id)[0]
 
@@ -332,6 +343,12 @@ class ApiClient:
         if response.status_code >= 400:
             raise _error_from(response)
         return response
+
+
+def _is_service_of(data: Any) -> bool:
+    """The shape `where` can look at; anything else is parsed (and refused) as it is."""
+    spec = data.get("spec") if isinstance(data, dict) else None
+    return isinstance(spec, dict) and isinstance(spec.get("id"), str)
 
 
 def _object(data: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 from appliance.client import ApiClient, ApiError, ApiUnreachable
 from appliance.model import Service
 from k8s_sync.informer import Informer, object_key
-from k8s_sync.plan import Plan, ingress_patch, owned, plan
+from k8s_sync.plan import Plan, Stored, ingress_patch, owned, plan
 from k8s_sync.translate import (
     SERVICE_NAME_LABEL,
     Options,
@@ -97,6 +97,35 @@ class WorkQueue:
             return len(self._pending)
 
 
+class Known:
+    """This cluster's services in the appliance as the sync last saw them: listed at every full
+    resync, then kept up to date with what the sync writes (each key is written by one worker
+    at a time). A change made by someone else shows at the key's next small reconcile (asked by
+    id) or the next resync; what it could cause meanwhile is a PUT or DELETE done again, which
+    the appliance answers as before (IPAM is idempotent by id, a delete of a gone id is done)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._services: dict[str, Stored] = {}
+        self.loaded = False
+
+    def replace(self, services: dict[str, Stored]) -> None:
+        with self._lock:
+            self._services, self.loaded = dict(services), True
+
+    def services(self) -> dict[str, Stored]:
+        with self._lock:
+            return dict(self._services)
+
+    def put(self, service: Stored) -> None:
+        with self._lock:
+            self._services[service.id] = service
+
+    def drop(self, sid: str) -> None:
+        with self._lock:
+            self._services.pop(sid, None)
+
+
 class Syncer:
     @classmethod
     def for_url(cls, url: str, appliance: ApiClient, options: Options, **kwargs: Any) -> Syncer:
@@ -137,6 +166,7 @@ class Syncer:
         )
         self.nodes = Informer("nodes", core.list_node, self._on_node)
         self.writer = Writer(appliance)
+        self.known = Known()
         # Status patches and Events, concurrently (the kubernetes client is thread-safe).
         self.pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="k8s")
         self.reconciled = 0
@@ -163,13 +193,22 @@ class Syncer:
     def resync_all(self) -> None:
         """Every Service known, and every id of this cluster in the appliance."""
         keys = {object_key(s) for s in self.services.snapshot()}
-        for service in self.appliance.services():
-            sid = service.spec.id
-            if owned(self.options.cluster, sid):
-                namespace, name = sid.split("/", 1)[1].rsplit(":", 1)[0].split("/", 1)
-                keys.add(f"{namespace}/{name}")
+        for sid in self._list_owned():
+            namespace, name = sid.split("/", 1)[1].rsplit(":", 1)[0].split("/", 1)
+            keys.add(f"{namespace}/{name}")
         for key in keys:
             self.queue.add(key)
+
+    def _resync_or_log(self) -> None:
+        try:
+            self.resync_all()
+        except (ApiError, ApiUnreachable, OSError) as exc:
+            log.warning(
+                "full resync failed (%s); the Services queued are synced as they come, the "
+                "next full resync is in %.0f s",
+                exc,
+                self.resync,
+            )
 
     # --- reconciling keys ----------------------------------------------------------------------
 
@@ -182,7 +221,7 @@ class Syncer:
         failures that a retry may cure (the appliance or the Kubernetes API unreachable)."""
         existing = self._existing(keys)
         nodes = self.nodes.snapshot()
-        work: list[tuple[str, dict[str, Any] | None, dict[str, Service], Plan]] = []
+        work: list[tuple[str, dict[str, Any] | None, dict[str, Stored], Plan]] = []
         for key in keys:
             service = self.services.get(key)
             desired = {}
@@ -198,6 +237,11 @@ class Syncer:
                 (key, service, existing[key], plan(self.options.cluster, desired, existing[key]))
             )
         outcomes = self.writer.write((key, p) for key, _, _, p in work if p)
+        for outcome in outcomes.values():
+            for stored in outcome.applied.values():
+                self.known.put(Stored.of(stored))
+            for sid in outcome.deleted:
+                self.known.drop(sid)
         reports = [
             self.pool.submit(self._report, key, service, found, changes, outcomes.get(key))
             for key, service, found, changes in work
@@ -207,39 +251,54 @@ class Syncer:
         if errors:
             raise errors[0]  # type: ignore[misc]
 
-    def _existing(self, keys: list[str]) -> dict[str, dict[str, Service]]:
-        """This cluster's services in the appliance, per key: by id for a few keys, one listing
-        for many (a GET per key would be two requests per Service at a cold start)."""
-        out: dict[str, dict[str, Service]] = {key: {} for key in keys}
+    def _existing(self, keys: list[str]) -> dict[str, dict[str, Stored]]:
+        """This cluster's services in the appliance, per key: asked by id for a few keys, else
+        as last listed and written (a GET per key would be two requests per Service at a cold
+        start, and a listing per batch of 5,000 services parsed 50,000 backends each time)."""
+        out: dict[str, dict[str, Stored]] = {key: {} for key in keys}
         prefixes = {id_prefix(self.options.cluster, *key.split("/", 1)) + ":": key for key in keys}
         if len(keys) > 8:
-            for service in self.appliance.services():
-                key = prefixes.get(service.spec.id.rsplit(":", 1)[0] + ":")
+            known = self.known.services() if self.known.loaded else self._list_owned()
+            for sid, service in known.items():
+                key = prefixes.get(sid.rsplit(":", 1)[0] + ":")
                 if key is not None:
-                    out[key][service.spec.id] = service
+                    out[key][sid] = service
             return out
         for prefix, key in prefixes.items():
             for family in ("ipv4", "ipv6"):
+                sid = prefix + family
                 try:
-                    found = self.appliance.service(prefix + family)
+                    found = self.appliance.service(sid)
                 except ApiError as exc:
                     if exc.status != 404:
                         raise
+                    self.known.drop(sid)
                     continue
-                out[key][found.spec.id] = found
+                out[key][sid] = Stored.of(found)
+                self.known.put(out[key][sid])
         return out
+
+    def _list_owned(self) -> dict[str, Stored]:
+        """Every service of this cluster in the appliance (and remember them)."""
+        cluster = self.options.cluster
+        listed = self.appliance.each_service(where=lambda sid: owned(cluster, sid))
+        found = {s.spec.id: Stored.of(s) for s in listed if owned(cluster, s.spec.id)}
+        self.known.replace(found)
+        return found
 
     def _report(
         self,
         key: str,
         service: dict[str, Any] | None,
-        existing: dict[str, Service],
+        existing: dict[str, Stored],
         changes: Plan,
         outcome: Outcome | None,
     ) -> None:
         """Events and the status patch of one key, after its writes."""
         outcome = outcome or Outcome()
-        applied = {sid: s for sid, s in existing.items() if sid not in changes.deletes}
+        applied: dict[str, Stored | Service] = {
+            sid: s for sid, s in existing.items() if sid not in changes.deletes
+        }
         for sid, reason in outcome.refused:
             if service is not None:
                 self._event(service, "Warning", "AllocationFailed", reason)
@@ -257,7 +316,7 @@ class Syncer:
         if service is not None and wanted(service, self.options):
             self._patch_status(service, list(applied.values()))
 
-    def _patch_status(self, service: dict[str, Any], applied: list[Service]) -> None:
+    def _patch_status(self, service: dict[str, Any], applied: list[Stored | Service]) -> None:
         body = ingress_patch(applied)
         current = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
         wanted_ingress = body["status"]["loadBalancer"]["ingress"]
@@ -335,6 +394,8 @@ class Syncer:
                 if stop.is_set():
                     return
         log.info("informers synced: reconciling every Service")
+        # Listed before the workers start, so that their first batches use this listing.
+        self._resync_or_log()
         workers = [
             threading.Thread(target=self._work, args=(stop,), name=f"sync-{n}", daemon=True)
             for n in range(self.workers)
@@ -342,12 +403,8 @@ class Syncer:
         for worker in workers:
             worker.start()
         ready()
-        while not stop.is_set():
-            try:
-                self.resync_all()
-            except (ApiError, ApiUnreachable, OSError) as exc:
-                log.warning("full resync failed (%s); trying again later", exc)
-            stop.wait(self.resync)
+        while not stop.wait(self.resync):
+            self._resync_or_log()
         for informer in (self.services, self.slices, self.nodes):
             informer.stop()
         for thread in [*threads, *workers]:

@@ -112,7 +112,9 @@ class Writer:
         for item, result in zip([*puts, *deletes], results, strict=True):
             outcome = outcomes[item.key]
             if item.spec is not None:
-                outcome.applied[item.spec.id] = Service.model_validate(result["service"])
+                # The spec sent is the spec stored: only the address is new (and parsed).
+                address = result["service"]["address"]
+                outcome.applied[item.spec.id] = Service(spec=item.spec, address=address)
             elif item.delete is not None:
                 outcome.deleted.append(item.delete)
 

@@ -275,3 +275,44 @@ def test_an_exhausted_pool_is_a_failed_event_with_the_reason(world: World) -> No
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_a_cold_start_lists_the_appliance_once_and_a_change_behind_its_back_is_repaired(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 Services at start: one listing of the appliance serves every batch (a listing per
+    batch parsed every stored service each time); a service deleted from the appliance by hand
+    comes back at the next full resync."""
+    api = world.api
+    world.appliance.put_pool(Pool(name="lan", addresses=["203.0.113.0/26"], default=True))
+    for n in range(40):
+        api.call(api.put, "services", k8s_service(f"s{n}"))
+    listings = []
+    each = world.appliance.each_service
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        listings.append(time.monotonic())
+        return each(*args, **kwargs)
+
+    monkeypatch.setattr(world.appliance, "each_service", counted)
+    syncer, stop, thread = world.syncer()  # resync every 2 s
+    started = time.monotonic()
+    try:
+
+        def statuses() -> int:
+            return sum(
+                1
+                for obj in api.objects["services"].values()
+                if (obj.get("status") or {}).get("loadBalancer", {}).get("ingress")
+            )
+
+        until(lambda: statuses() == 40, "40 statuses")
+        synced = time.monotonic()
+        # One listing at start, plus one per full resync (every 2 s) while it ran.
+        assert len(listings) <= 1 + int((synced - started) / 2.0) + 1, listings
+        world.appliance.delete_service("prod/shop/s7:ipv4")
+        until(lambda: world.spec("prod/shop/s7:ipv4"), "s7 back after a resync", timeout=20)
+        assert syncer.failures == 0
+    finally:
+        stop.set()
+        thread.join(10)

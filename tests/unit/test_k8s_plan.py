@@ -7,15 +7,15 @@ import ipaddress
 import pytest
 
 from appliance.model import Service, ServiceSpec
-from k8s_sync.plan import ingress_patch, plan
+from k8s_sync.plan import Stored, ingress_patch, plan
 
 
 def spec(sid: str, port: int = 80) -> ServiceSpec:
     return ServiceSpec.model_validate({"id": sid, "ports": [{"port": port}]})
 
 
-def stored(sid: str, address: str, port: int = 80) -> Service:
-    return Service(spec=spec(sid, port), address=ipaddress.ip_address(address))
+def stored(sid: str, address: str, port: int = 80) -> Stored:
+    return Stored.of(Service(spec=spec(sid, port), address=ipaddress.ip_address(address)))
 
 
 def test_puts_new_and_changed_deletes_gone_and_leaves_other_clusters_alone() -> None:
