@@ -46,7 +46,8 @@ def address_text(address: IPAddress) -> str:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _address_from_text(text: str) -> IPAddress:
+def parse_address(text: str) -> IPAddress:
+    """An address from its text; ValueError for anything else, a zoned address included."""
     # Remembered: a listing of 5,000 services holds 50,000 backend addresses, mostly the same
     # few node addresses, and pydantic's IPvAnyAddress parsed each anew (trying IPv4 first and
     # raising for every IPv6 one): most of a sync's cold start. Addresses are immutable.
@@ -64,12 +65,12 @@ def _address(value: Any) -> IPAddress:
     """An address given as text (or, from Python, as an address): nothing else. pydantic's
     IPvAnyAddress took `true` as 0.0.0.1 and `0` as 0.0.0.0."""
     if isinstance(value, str):
-        return _address_from_text(value)
+        return parse_address(value)
     if isinstance(value, ipaddress.IPv4Address):
         return value
     if isinstance(value, ipaddress.IPv6Address):
         if value.scope_id is not None:
-            return _address_from_text(str(value))  # refused, with the text's message
+            return parse_address(str(value))  # refused, with the text's message
         return value
     raise ValueError("an address must be a string such as 192.0.2.1 or 2001:db8::1")
 
@@ -82,6 +83,56 @@ AnyIP = Annotated[
     PlainSerializer(address_text, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "ipvanyaddress"}),
 ]
+
+# What a VIP (and every address of a pool) may not be: addresses the kernel or the network treat
+# as something else than one host's unicast address. Handed out, they were announced, put in
+# nft rules and written to Kubernetes as if they were. Loopback is fine for a backend (with
+# `forward: none` a local proxy may be the backend that health checks probe), not for a VIP.
+_LOOPBACK = "a loopback address"
+_SPECIAL = tuple(
+    (ipaddress.ip_network(net), kind)
+    for net, kind in (
+        ("0.0.0.0/8", "an unspecified ('this network') address"),
+        ("127.0.0.0/8", _LOOPBACK),
+        ("169.254.0.0/16", "a link-local address"),
+        ("224.0.0.0/4", "a multicast address"),
+        ("240.0.0.0/4", "a reserved or the broadcast address"),
+        ("::/128", "the unspecified address"),
+        ("::1/128", _LOOPBACK),
+        ("::ffff:0:0/96", "an IPv4-mapped IPv6 address (use the IPv4 address)"),
+        ("::/96", "an IPv4-compatible IPv6 address (deprecated)"),
+        ("fe80::/10", "a link-local address"),
+        ("fec0::/10", "a site-local address (deprecated)"),
+        ("ff00::/8", "a multicast address"),
+    )
+)
+
+
+def not_unicast(
+    first: IPAddress, last: IPAddress | None = None, backend: bool = False
+) -> str | None:
+    """What is wrong with an address (or the block first..last) as a VIP or a backend, None
+    when nothing is."""
+    last = first if last is None else last
+    for net, kind in _SPECIAL:
+        if backend and kind == _LOOPBACK:
+            continue
+        if net.version == first.version and int(first) <= int(net[-1]) and int(net[0]) <= int(last):
+            return kind
+    return None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _unicast(address: IPAddress, backend: bool) -> IPAddress:
+    kind = not_unicast(address, backend=backend)
+    if kind is not None:
+        role = "a backend" if backend else "a VIP"
+        raise ValueError(f"{address} is {kind}: {role} must be a unicast address of a host")
+    return address
+
+
+VipIP = Annotated[AnyIP, AfterValidator(lambda a: _unicast(a, False))]
+BackendIP = Annotated[AnyIP, AfterValidator(lambda a: _unicast(a, True))]
 
 # A pool or node name: short, DNS-label-like, safe in URLs, file names and nft identifiers.
 Name = Annotated[
@@ -106,8 +157,18 @@ ObjectId = Annotated[
     ),
     AfterValidator(_no_dot_segments),
 ]
-SharingKey = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^\S+$")]
-PortNumber = Annotated[int, Field(ge=1, le=65535)]
+# Text that reaches logs, terminals and nft comments is printable ASCII: ESC, NUL or a
+# right-to-left override in a sharing key or a port name was printed raw by the CLI.
+SharingKey = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[!-~]+$")]
+# A Kubernetes-style name (port names, node names): letters, digits, '_', '.', '-'.
+Label = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$"
+    ),
+]
+# Strict: JSON `true` is no port 1, `"80"` and `80.0` are no ports (pydantic's lax mode took them).
+PortNumber = Annotated[int, Field(strict=True, ge=1, le=65535)]
 
 
 class _Frozen(BaseModel):
@@ -188,7 +249,12 @@ def parse_address_block(text: str) -> tuple[IPAddress, IPAddress]:
 
 
 def _check_block(text: str) -> str:
-    parse_address_block(text)
+    if "%" in text:
+        raise ValueError(f"{text!r}: an address with a zone id (addr%zone) is not accepted")
+    first, last = parse_address_block(text)
+    kind = not_unicast(first, last)
+    if kind is not None:
+        raise ValueError(f"{text!r} holds {kind}: a pool's addresses must be unicast ones")
     return text
 
 
@@ -205,8 +271,8 @@ class BgpAttributes(_Frozen):
 
     communities: list[Community] = Field(default_factory=list, max_length=32)
     large_communities: list[LargeCommunity] = Field(default_factory=list, max_length=32)
-    local_pref: int | None = Field(default=None, ge=0, le=4294967295)
-    med: int | None = Field(default=None, ge=0, le=4294967295)
+    local_pref: int | None = Field(strict=True, default=None, ge=0, le=4294967295)
+    med: int | None = Field(strict=True, default=None, ge=0, le=4294967295)
 
 
 class Pool(_Frozen):
@@ -218,10 +284,12 @@ class Pool(_Frozen):
     )
     announce: AnnounceMode = AnnounceMode.L2
     default: bool = Field(
-        default=False, description="Used when an allocation names no pool (one default per family)"
+        strict=True,
+        default=False,
+        description="Used when an allocation names no pool (one default per family)",
     )
     avoid_buggy_ips: bool = Field(
-        default=False, description="Skip IPv4 addresses ending in .0 and .255"
+        strict=True, default=False, description="Skip IPv4 addresses ending in .0 and .255"
     )
     bgp: BgpAttributes | None = Field(
         default=None, description="Route attributes when announced by BGP"
@@ -333,16 +401,16 @@ class PortKey(_Frozen):
 class Backend(_Frozen):
     """Where traffic for one service port goes: a node's NodePort or a pod's port."""
 
-    address: AnyIP
+    address: BackendIP
     port: PortNumber
-    weight: int = Field(default=1, ge=1, le=1000)
-    node: str | None = Field(default=None, description="Kubernetes node that hosts the backend")
+    weight: int = Field(strict=True, default=1, ge=1, le=1000)
+    node: Label | None = Field(default=None, description="Kubernetes node that hosts the backend")
 
 
 class Port(_Frozen):
     """A port the VIP listens on, with the backends that serve it."""
 
-    name: str | None = Field(default=None, max_length=63)
+    name: Label | None = Field(default=None, max_length=63)
     port: PortNumber
     protocol: Protocol = Protocol.TCP
     backends: list[Backend] = Field(default_factory=list)
@@ -367,12 +435,12 @@ class HealthCheck(_Frozen):
     2 failures) take a dead backend out of the ruleset within about a second."""
 
     type: HealthCheckType = HealthCheckType.TCP
-    path: str = Field(default="/", pattern=r"^/\S*$")
-    expected_status: int = Field(default=200, ge=100, le=599)
-    interval: float = Field(default=0.5, ge=0.05, le=3600, description="seconds")
-    timeout: float = Field(default=0.25, ge=0.01, le=60, description="seconds")
-    rise: int = Field(default=2, ge=1, le=100)
-    fall: int = Field(default=2, ge=1, le=100)
+    path: str = Field(default="/", max_length=1024, pattern=r"^/[!-~]*$")
+    expected_status: int = Field(strict=True, default=200, ge=100, le=599)
+    interval: float = Field(strict=True, default=0.5, ge=0.05, le=3600, description="seconds")
+    timeout: float = Field(strict=True, default=0.25, ge=0.01, le=60, description="seconds")
+    rise: int = Field(strict=True, default=2, ge=1, le=100)
+    fall: int = Field(strict=True, default=2, ge=1, le=100)
 
     @model_validator(mode="after")
     def _timeout_fits_interval(self) -> HealthCheck:
@@ -385,7 +453,7 @@ class ServiceSpec(_Frozen):
     """A load-balanced service: a VIP (given, or allocated from a pool) and its ports."""
 
     id: ObjectId
-    vip: AnyIP | None = Field(default=None, description="A specific address; else allocated")
+    vip: VipIP | None = Field(default=None, description="A specific address; else allocated")
     pool: Name | None = Field(default=None, description="Pool to allocate from; else the default")
     ip_family: IPFamily | None = Field(
         default=None, description="Family to allocate when no vip is given (default ipv4)"
@@ -432,7 +500,7 @@ class AllocationRequest(_Frozen):
 
     owner: ObjectId
     pool: Name | None = None
-    address: AnyIP | None = None
+    address: VipIP | None = None
     ip_family: IPFamily | None = None
     sharing_key: SharingKey | None = None
     ports: list[PortKey] = Field(default_factory=list)
@@ -464,7 +532,7 @@ class Allocation(_Frozen):
     """An address held by one owner (several owners may hold one address under a sharing key)."""
 
     owner: ObjectId
-    address: AnyIP
+    address: VipIP
     pool: Name
     sharing_key: SharingKey | None = None
     ports: list[PortKey] = Field(default_factory=list)
@@ -474,7 +542,7 @@ class Service(_Frozen):
     """A service as stored: its spec and the address it was given."""
 
     spec: ServiceSpec
-    address: AnyIP
+    address: VipIP
 
 
 class MemberReport(_Frozen):
@@ -484,8 +552,12 @@ class MemberReport(_Frozen):
     raft_address: str
     api_url: str | None = None
     version: str
-    started_at: float = Field(description="unix time the agent started, by its own clock")
-    reported_at: float = Field(description="unix time of this report, by the node's own clock")
+    started_at: float = Field(
+        strict=True, description="unix time the agent started, by its own clock"
+    )
+    reported_at: float = Field(
+        strict=True, description="unix time of this report, by the node's own clock"
+    )
 
 
 class NodeInfo(_Frozen):
@@ -496,13 +568,19 @@ class NodeInfo(_Frozen):
     api_url: str | None = None
     version: str | None = None
     role: str = Field(description="leader, follower, candidate or unknown")
-    connected: bool = Field(description="this node has a Raft connection to it (or it is self)")
-    last_report_age: float | None = Field(default=None, description="seconds since its report")
-    drained: bool = False
-    lease_age: float | None = Field(
-        default=None, description="seconds since this node saw its lease renewal change"
+    connected: bool = Field(
+        strict=True, description="this node has a Raft connection to it (or it is self)"
     )
-    vips: int = Field(default=0, description="VIPs the committed assignment gives it")
+    last_report_age: float | None = Field(
+        strict=True, default=None, description="seconds since its report"
+    )
+    drained: bool = Field(default=False, strict=True)
+    lease_age: float | None = Field(
+        strict=True,
+        default=None,
+        description="seconds since this node saw its lease renewal change",
+    )
+    vips: int = Field(strict=True, default=0, description="VIPs the committed assignment gives it")
 
 
 class ChangeReason(StrEnum):
@@ -523,14 +601,17 @@ class Assignment(_Frozen):
     the old owner, which acknowledges once it stopped answering; only then is it given to the
     new owner."""
 
-    vip: AnyIP
+    vip: VipIP
     node: Name | None
-    epoch: int = Field(ge=0)
+    epoch: int = Field(strict=True, ge=0)
     releasing: Name | None = None
-    since: float | None = Field(default=None, description="unix time of the last change")
+    since: float | None = Field(
+        strict=True, default=None, description="unix time of the last change"
+    )
     previous: Name | None = Field(default=None, description="the owner before the last change")
     reason: ChangeReason | None = Field(default=None, description="why it last changed owner")
     dead_for: float | None = Field(
+        strict=True,
         default=None,
         description="for reason dead: seconds the leader had not seen the old owner renew",
     )
@@ -541,9 +622,9 @@ class LeaseRenewal(_Frozen):
     only that node compares it with its clock; others only compare (incarnation, seq)."""
 
     node: Name
-    incarnation: int = Field(ge=0, description="changes at every agent start")
-    seq: int = Field(ge=0)
-    sent_at: float
+    incarnation: int = Field(strict=True, ge=0, description="changes at every agent start")
+    seq: int = Field(strict=True, ge=0)
+    sent_at: float = Field(strict=True)
 
     def mark(self) -> tuple[int, int]:
         return (self.incarnation, self.seq)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from appliance.model import ServiceSpec, field_errors
+from appliance.model import ServiceSpec, field_errors, not_unicast, parse_address
 
 ANNOTATION_POOL = "raftlb.io/pool"
 ANNOTATION_ADDRESSES = "raftlb.io/addresses"
@@ -83,10 +83,15 @@ def node_address(node: Mapping[str, Any], family: str) -> str | None:
         for entry in addresses:
             if entry.get("type") != kind:
                 continue
+            text = entry.get("address")
+            if not isinstance(text, str) or "%" in text:
+                continue
             try:
-                address = ipaddress.ip_address(entry.get("address", ""))
+                address = ipaddress.ip_address(text)
             except ValueError:
                 continue
+            if not_unicast(address, backend=True) is not None:
+                continue  # e.g. a link-local address: no backend, and no reason to fail
             if FAMILIES[f"IPv{address.version}"] == family:
                 return str(address)
     return None
@@ -136,9 +141,13 @@ def _requested(service: Mapping[str, Any], errors: list[dict[str, Any]]) -> dict
         if not part.strip():
             continue
         try:
-            address = ipaddress.ip_address(part.strip())
-        except ValueError:
-            errors.append(_err(field, text, f"{part.strip()!r} is not an IP address"))
+            address = parse_address(part.strip())
+        except ValueError as exc:
+            errors.append(_err(field, text, f"{part.strip()!r}: {exc}"))
+            continue
+        kind = not_unicast(address)
+        if kind is not None:
+            errors.append(_err(field, text, f"{address} is {kind}, not a VIP"))
             continue
         family = FAMILIES[f"IPv{address.version}"]
         if family in out:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from appliance import config as config_module
 from appliance.config import (
     MIN_SECRET_LENGTH,
     AgentConfig,
@@ -694,14 +695,20 @@ def test_segment_errors_name_each_block_off_the_subnets() -> None:
     assert segment_errors(pools[1:2], networks, "eth0", "")[0]["field"] == "addresses.0"
 
 
-def test_check_host_refuses_a_layer2_pool_off_the_data_interface(tmp_path: Path) -> None:
-    # The loopback interface (127.0.0.0/8, ::1/128) exists everywhere and needs no root.
+def test_check_host_refuses_a_layer2_pool_off_the_data_interface(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loopback interface exists everywhere and needs no root: its real addresses first.
     config = l2_config(tmp_path, "lo", [{"name": "lan", "addresses": ["192.0.2.0/28"]}])
     assert [(e["field"], e["value"]) for e in check_host(config)] == [
         ("pools.0.addresses.0", "192.0.2.0/28")
     ]
-    inside = l2_config(tmp_path, "lo", [{"name": "lan", "addresses": ["127.0.0.16/28"]}])
-    assert check_host(inside) == []
+    # Loopback addresses are no VIPs: an interface that has the pool's subnet, as `ip addr`
+    # would tell (the one narrow thing faked).
+    monkeypatch.setattr(
+        config_module, "interface_networks", lambda name: [ipaddress.ip_network("192.0.2.0/24")]
+    )
+    assert check_host(config) == []
 
 
 def test_check_host_names_a_missing_data_interface(tmp_path: Path) -> None:
@@ -724,7 +731,9 @@ async def test_pool_checker_works_inside_a_running_event_loop(tmp_path: Path) ->
     # The API calls it from a request handler; pyroute2's sync API refuses a running loop.
     check = pool_checker(l2_config(tmp_path, "lo", []))
     assert check is not None
-    assert check([Pool(name="lan", addresses=["127.0.0.16/28"])], "pools") == []
+    errors = check([Pool(name="lan", addresses=["192.0.2.0/28"])], "pools")
+    assert [e["field"] for e in errors] == ["pools.0.addresses.0"]
+    assert "outside the subnets of data interface lo" in errors[0]["message"]
 
 
 def test_firewall_from_the_config() -> None:

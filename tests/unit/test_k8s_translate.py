@@ -84,6 +84,20 @@ def test_cluster_policy_uses_every_ready_not_excluded_node_at_its_node_port() ->
     assert backends(spec) == [("198.51.100.1", 30080, "k1"), ("198.51.100.2", 30080, "k2")]
 
 
+def test_a_node_address_that_cannot_be_a_backend_is_skipped() -> None:
+    """Zoned, link-local, multicast or non-text addresses are not backends, and do not make
+    the Service fail: the node's next address (or its ExternalIP) is used."""
+    odd = node("k3", 3)
+    odd["status"]["addresses"] = [
+        {"type": "InternalIP", "address": "169.254.0.3"},
+        {"type": "InternalIP", "address": "fe80::3%eth0"},
+        {"type": "InternalIP", "address": 3325256707},
+        {"type": "ExternalIP", "address": "203.0.113.3"},
+    ]
+    (spec,) = translate(service(), [], [*NODES, odd], OPTS)
+    assert ("203.0.113.3", 30080, "k3") in backends(spec)
+
+
 def test_local_policy_uses_nodes_with_a_ready_endpoint_and_the_health_check_port() -> None:
     slices = [
         endpoint_slice(
@@ -161,6 +175,22 @@ def test_annotations_pool_addresses_and_sharing_key() -> None:
             "SCTP",
         ),
         ({"ports": [{"port": 80, "protocol": "TCP"}]}, "spec.ports[0].nodePort", None),
+        # Anyone who may create a Service could have had the appliance announce any prefix.
+        (
+            {"annotations": {"raftlb.io/addresses": "2001:db8::7%x announce route 203.0.113.7"}},
+            "metadata.annotations[raftlb.io/addresses]",
+            "2001:db8::7%x announce route 203.0.113.7",
+        ),
+        (
+            {"annotations": {"raftlb.io/addresses": "224.0.0.5"}},
+            "metadata.annotations[raftlb.io/addresses]",
+            "224.0.0.5",
+        ),
+        (
+            {"annotations": {"raftlb.io/addresses": "127.0.0.1"}},
+            "metadata.annotations[raftlb.io/addresses]",
+            "127.0.0.1",
+        ),
     ],
 )
 def test_bad_input_names_the_field_and_applies_nothing(

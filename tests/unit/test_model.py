@@ -718,3 +718,59 @@ def test_addresses_stay_objects_in_python_and_text_in_json() -> None:
     assert backend.model_dump()["address"] == ipaddress.IPv6Address("2001:db8::1")
     assert backend.model_dump(mode="json")["address"] == "2001:db8::1"
     assert Backend.model_json_schema()["properties"]["address"]["type"] == "string"
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "field"),
+    [
+        # Lenient types: pydantic's lax mode stored `true` as port 1 and "80" as 80.
+        (Backend, {"address": "192.0.2.1", "port": True}, "port"),
+        (Backend, {"address": "192.0.2.1", "port": "80"}, "port"),
+        (Backend, {"address": "192.0.2.1", "port": 80.0}, "port"),
+        (Backend, {"address": "192.0.2.1", "port": 80, "weight": True}, "weight"),
+        (HealthCheck, {"interval": True}, "interval"),
+        (HealthCheck, {"interval": "1"}, "interval"),
+        (HealthCheck, {"rise": 2.0}, "rise"),
+        (Pool, {"name": "p", "addresses": ["192.0.2.0/28"], "default": "yes"}, "default"),
+        (Pool, {"name": "p", "addresses": ["192.0.2.0/28"], "default": 1}, "default"),
+        # Control characters that a terminal would act on, in text the CLI prints.
+        (ServiceSpec, service(sharing_key="a\x1b[2Jb"), "sharing_key"),
+        (ServiceSpec, service(sharing_key="a\x00b"), "sharing_key"),
+        (ServiceSpec, service(sharing_key="abc\u202edcba"), "sharing_key"),
+        (ServiceSpec, service(ports=[{"port": 80, "name": "ht\x1btp"}]), "ports.0.name"),
+        (Backend, {"address": "192.0.2.1", "port": 80, "node": "k8s\n1"}, "node"),
+        (HealthCheck, {"path": "/a\x00b"}, "path"),
+        # Addresses a VIP can never be (they were handed out and announced).
+        (Pool, {"name": "p", "addresses": ["127.0.0.0/28"]}, "addresses.0"),
+        (Pool, {"name": "p", "addresses": ["224.0.0.0/28"]}, "addresses.0"),
+        (Pool, {"name": "p", "addresses": ["0.0.0.0/29"]}, "addresses.0"),
+        (Pool, {"name": "p", "addresses": ["255.255.255.255"]}, "addresses.0"),
+        (Pool, {"name": "p", "addresses": ["169.254.1.0/28"]}, "addresses.0"),
+        (Pool, {"name": "p", "addresses": ["192.0.2.0/28", "fe80::/120"]}, "addresses.1"),
+        (Pool, {"name": "p", "addresses": ["ff02::1"]}, "addresses.0"),
+        (Pool, {"name": "p", "addresses": ["::ffff:192.0.2.0/124"]}, "addresses.0"),
+        (Pool, {"name": "p", "addresses": ["::1"]}, "addresses.0"),
+        (ServiceSpec, service(vip="127.0.0.1"), "vip"),
+        (ServiceSpec, service(vip="::"), "vip"),
+        (AllocationRequest, {"owner": "o", "address": "239.1.1.1"}, "address"),
+        (Backend, {"address": "0.0.0.0", "port": 80}, "address"),
+        (Backend, {"address": "ff02::1", "port": 80}, "address"),
+    ],
+)
+def test_strict_values_refused_naming_the_field(
+    model: type[BaseModel], data: dict[str, Any], field: str
+) -> None:
+    errors = errors_of(model, data)
+    assert errors, f"{data} was accepted"
+    assert errors[0]["field"] == field, errors
+
+
+def test_what_stays_accepted() -> None:
+    """JSON has no int/float distinction; a loopback backend (a local proxy) is fine."""
+    assert HealthCheck.model_validate({"interval": 1, "timeout": 1}).interval == 1.0
+    assert str(Backend.model_validate({"address": "127.0.0.1", "port": 80}).address) == "127.0.0.1"
+    assert Pool.model_validate({"name": "p", "addresses": ["192.0.2.0/24", "2001:db8::/64"]})
+    spec = ServiceSpec.model_validate(
+        service(sharing_key="prod/web-1", ports=[{"port": 80, "name": "http"}])
+    )
+    assert spec.sharing_key == "prod/web-1"
