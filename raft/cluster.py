@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-from raft import durable
+from raft import durable, wire
 from raft.state import ClusterState, StateView, view_to_data
 from raft.timing import TimingProfile
 
@@ -37,6 +37,8 @@ socket.inet_ntop = _socket.inet_ntop
 # pysyncobj never syncs its journal, term or vote to disk: a power loss would make a node forget
 # what it acknowledged and whom it voted for (raft/durable.py).
 durable.install()
+# pysyncobj buffers whatever length a frame header claims, before any password check.
+wire.install()
 
 log = logging.getLogger(__name__)
 
