@@ -29,6 +29,7 @@ from announce.bgp_config import Peer, Session
 from announce.l2 import L2Announcer
 from appliance import gcpolicy
 from appliance.api.app import ApiContext, build_app
+from appliance.api.guard import ConnectionGuard, api_connection_limit
 from appliance.config import (
     AgentConfig,
     BgpConfig,
@@ -289,7 +290,9 @@ async def serve(
     if health is not None:
         health.on_change = loops.wake  # a backend up or down: re-render its VIP now
         metrics.watch_health(health, cluster)
+    guard = ConnectionGuard(max_connections=api_connection_limit())
     ctx = ApiContext(
+        guard=guard,
         cluster=cluster,
         metrics=metrics,
         token=token,
@@ -304,15 +307,26 @@ async def serve(
         dataplane_status=dataplane.status if dataplane is not None else None,
         bgp_status=bgp.announcer.status if bgp is not None else None,
     )
-    # A stop waits at most 2 s for requests in progress (aiohttp's default is 60 s).
+    # A stop waits at most 2 s for requests in progress (aiohttp's default is 60 s); an idle
+    # keep-alive connection is closed after the guard's idle time (aiohttp's: an hour).
     runner = web.AppRunner(
-        build_app(ctx), access_log=None, handle_signals=False, shutdown_timeout=2.0
+        build_app(ctx),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        keepalive_timeout=guard.idle,
     )
     await runner.setup()
     host, port = split_host_port(config.api.listen)
-    site = web.TCPSite(runner, host, port, ssl_context=tls_context(config), reuse_address=True)
     try:
-        await site.start()
+        # Not aiohttp's TCPSite: every connection goes through the guard's protocol.
+        server = await asyncio.get_running_loop().create_server(
+            guard.factory(runner.server),  # type: ignore[arg-type]
+            host or None,
+            port,
+            ssl=tls_context(config),
+            reuse_address=True,
+        )
     except OSError as exc:
         await runner.cleanup()
         raise AgentStartError(
@@ -344,6 +358,7 @@ async def serve(
         log.info("stopping")
     finally:
         cluster.state.on_change = None
+        server.close()  # no new connections; those open are closed by the runner
         await _shut_down(tasks, loops, bgp, health)
         await runner.cleanup()
 
