@@ -15,3 +15,5 @@ APPLY_MAX_ITEMS = 100
 APPLY_MAX_BYTES = 2 * 1024 * 1024
 # Bytes of any other request body (one pool or service).
 BODY_MAX_BYTES = 1024 * 1024
+# Seconds within which a request's body must have arrived (a slow body held a handler forever).
+BODY_SECONDS = 10.0

@@ -135,10 +135,8 @@ VipIP = Annotated[AnyIP, AfterValidator(lambda a: _unicast(a, False))]
 BackendIP = Annotated[AnyIP, AfterValidator(lambda a: _unicast(a, True))]
 
 # A pool or node name: short, DNS-label-like, safe in URLs, file names and nft identifiers.
-Name = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$"),
-]
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$"
+Name = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=NAME_PATTERN)]
 
 
 # A service id or allocation owner, e.g. "prod-k8s/default/web": the cluster name comes first so
@@ -150,11 +148,10 @@ def _no_dot_segments(value: str) -> str:
     return value
 
 
+OBJECT_ID_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_./:-]*[A-Za-z0-9])?$"
 ObjectId = Annotated[
     str,
-    StringConstraints(
-        min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_./:-]*[A-Za-z0-9])?$"
-    ),
+    StringConstraints(min_length=1, max_length=253, pattern=OBJECT_ID_PATTERN),
     AfterValidator(_no_dot_segments),
 ]
 # Text that reaches logs, terminals and nft comments is printable ASCII: ESC, NUL or a

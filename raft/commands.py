@@ -52,6 +52,10 @@ class PutService(_Command):
 class DeleteService(_Command):
     type: Literal["service.delete"] = "service.delete"
     id: ObjectId
+    # A batch's deletes are idempotent: a retried batch whose first try was applied (its
+    # answer lost, or a 503 "timeout" that committed after all) must not fail on them.
+    # Absent from entries written before it existed: those keep failing as they did.
+    missing_ok: bool = Field(default=False, strict=True)
 
 
 class Allocate(_Command):

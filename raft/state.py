@@ -224,8 +224,10 @@ class ClusterState:
                 self.log.note("services", spec.id)
                 # The submitter rebuilds the whole service from its spec (appliance.api).
                 return {"service": {"id": spec.id, "address": address_text(allocation.address)}}
-            case DeleteService(id=service_id):
+            case DeleteService(id=service_id, missing_ok=missing_ok):
                 if service_id not in self.services:
+                    if missing_ok:
+                        return {"deleted": service_id, "existed": False}
                     raise CommandError("not_found", f"service {service_id!r} does not exist")
                 self.services = self.services.delete(service_id)
                 self.log.note("services", service_id)

@@ -13,20 +13,26 @@ import hmac
 import json
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from appliance.api.guard import ConnectionGuard
 from appliance.api.openapi import openapi_document
 from appliance.api.views import VipsCache, nodes_view, status_view
-from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES
+from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES, BODY_SECONDS
 from appliance.metrics import Metrics
 from appliance.model import (
     AllocationRequest,
     Backend,
+    Name,
+    ObjectId,
     Pool,
     Service,
     ServiceSpec,
@@ -51,6 +57,20 @@ _STATUS_BY_CODE = {
 }
 _POOLS: TypeAdapter[list[Pool]] = TypeAdapter(list[Pool])
 _SERVICES: TypeAdapter[list[ServiceSpec]] = TypeAdapter(list[ServiceSpec])
+_IDS: TypeAdapter[list[str]] = TypeAdapter(list[ObjectId])
+_ID: TypeAdapter[str] = TypeAdapter(ObjectId)
+_NAME: TypeAdapter[str] = TypeAdapter(Name)
+
+
+def _checked(adapter: TypeAdapter[str], field: str, value: str) -> str:
+    """A path parameter validated like the body field it names (before anything is
+    proposed: refused ids went through Raft and came back with undocumented codes)."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid", f"invalid {field}", field_errors(exc, field)) from None
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -74,9 +94,41 @@ class ApiContext:
     health_version: Callable[[str], int] | None = None
     dataplane_status: Callable[[], dict[str, Any]] | None = None
     bgp_status: Callable[[], dict[str, Any]] | None = None
+    # Bounds on connections (appliance.api.guard), told when each request starts and ends.
+    guard: ConnectionGuard | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)
+
+
+class _Internal:
+    """Unexpected errors, logged with a short traceback at most once per interval per kind:
+    one malformed request wrote 125 KB of traceback (a RecursionError's frames)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last: dict[str, float] = {}
+        self.count = 0
+
+    def report(self, request: web.Request, exc: Exception) -> None:
+        self.count += 1
+        kind = type(exc).__name__
+        now = time.monotonic()
+        if now - self.last.get(kind, -self.every) < self.every:
+            return
+        self.last[kind] = now
+        trace = "".join(traceback.format_exception(exc, limit=8))[-4000:]
+        log.error(
+            "%s %s failed with %s (%d internal error(s) so far); please report it:\n%s",
+            request.method,
+            request.path[:200],
+            kind,
+            self.count,
+            trace,
+        )
+
+
+_INTERNAL = _Internal()
 VIPS = web.AppKey("vips", VipsCache)
 
 
@@ -98,40 +150,87 @@ def error_response(
     return web.json_response({"error": body}, status=status, headers=headers)
 
 
+def _authorized(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    try:
+        # aiohttp decodes header bytes that are not UTF-8 as surrogates: such a token is wrong,
+        # not an error.
+        given_bytes = given.strip().encode()
+    except UnicodeEncodeError:
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
+
+
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = request.app[CTX]
-    if request.path != "/healthz":
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), ctx.token.encode()
+    guard = ctx.guard
+    if guard is not None:
+        guard.request_started(request.transport)
+    try:
+        if request.path != "/healthz" and not _authorized(
+            request.headers.get("Authorization", ""), ctx.token
         ):
             response = error_response(
                 401, "unauthorized", "missing or wrong bearer token (see --token-file)"
             )
             response.headers["WWW-Authenticate"] = 'Bearer realm="raftlb"'
             return response
-    try:
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.fields)
     except web.HTTPException as exc:
-        if exc.status >= 400:
-            return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        raise
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
+    except Exception as exc:  # a bug: one short answer, and the log says it once in a while
+        _INTERNAL.report(request, exc)
+        return error_response(
+            500, "internal", "internal error: the agent's log has the details (raftlb.api)"
+        )
+    finally:
+        if guard is not None:
+            guard.request_done(request.transport)
 
 
 async def _json_body(request: web.Request) -> Any:
+    """The body as JSON: `Content-Type: application/json`, within the size limit, read within
+    BODY_SECONDS, UTF-8 whatever charset the header names (RFC 8259)."""
+    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type is {request.headers.get('Content-Type')!r}: send application/json",
+        )
     limit = APPLY_MAX_BYTES if request.path == "/v1/apply" else BODY_MAX_BYTES
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(
             413, "too_large", f"the body has {request.content_length} bytes, more than {limit}"
         )
     try:
-        return await request.json(loads=json.loads)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"the body is not JSON (UTF-8): {exc}") from None
+        async with asyncio.timeout(BODY_SECONDS):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "request_timeout", f"the body did not arrive within {BODY_SECONDS:g} s"
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large", f"the body has more than {limit} bytes") from None
+    except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. gzip that is not gzip
+        raise ApiError(400, "bad_body", f"the body cannot be read: {exc}") from None
+    if len(raw) > limit:
+        raise ApiError(413, "too_large", f"the body has {len(raw)} bytes, more than {limit}")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "bad_json", f"the body is not UTF-8: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "the body is nested too deeply") from None
+    except ValueError as exc:  # not JSON, or a number of more than 4,300 digits
+        raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from None
 
 
 def _parse(model: type[M], data: Any, prefix: str = "") -> M:
@@ -141,24 +240,46 @@ def _parse(model: type[M], data: Any, prefix: str = "") -> M:
         raise ApiError(422, "invalid", "invalid body", field_errors(exc, prefix)) from None
 
 
+# A service's refusals come from its allocation, whose `address` is the service's `vip`.
+_SERVICE_FIELDS = {"address": "vip"}
+
+
 async def _commit(
-    ctx: ApiContext, command: dict[str, Any], locate: Callable[[int], str] | None = None
+    ctx: ApiContext,
+    command: dict[str, Any],
+    locate: Callable[[int], str] | None = None,
+    rename: Callable[[int | None], dict[str, str]] | None = None,
 ) -> Any:
     """Submit a command; translate refusals into API errors; return the command's value.
 
     `locate` names the body item of a batch entry (e.g. 3 -> "services.1") so that a refused
-    batch points at the item that was refused."""
+    batch points at the item that was refused; `rename` gives, for an entry (None: not a
+    batch), the body's names of the state's fields."""
     try:
-        result = await ctx.metrics.submit(command, ctx.write_timeout)
+        # The submit bounds itself; this bounds everything around it too, so that a write is
+        # answered within write_timeout (and a little) whatever happens.
+        async with asyncio.timeout(ctx.write_timeout + 1.0):
+            result = await ctx.metrics.submit(command, ctx.write_timeout)
     except SubmitError as exc:
         raise ApiError(_STATUS_BY_CODE.get(exc.code, 503), exc.code, exc.message) from None
+    except TimeoutError:
+        raise ApiError(
+            503,
+            "timeout",
+            f"not committed within {ctx.write_timeout:g}s; it may still be applied, and "
+            "retrying is safe",
+        ) from None
     if not result.get("ok"):
         err = result.get("error", {})
         code = str(err.get("code", "failed"))
         fields = err.get("details")
-        prefix = locate(err["index"]) if locate and isinstance(err.get("index"), int) else ""
+        index = err["index"] if isinstance(err.get("index"), int) else None
+        prefix = locate(index) if locate and index is not None else ""
         if fields is None and (err.get("field") or prefix):
-            field = ".".join(part for part in (prefix, err.get("field")) if part)
+            name = err.get("field")
+            if rename is not None and isinstance(name, str):
+                name = rename(index).get(name, name)
+            field = ".".join(part for part in (prefix, name) if part)
             fields = [{"field": field, "value": err.get("value"), "message": err.get("message")}]
         raise ApiError(
             _STATUS_BY_CODE.get(code, 500), code, str(err.get("message", "refused")), fields
@@ -284,7 +405,7 @@ async def put_pool(request: web.Request) -> web.Response:
 
 
 async def delete_pool(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
+    name = _checked(_NAME, "name", request.match_info["name"])
     value = await _commit(_ctx(request), {"v": 1, "type": "pool.delete", "name": name})
     return web.json_response(value)
 
@@ -311,12 +432,12 @@ async def get_service(request: web.Request) -> web.Response:
 async def put_service(request: web.Request) -> web.Response:
     spec = _parse(ServiceSpec, await _body_named(request, "id", "id"))
     command = {"v": 1, "type": "service.put", "service": spec.model_dump(mode="json")}
-    value = await _commit(_ctx(request), command)
+    value = await _commit(_ctx(request), command, rename=lambda _: _SERVICE_FIELDS)
     return web.json_response(_stored(spec, value["service"]))
 
 
 async def delete_service(request: web.Request) -> web.Response:
-    service_id = request.match_info["id"]
+    service_id = _checked(_ID, "id", request.match_info["id"])
     value = await _commit(_ctx(request), {"v": 1, "type": "service.delete", "id": service_id})
     return web.json_response(value)
 
@@ -336,7 +457,7 @@ async def create_allocation(request: web.Request) -> web.Response:
 
 
 async def delete_allocation(request: web.Request) -> web.Response:
-    owner = request.match_info["owner"]
+    owner = _checked(_ID, "owner", request.match_info["owner"])
     value = await _commit(_ctx(request), {"v": 1, "type": "allocation.delete", "owner": owner})
     return web.json_response(value)
 
@@ -367,6 +488,25 @@ async def apply_batch(request: web.Request) -> web.Response:
             "unknown keys",
             [{"field": k, "value": None, "message": "unknown key"} for k in unknown],
         )
+    for key in ("pools", "services", "delete_services"):
+        if not isinstance(body.get(key, []), list):
+            raise ApiError(
+                422,
+                "invalid",
+                f"{key} must be a list",
+                [{"field": key, "value": body[key], "message": "must be a list"}],
+            )
+    # Counted before anything is validated: 100,000 items fit in 2 MiB.
+    count = sum(len(body.get(key, [])) for key in ("pools", "services", "delete_services"))
+    if count > APPLY_MAX_ITEMS:
+        raise ApiError(
+            413,
+            "too_large",
+            f"{count} items (pools + services + delete_services), more than "
+            f"{APPLY_MAX_ITEMS} in one request: split them into several /v1/apply requests",
+        )
+    if not count:
+        raise ApiError(422, "invalid", "nothing to apply: give pools, services or delete_services")
     try:
         pools = _POOLS.validate_python(body.get("pools", []))
     except ValidationError as exc:
@@ -376,25 +516,19 @@ async def apply_batch(request: web.Request) -> web.Response:
         services = _SERVICES.validate_python(body.get("services", []))
     except ValidationError as exc:
         raise ApiError(422, "invalid", "invalid services", field_errors(exc, "services")) from None
-    deletes = body.get("delete_services", [])
-    if not isinstance(deletes, list) or not all(isinstance(d, str) for d in deletes):
-        raise ApiError(422, "invalid", "delete_services must be a list of ids")
+    try:
+        deletes = _IDS.validate_python(body.get("delete_services", []))
+    except ValidationError as exc:
+        raise ApiError(
+            422, "invalid", "invalid delete_services", field_errors(exc, "delete_services")
+        ) from None
     commands: list[dict[str, Any]] = [
         {"v": 1, "type": "pool.put", "pool": p.model_dump(mode="json")} for p in pools
     ]
     commands += [
         {"v": 1, "type": "service.put", "service": s.model_dump(mode="json")} for s in services
     ]
-    commands += [{"v": 1, "type": "service.delete", "id": d} for d in deletes]
-    if not commands:
-        raise ApiError(422, "invalid", "nothing to apply: give pools, services or delete_services")
-    if len(commands) > APPLY_MAX_ITEMS:
-        raise ApiError(
-            413,
-            "too_large",
-            f"{len(commands)} items (pools + services + delete_services), more than "
-            f"{APPLY_MAX_ITEMS} in one request: split them into several /v1/apply requests",
-        )
+    commands += [{"v": 1, "type": "service.delete", "id": d, "missing_ok": True} for d in deletes]
 
     def locate(index: int) -> str:
         if index < len(pools):
@@ -403,7 +537,13 @@ async def apply_batch(request: web.Request) -> web.Response:
             return f"services.{index - len(pools)}"
         return f"delete_services.{index - len(pools) - len(services)}"
 
-    value = await _commit(_ctx(request), {"v": 1, "type": "batch", "commands": commands}, locate)
+    def rename(index: int | None) -> dict[str, str]:
+        is_service = index is not None and len(pools) <= index < len(pools) + len(services)
+        return _SERVICE_FIELDS if is_service else {}
+
+    value = await _commit(
+        _ctx(request), {"v": 1, "type": "batch", "commands": commands}, locate, rename
+    )
     results = value["results"]
     for i, spec in enumerate(services):
         results[len(pools) + i] = {"service": _stored(spec, results[len(pools) + i]["service"])}

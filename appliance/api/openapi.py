@@ -8,8 +8,11 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES
+from appliance.api.guard import IDLE_SECONDS, MAX_CONNECTIONS
+from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES, BODY_SECONDS
 from appliance.model import (
+    NAME_PATTERN,
+    OBJECT_ID_PATTERN,
     Allocation,
     AllocationRequest,
     NodeInfo,
@@ -66,9 +69,12 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Missing or wrong bearer token",
         404: "Unknown id",
         409: "Conflict (address taken, pool exhausted or in use, overlap)",
+        408: "The body did not arrive in time (see info.x-limits)",
         413: "Body too large, or too many items in one /v1/apply (see info.x-limits)",
+        415: "Content-Type is not application/json",
         422: "Invalid body; one entry per bad field",
-        503: "No quorum: not committed within the write timeout",
+        503: "Not committed within the write timeout (no quorum): it may still be applied; "
+        "retrying is safe (writes are idempotent)",
     }
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
@@ -83,16 +89,26 @@ def _op(summary: str, ok: dict[str, Any], *codes: int, body: str | None = None) 
     return op
 
 
-def _param(name: str, description: str) -> list[dict[str, Any]]:
+_NAME = {"type": "string", "minLength": 1, "maxLength": 63, "pattern": NAME_PATTERN}
+_ID = {"type": "string", "minLength": 1, "maxLength": 253, "pattern": OBJECT_ID_PATTERN}
+
+
+def _param(name: str, description: str, schema: dict[str, Any] | None = None) -> list[Any]:
     return [
         {
             "name": name,
             "in": "path",
             "required": True,
-            "schema": {"type": "string"},
+            "schema": schema or {"type": "string"},
             "description": description,
         }
     ]
+
+
+def _named_in_url(schema: dict[str, Any], key: str) -> dict[str, Any]:
+    """A PUT body: the model's schema with `key` optional (the URL gives it)."""
+    required = [r for r in schema.get("required", []) if r != key]
+    return {**schema, "required": required, "title": f"{schema.get('title')}Body"}
 
 
 @cache
@@ -112,8 +128,28 @@ def openapi_document(version: str) -> dict[str, Any]:
         "additionalProperties": False,
         "description": f"At most {APPLY_MAX_ITEMS} items and {APPLY_MAX_BYTES} bytes",
     }
+    service = schemas["Service"]
+    schemas["ServiceWithHealth"] = {
+        **service,
+        "title": "ServiceWithHealth",
+        "properties": {
+            **service["properties"],
+            "health": {
+                "type": "object",
+                "description": "The answering node's view of the backends (nodes with a data "
+                "plane)",
+                "properties": {
+                    "node": {"type": "string"},
+                    "backends": {"type": "array", "items": {"type": "object"}},
+                },
+                "required": ["node", "backends"],
+            },
+        },
+    }
+    schemas["PoolBody"] = _named_in_url(schemas["Pool"], "name")
+    schemas["ServiceSpecBody"] = _named_in_url(schemas["ServiceSpec"], "id")
     obj = {"type": "object"}
-    writes = (400, 409, 413, 422, 503)
+    writes = (400, 408, 409, 413, 415, 422, 503)
     paths: dict[str, Any] = {
         "/healthz": {
             "get": {
@@ -131,33 +167,36 @@ def openapi_document(version: str) -> dict[str, Any]:
         "/v1/status": {"get": _op("This node's view of the cluster", _json(obj))},
         "/v1/nodes": {"get": _op("Members", _json({"type": "array", "items": _ref("NodeInfo")}))},
         "/v1/nodes/{node}/drain": {
-            "parameters": _param("node", "node id"),
+            "parameters": _param("node", "node id", _NAME),
             "post": _op("Drain: move its VIPs away, break-before-make", _json(obj), 404, 503),
         },
         "/v1/nodes/{node}/undrain": {
-            "parameters": _param("node", "node id"),
+            "parameters": _param("node", "node id", _NAME),
             "post": _op("Undrain: it may own VIPs again", _json(obj), 404, 503),
         },
         "/v1/pools": {"get": _op("List pools", _json({"type": "array", "items": _ref("Pool")}))},
         "/v1/pools/{name}": {
-            "parameters": _param("name", "pool name"),
+            "parameters": _param("name", "pool name", _NAME),
             "get": _op("Get a pool", _json(_ref("Pool")), 404),
-            "put": _op("Create or replace a pool", _json(_ref("Pool")), *writes, body="Pool"),
-            "delete": _op("Delete an unused pool", _json(obj), 404, 409, 503),
+            "put": _op(
+                "Create or replace a pool", _json(_ref("Pool")), *writes, 404, body="PoolBody"
+            ),
+            "delete": _op("Delete an unused pool", _json(obj), 404, 409, 422, 503),
         },
         "/v1/services": {
             "get": _op("List services", _json({"type": "array", "items": _ref("Service")}))
         },
         "/v1/services/{id}": {
-            "parameters": _param("id", "service id, e.g. cluster/namespace/name"),
-            "get": _op("Get a service", _json(_ref("Service")), 404),
+            "parameters": _param("id", "service id, e.g. cluster/namespace/name", _ID),
+            "get": _op("Get a service", _json(_ref("ServiceWithHealth")), 404, 422),
             "put": _op(
                 "Create or replace a service; allocates its VIP",
                 _json(_ref("Service")),
                 *writes,
-                body="ServiceSpec",
+                404,
+                body="ServiceSpecBody",
             ),
-            "delete": _op("Delete a service and release its VIP", _json(obj), 404, 503),
+            "delete": _op("Delete a service and release its VIP", _json(obj), 404, 422, 503),
         },
         "/v1/allocations": {
             "get": _op("List allocations", _json({"type": "array", "items": _ref("Allocation")})),
@@ -170,8 +209,8 @@ def openapi_document(version: str) -> dict[str, Any]:
             ),
         },
         "/v1/allocations/{owner}": {
-            "parameters": _param("owner", "allocation owner key"),
-            "delete": _op("Release an allocation", _json(obj), 404, 409, 503),
+            "parameters": _param("owner", "allocation owner key", _ID),
+            "delete": _op("Release an allocation", _json(obj), 404, 409, 422, 503),
         },
         "/v1/vips": {"get": _op("Allocated addresses", _json({"type": "array", "items": obj}))},
         "/v1/apply": {
@@ -194,6 +233,9 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "apply_max_items": APPLY_MAX_ITEMS,
                 "apply_max_bytes": APPLY_MAX_BYTES,
                 "body_max_bytes": BODY_MAX_BYTES,
+                "body_seconds": BODY_SECONDS,
+                "connections": MAX_CONNECTIONS,
+                "idle_seconds": IDLE_SECONDS,
             },
         },
         "paths": paths,

@@ -16,6 +16,7 @@ from raft.fake import InMemoryCluster
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {**AUTH, "Content-Type": "application/json"}
 
 POOL = {"name": "web", "addresses": ["192.0.2.10-192.0.2.12"], "default": True}
 WEB = {"id": "prod/default/web", "ports": [{"port": 80, "backends": []}]}
@@ -215,7 +216,7 @@ async def test_unknown_route_is_404(api: TestClient[Any, Any]) -> None:
 async def test_bad_json_is_400(
     api: TestClient[Any, Any], cluster: InMemoryCluster, method: str, path: str
 ) -> None:
-    response = await api.request(method, path, data=b"{not json", headers=AUTH)
+    response = await api.request(method, path, data=b"{not json", headers=JSON)
     assert response.status == 400
     error = (await response.json())["error"]
     assert error["code"] == "bad_json"
@@ -528,7 +529,7 @@ async def test_metrics_expose_raft_state_sizes_and_commit_latency(
 
 
 async def test_a_body_that_is_not_utf8_is_400(api: TestClient[Any, Any]) -> None:
-    response = await api.request("PUT", "/v1/pools/web", data=b'{"name": "\xff"}', headers=AUTH)
+    response = await api.request("PUT", "/v1/pools/web", data=b'{"name": "\xff"}', headers=JSON)
     assert response.status == 400
 
 
