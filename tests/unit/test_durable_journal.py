@@ -4,9 +4,12 @@ where Raft would. The calls below are the ones pysyncobj makes, in its order."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from raft.durable import DurableJournal
+import pytest
+
+from raft.durable import DurableJournal, install
 
 
 def entry(idx: int, term: int, text: str = "") -> tuple[bytes, int, int]:
@@ -72,3 +75,40 @@ def test_compaction_after_a_held_cut_sees_the_settled_log(tmp_path: Path) -> Non
     journal.deleteEntriesFrom(3)  # older-term tail: cut when anything reads or cuts the log
     journal.deleteEntriesTo(1)
     assert list(journal) == log[1:3]
+
+
+def test_only_a_replaced_committed_entry_is_critical(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pysyncobj's CRITICAL "may have diverged" fired at every overlap; the journal says it
+    only when an entry this node knew committed is replaced."""
+    log = [entry(i, 1) for i in range(1, 6)]
+    journal = journal_with(tmp_path, log, term=2)
+    journal.setRaftCommitIndex(3)
+    with caplog.at_level(logging.DEBUG):
+        journal.deleteEntriesFrom(2)  # overlap, entries identical: nothing to say
+        journal.add(*entry(3, 1))
+        journal.add(*entry(4, 2, "-new"))  # entry 4 was not committed: a normal cut
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        journal.deleteEntriesFrom(1)
+        journal.add(*entry(2, 2, "-other"))  # entry 2 was committed: divergence
+    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 1 and "index 2" in critical[0].getMessage()
+
+
+def test_pysyncobjs_overlap_alarm_is_a_debug_line(caplog: pytest.LogCaptureFixture) -> None:
+    from pysyncobj import syncobj
+
+    install()
+    logger = logging.getLogger(syncobj.__name__)
+    message = (
+        "truncating already-applied log entries from index %d (last applied: %d) - state "
+        "machine may have diverged from other cluster members"
+    )
+    with caplog.at_level(logging.INFO):
+        logger.critical(message, 5, 9)
+    assert not caplog.records
+    with caplog.at_level(logging.DEBUG):
+        logger.critical(message, 5, 9)
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert "identical entries are kept" in caplog.records[0].getMessage()
