@@ -100,13 +100,25 @@ class ClientConfigError(ValueError):
 def read_token(path: Path) -> str:
     """Read a bearer token file, stripped of whitespace; refuse a missing or empty one."""
     try:
-        token = path.read_text().strip()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ClientConfigError(f"token file {path} does not exist") from None
     except OSError as exc:
         raise ClientConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ClientConfigError(
+            f"token file {path} is not text (a token is printable ASCII, e.g. from "
+            "`openssl rand -hex 32`)"
+        ) from None
     if not token:
         raise ClientConfigError(f"token file {path} is empty")
+    if not all(" " < c < "\x7f" for c in token):
+        raise ClientConfigError(
+            f"token file {path} holds spaces or control characters: a token is one printable "
+            "word (HTTP headers cannot carry anything else)"
+        )
     return token
 
 
@@ -152,11 +164,26 @@ class ApiClient:
         verify: bool | str = True,
         session: requests.Session | None = None,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parts = urlsplit(base_url)
+            self.port = parts.port  # parsed now: "[::1" or ":99999" fail here, not mid-request
+        except ValueError as exc:
+            raise ClientConfigError(f"API URL {base_url!r} is not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientConfigError(
                 f"API URL {base_url!r} is not an http:// or https:// URL with a host"
             )
+        if parts.path.rstrip("/").endswith("/v1"):  # a path prefix (a proxy) stays allowed
+            raise ClientConfigError(
+                f"API URL {base_url!r} ends in /v1: give the agent's base URL, e.g. "
+                f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')[:-3]}"
+            )
+        if parts.query or parts.fragment:
+            raise ClientConfigError(f"API URL {base_url!r}: no query or fragment, please")
+        if not 0 < timeout < float("inf"):
+            raise ClientConfigError(f"timeout {timeout!r}: give a number of seconds above 0")
+        if isinstance(verify, str) and not Path(verify).is_file():
+            raise ClientConfigError(f"CA file {verify} does not exist or is not a file")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
@@ -333,9 +360,12 @@ class ApiClient:
                 "is the agent overloaded? a change sent may still be applied; retrying is safe",
             ) from None
         except requests.exceptions.ConnectionError as exc:
-            raise ApiUnreachable(
-                self.base_url, _connection_reason(exc), "is the agent running at that URL?"
-            ) from None
+            reason = _connection_reason(exc)
+            hint = "is the agent running at that URL?"
+            if reason == _CLOSED and url.startswith("http://"):
+                # An agent with api.tls closes a plain-HTTP connection without a word.
+                hint = "does the agent use TLS (api.tls)? then use https:// in --api"
+            raise ApiUnreachable(self.base_url, reason, hint) from None
         except requests.exceptions.RequestException as exc:
             raise ApiUnreachable(
                 self.base_url, str(exc) or type(exc).__name__, "is that URL a raftlb agent?"
@@ -423,5 +453,8 @@ def _connection_reason(exc: requests.exceptions.ConnectionError) -> str:
     if "no route to host" in text or "network is unreachable" in text:
         return "no route to the host"
     if "reset" in text or "remotedisconnected" in text or "aborted" in text:
-        return "the connection was closed without an answer"
+        return _CLOSED
     return str(exc)
+
+
+_CLOSED = "the connection was closed without an answer"

@@ -13,11 +13,11 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from announce.interfaces import InterfaceError, interface_networks
 from appliance.dataplane.render import Firewall
+from appliance.documents import DocumentError, decode, load_yaml
 from appliance.model import AnnounceMode, Name, Pool, ServiceSpec, field_errors
 from raft.timing import PROFILES, TimingProfile
 
@@ -308,24 +308,29 @@ def parse_config(data: Any, source: Path | str = "<config>") -> AgentConfig:
 def load_config(path: Path) -> AgentConfig:
     """Read and validate a YAML config file; raise ConfigError listing every problem."""
     try:
-        text = path.read_text()
+        data = load_yaml(decode(path.read_bytes(), "the config file"))
     except OSError as exc:
         raise ConfigError(
             path, [{"field": "(file)", "value": str(path), "message": exc.strerror or str(exc)}]
         ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except DocumentError as exc:
         raise ConfigError(
-            path, [{"field": "(file)", "value": str(path), "message": f"not valid YAML: {exc}"}]
+            path, [{"field": "(file)", "value": str(path), "message": str(exc)}]
         ) from None
     config = parse_config(data, path)
     return config
 
 
 def read_secret(path: Path) -> str:
-    """Read a secret file (password or token), stripped of surrounding whitespace."""
-    return path.read_text().strip()
+    """Read a secret file (password or token), stripped of surrounding whitespace. Raises
+    ValueError when it is not printable ASCII (a token must fit in an HTTP header)."""
+    text = path.read_bytes().decode("ascii", errors="replace").strip()
+    if not all(" " < c < "\x7f" for c in text):
+        raise ValueError(
+            f"{path} holds bytes that are not printable ASCII (or spaces): a secret is one "
+            "printable word, e.g. from `openssl rand -hex 32`"
+        )
+    return text
 
 
 def segment_errors(
@@ -403,6 +408,9 @@ def check_files(config: AgentConfig) -> list[dict[str, Any]]:
             secret = read_secret(path)
         except OSError as exc:
             errors.append({"field": field, "value": str(path), "message": exc.strerror or str(exc)})
+            continue
+        except ValueError as exc:
+            errors.append({"field": field, "value": str(path), "message": str(exc)})
             continue
         if len(secret) < MIN_SECRET_LENGTH:
             errors.append(

@@ -65,7 +65,7 @@ class CliContext:
             self.fail(
                 EXIT_BAD_INPUT,
                 str(exc),
-                hint="check --api / RAFTLB_API, e.g. http://192.0.2.11:8080",
+                hint="check --api / RAFTLB_API (e.g. http://192.0.2.11:8080), --ca-file, --timeout",
             )
 
     @contextmanager

@@ -8,15 +8,14 @@ sent until the whole file is valid.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from appliance.documents import DocumentError, decode, load_json, load_yaml
 from appliance.model import Pool, ServiceSpec, field_errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -51,23 +50,14 @@ _KEYS = {"pools": "raftlb pools apply", "services": "raftlb services apply"}
 def read_document(path: str) -> Any:
     """Parse the file at `path` ("-" for stdin): JSON if it ends in .json, YAML otherwise."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FileInvalid(f"cannot read the file: {exc}") from None
-    if path.endswith(".json"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FileInvalid(
-                f"not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise FileInvalid(f"cannot read the file: {exc.strerror or exc}") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise FileInvalid(f"not valid YAML: {where}{problem}") from None
+        text = decode(raw)
+        return load_json(text) if path.endswith(".json") else load_yaml(text)
+    except DocumentError as exc:
+        raise FileInvalid(str(exc)) from None
 
 
 def parse_document(data: Any, kind: Kind[M]) -> list[M]:

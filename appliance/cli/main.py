@@ -45,7 +45,13 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "cli", "main"]
     help="CA bundle that signed the agent's TLS certificate (env RAFTLB_CA_FILE).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the API.")
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    help="Seconds to wait for the API.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,

@@ -309,9 +309,11 @@ def test_bad_api_url_is_refused(url: str) -> None:
         ApiClient(url, TOKEN)
 
 
-def test_tls_verification_setting_reaches_the_session() -> None:
-    assert ApiClient("https://lb:8443", TOKEN, verify="/etc/raftlb/ca.pem").session.verify == (
-        "/etc/raftlb/ca.pem"
-    )
+def test_tls_verification_setting_reaches_the_session(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA bundle")
+    assert ApiClient("https://lb:8443", TOKEN, verify=str(ca)).session.verify == str(ca)
+    with pytest.raises(ClientConfigError, match="CA file"):
+        ApiClient("https://lb:8443", TOKEN, verify=str(tmp_path / "missing.pem"))
     assert ApiClient("https://lb:8443", TOKEN, verify=False).session.verify is False
     assert ApiClient("https://lb:8443", TOKEN).session.verify is True
