@@ -221,4 +221,11 @@ class BgpAnnouncer:
 
     def _send(self, commands: list[str]) -> None:
         assert self._writer is not None
-        self._writer.write("".join(f"{c}\n" for c in commands).encode())
+        # exabgp reads one command per line: a command holding a line break (an address with
+        # a zone id that carried one) would become two. The model refuses such values; this
+        # is the last line of defence between a stored value and the routers.
+        safe = [c for c in commands if c.isprintable()]
+        for command in commands:
+            if not command.isprintable():
+                log.error("bgp: not sent, it holds control characters: %r", command[:200])
+        self._writer.write("".join(f"{c}\n" for c in safe).encode())

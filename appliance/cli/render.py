@@ -25,8 +25,14 @@ def _table(*columns: str) -> Table:
 
 
 def _add(table: Table, *cells: str) -> None:
-    # Text, not markup: a sharing key like "[red]" must print as written.
-    table.add_row(*(Text(cell) for cell in cells))
+    # Text, not markup: a sharing key like "[red]" must print as written; control characters
+    # (ESC, NUL, a right-to-left override) are shown escaped, never sent to the terminal
+    # (the API refuses them now; a state written before may still hold some).
+    table.add_row(*(Text(cell if cell.isprintable() else _escaped(cell)) for cell in cells))
+
+
+def _escaped(text: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _grid(rows: Iterable[tuple[str, str]]) -> Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
 
 from announce.bgp_config import (
     Peer,
@@ -97,3 +98,22 @@ def test_a_node_announces_routed_vips_with_a_healthy_backend_while_able() -> Non
     assert routed_to_announce(routed, services, False, healthy) == {}  # no lease, or drained
     found = routes({"198.51.100.1": pool, "2001:db8:2::1": pool}, HOP4, None)
     assert [(str(r.vip), r.med) for r in found] == [("198.51.100.1", 7)]  # no v6 next hop
+
+
+def test_a_command_with_a_line_break_never_reaches_exabgp(tmp_path: Path) -> None:
+    """A zoned address may carry a newline: "… 2001:db8::78%x\\nannounce route 203.0.113.7 …"
+    would be a second command. The model refuses it; the announcer drops such a command too."""
+    from announce.bgp import BgpAnnouncer
+
+    class Writer:
+        data = b""
+
+        def write(self, data: bytes) -> None:
+            self.data += data
+
+    session = Session(64512, HOP4, HOP4, (Peer(IPv4Address("192.0.2.1"), 64500, 3),))
+    announcer = BgpAnnouncer(session, tmp_path)
+    writer = Writer()
+    announcer._writer = writer  # type: ignore[assignment]
+    announcer._send(["announce route 192.0.2.5/32 next-hop 192.0.2.11", "a\nannounce route x"])
+    assert writer.data == b"announce route 192.0.2.5/32 next-hop 192.0.2.11\n"

@@ -521,3 +521,18 @@ def test_vips_table_shows_the_last_change_of_owner() -> None:
     text = " ".join(console.export_text().split())
     assert "n3 4 5s ago dead (from n1, silent 842 ms)" in text
     assert "drain (from n1)" in text
+
+
+def test_tables_never_send_control_characters_to_the_terminal() -> None:
+    """A value stored before the API refused them (ESC, NUL, a right-to-left override) prints
+    escaped: an ESC sequence could clear the operator's screen or fake output."""
+    from rich.console import Console
+
+    from appliance.cli.render import vips_table
+
+    vip = {"address": "192.0.2.200", "node": "n3", "sharing_key": "k\x1b[2J\u202eevil\x00"}
+    console = Console(width=250, record=True, color_system=None)
+    console.print(vips_table([vip]))
+    text = console.export_text()
+    assert "\x1b" not in text and "\u202e" not in text and "\x00" not in text
+    assert "k\\x1b[2J\\u202eevil\\x00" in text
