@@ -11,7 +11,8 @@ tick thread.
 decrypts with the cluster's password may send one frame of at most `FIRST_FRAME_MAX` bytes
 (the handshake is a few hundred); after that a frame may be at most `FRAME_MAX` (the largest
 legitimate entry is a `/v1/apply` batch of 2 MiB; snapshots go in 64 KiB pieces). Anything else
-is disconnected at once, with one log line per `LOG_EVERY` seconds.
+is disconnected at once, with one log line per `LOG_EVERY` seconds. Incoming connections that
+have not identified themselves (the handshake) are bounded in number and time too.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ import time
 from typing import Any
 
 from pysyncobj.tcp_connection import TcpConnection
+from pysyncobj.transport import TCPTransport
 
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_MAX = 64 * 1024
 FRAME_MAX = 32 * 1024 * 1024
 LOG_EVERY = 10.0
+# Incoming connections that have not said who they are: at most this many at once (the oldest
+# goes), each for at most this long (pysyncobj kept a silent one open, a descriptor each).
+UNKNOWN_MAX = 64
+UNKNOWN_SECONDS = 5.0
 
 _READ = "_TcpConnection__processRead"
 _PARSE = "_TcpConnection__processParseMessage"
@@ -100,4 +106,29 @@ def install() -> None:
 
     setattr(TcpConnection, _READ, guarded_read)
     setattr(TcpConnection, _PARSE, trusting_parse)
+    _bound_unknown_connections()
     TcpConnection._raftlb_wire = True
+
+
+def _bound_unknown_connections() -> None:
+    incoming = TCPTransport._onNewIncomingConnection
+    tick = TCPTransport._onTick
+
+    def on_incoming(self: Any, conn: Any) -> None:
+        conn._raftlb_since = time.monotonic()
+        unknown = sorted(self._unknownConnections, key=lambda c: getattr(c, "_raftlb_since", 0))
+        for old in unknown[: max(0, len(unknown) - UNKNOWN_MAX + 1)]:
+            refusals.refuse(f"more than {UNKNOWN_MAX} connections not yet identified")
+            old.disconnect()
+        incoming(self, conn)
+
+    def on_tick(self: Any) -> None:
+        tick(self)
+        now = time.monotonic()
+        for conn in list(self._unknownConnections):
+            if now - getattr(conn, "_raftlb_since", now) > UNKNOWN_SECONDS:
+                refusals.refuse(f"not identified within {UNKNOWN_SECONDS:g} s")
+                conn.disconnect()
+
+    TCPTransport._onNewIncomingConnection = on_incoming
+    TCPTransport._onTick = on_tick
