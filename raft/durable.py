@@ -37,6 +37,7 @@ from pysyncobj import syncobj as pysyncobj_syncobj
 log = logging.getLogger(__name__)
 
 DUMP_NAME = "raft.dump"
+EXIT_META_FAILED = 75  # EX_TEMPFAIL: systemd restarts the agent
 
 
 def fsync_path(path: str | Path, directory: bool = False) -> None:
@@ -54,12 +55,27 @@ class DurableMetaStorer(pysyncobj_journal.MetaStorer):  # type: ignore[misc]
     def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802 - pysyncobj's name
         path = self.getPath()
         tmp = path + ".tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(pysyncobj_journal.dumps(meta))
-            handle.flush()
-            os.fsync(handle.fileno())
-        shutil.move(tmp, path)
-        fsync_path(os.path.dirname(path) or ".", directory=True)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(pysyncobj_journal.dumps(meta))
+                handle.flush()
+                os.fsync(handle.fileno())
+            shutil.move(tmp, path)
+            fsync_path(os.path.dirname(path) or ".", directory=True)
+        except OSError as exc:
+            # pysyncobj logs a failed tick and goes on, with the new term or vote in memory
+            # only: the node kept voting with "Too many open files". A node that cannot keep
+            # its vote on disk must not vote at all: stop, and let systemd start it again.
+            log.critical(
+                "cannot write the Raft term and vote to %s (%s): stopping this agent now (a "
+                "node that cannot keep its vote must not vote); free disk space or file "
+                "descriptors, then start it again (systemd does)",
+                path,
+                exc,
+            )
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(EXIT_META_FAILED)
 
 
 class DurableJournal(pysyncobj_journal.FileJournal):  # type: ignore[misc]

@@ -112,3 +112,28 @@ def test_pysyncobjs_overlap_alarm_is_a_debug_line(caplog: pytest.LogCaptureFixtu
         logger.critical(message, 5, 9)
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
     assert "identical entries are kept" in caplog.records[0].getMessage()
+
+
+def test_a_vote_that_cannot_reach_the_disk_stops_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pysyncobj went on after a failed storeMeta (Too many open files), voting with a term
+    only in memory."""
+    from raft import durable
+
+    journal = journal_with(tmp_path, [entry(1, 1)], term=1)
+    exits: list[int] = []
+
+    def no_fsync(fd: int) -> None:
+        raise OSError(24, "Too many open files")
+
+    def exit_(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(durable.os, "fsync", no_fsync)
+    monkeypatch.setattr(durable.os, "_exit", exit_)
+    with pytest.raises(SystemExit):
+        journal.setCurrentTerm(2, "n2")
+    assert exits == [durable.EXIT_META_FAILED]
+    assert "must not vote" in caplog.text
