@@ -282,7 +282,7 @@ class Syncer:
         """Every service of this cluster in the appliance (and remember them)."""
         cluster = self.options.cluster
         listed = self.appliance.each_service(where=lambda sid: owned(cluster, sid))
-        found = {s.spec.id: Stored.of(s) for s in listed if owned(cluster, s.spec.id)}
+        found = {s.spec.id: Stored.of(s) for s in listed}
         self.known.replace(found)
         return found
 

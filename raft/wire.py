@@ -25,6 +25,8 @@ from typing import Any
 from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 
+from appliance.tally import Tally
+
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_MAX = 64 * 1024
@@ -46,23 +48,21 @@ class _Refusals:
 
     def __init__(self) -> None:
         self.count = 0
-        self.unlogged = 0
-        self.logged_at = -LOG_EVERY
+        self._tally = Tally(LOG_EVERY)
 
     def refuse(self, why: str) -> None:
         self.count += 1
-        self.unlogged += 1
-        now = time.monotonic()
-        if now - self.logged_at >= LOG_EVERY:
+        due = self._tally.add("refused")
+        if due is not None:
+            counts, span = due
             log.warning(
                 "Raft port: closed %d connection(s) in the last %.0f s (latest: %s); is "
                 "something other than a raftlb peer connecting? The firewall lets only peers in "
                 "with forward: nftables",
-                self.unlogged,
-                min(now - self.logged_at, LOG_EVERY),
+                counts["refused"],
+                span,
                 why,
             )
-            self.unlogged, self.logged_at = 0, now
 
 
 refusals = _Refusals()

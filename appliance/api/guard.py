@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import time
 from collections.abc import Callable
 from typing import Any
+
+from appliance.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ class ConnectionGuard:
         self.evicted = 0
         self.refused = 0
         self.timed_out = 0
-        self._unlogged: dict[str, int] = {}
-        self._logged_at = -log_every
+        self._tally = Tally(log_every)
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for `loop.create_server` around aiohttp's."""
@@ -83,20 +83,19 @@ class ConnectionGuard:
     # -- bookkeeping ------------------------------------------------------------------------------
 
     def note(self, what: str) -> None:
-        self._unlogged[what] = self._unlogged.get(what, 0) + 1
-        now = time.monotonic()
-        if now - self._logged_at >= self.log_every:
-            summary = ", ".join(f"{n} {w}" for w, n in sorted(self._unlogged.items()))
-            log.warning(
-                "API: closed connections in the last %.0f s: %s (at most %d open, each must "
-                "send a request within %.0f s); %d open now",
-                min(now - self._logged_at, self.log_every),
-                summary,
-                self.max_connections,
-                self.idle,
-                len(self.open),
-            )
-            self._unlogged, self._logged_at = {}, now
+        due = self._tally.add(what)
+        if due is None:
+            return
+        counts, span = due
+        log.warning(
+            "API: closed connections in the last %.0f s: %s (at most %d open, each must "
+            "send a request within %.0f s); %d open now",
+            span,
+            ", ".join(f"{n} {w}" for w, n in sorted(counts.items())),
+            self.max_connections,
+            self.idle,
+            len(self.open),
+        )
 
 
 class _Guarded(asyncio.Protocol):
