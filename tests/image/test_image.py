@@ -187,6 +187,18 @@ def test_a_seeded_config_passes_config_check_inside_the_image(
             path.unlink()
 
 
+def _write(net: VmNet, seeds: Path, node: Vm, *args: str, attempts: int = 3) -> Any:
+    """A write through the CLI, tried again when it fails: a 503 means "not known to be
+    committed, retry is safe", and emulated VMs sometimes take longer than the 5 s write
+    timeout to commit (drain and undrain are idempotent)."""
+    for attempt in range(attempts):
+        answer = raftlb_json(net, seeds, node, *args)
+        if answer is not None or attempt == attempts - 1:
+            return answer
+        time.sleep(2.0)
+    return None
+
+
 def raftlb_json(net: VmNet, seeds: Path, node: Vm, *args: str) -> Any:
     result = net.ns(
         sys.executable, "-m", "appliance.cli", "--api", f"https://{node.address}:8080",
@@ -395,7 +407,7 @@ def test_three_vms_boot_from_seeds_and_form_a_cluster_that_fails_over(
             )
             assert failures[2] <= 6, "the VIP stayed unanswered for more than ~18 s"
             assert answered(), "the VIP is not answered after the drain"
-            assert raftlb_json(vmnet, seeds, survivor, "nodes", "undrain", drained) is not None
+            assert _write(vmnet, seeds, survivor, "nodes", "undrain", drained) is not None
         finally:
             backend.kill()
             backend.wait(timeout=10)
@@ -425,7 +437,7 @@ def drain_under_load(
     thread.start()
     try:
         time.sleep(2)
-        assert raftlb_json(net, seeds, node, "nodes", "drain", drained) is not None
+        assert _write(net, seeds, node, "nodes", "drain", drained) is not None
         wait_for(
             f"the VIP off {drained}",
             lambda: (o := _owner(net, seeds, node, vip)) and o != drained,
