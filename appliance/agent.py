@@ -71,6 +71,7 @@ def raft_settings(config: AgentConfig) -> RaftSettings:
         data_dir=config.data_dir / "raft",
         timing=config.timing_profile(),
         log_compaction_entries=config.raft.log_compaction_entries,
+        log_compaction_interval=config.raft.log_compaction_interval,
     )
 
 
@@ -266,7 +267,11 @@ async def serve(
 ) -> None:
     """Run the API and the node's loops until SIGTERM/SIGINT."""
     metrics = Metrics(cluster)
-    cluster.observe(applied=metrics.applied, tick_lag=metrics.tick_lag_seconds.observe)
+    cluster.observe(
+        applied=metrics.applied,
+        tick_lag=metrics.tick_lag_seconds.observe,
+        journal_sync=metrics.journal_sync_seconds.observe,
+    )
     health = None
     if dataplane is not None:
         health = HealthChecker()

@@ -67,6 +67,15 @@ class RaftConfig(_Strict):
         le=10_000_000,
         description="journal entries after which the state is dumped and the journal cut",
     )
+    log_compaction_interval: float = Field(
+        default=300.0,
+        ge=10,
+        le=86_400,
+        description=(
+            "seconds: each node compacts only in its own slot of every interval (node i of n "
+            "from i*interval/n), so no two compact at once; and at least once per interval"
+        ),
+    )
 
 
 class TlsConfig(_Strict):

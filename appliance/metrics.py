@@ -193,6 +193,12 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
             registry=self.registry,
         )
+        self.journal_sync_seconds = Histogram(
+            "raftlb_raft_journal_sync_seconds",
+            "Time of one Raft journal sync to disk (the Raft tick waits for it)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
         self.reconcile_seconds = Histogram(
             "raftlb_reconcile_seconds",
             "Time of one reconcile pass (announcer, BGP, data plane, acknowledgements)",

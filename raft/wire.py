@@ -22,10 +22,8 @@ import struct
 import time
 from typing import Any
 
-from pysyncobj.tcp_connection import TcpConnection
-from pysyncobj.transport import TCPTransport
-
 from appliance.tally import Tally
+from raft.pysyncobj_lib import TcpConnection, TCPTransport
 
 log = logging.getLogger(__name__)
 

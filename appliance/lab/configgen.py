@@ -37,14 +37,21 @@ def cluster_config_data(
     token_file: Path,
     timing: str = "fast",
     extra: dict[str, Any] | None = None,
+    raft: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One agent config (as a dict ready for YAML) per node, all with the same peer list."""
+    """One agent config (as a dict ready for YAML) per node, all with the same peer list;
+    `raft` adds settings to each node's raft section."""
     peers = [{"id": n.node_id, "address": n.raft} for n in nodes]
     out = {}
     for node in nodes:
         out[node.node_id] = {
             "node_id": node.node_id,
-            "raft": {"address": node.raft, "peers": peers, "password_file": str(password_file)},
+            "raft": {
+                "address": node.raft,
+                "peers": peers,
+                "password_file": str(password_file),
+                **(raft or {}),
+            },
             "data_dir": str(base_dir / node.node_id / "data"),
             "api": {"listen": node.api, "token_file": str(token_file)},
             "announce": "none",
@@ -75,12 +82,15 @@ def write_secrets(base_dir: Path) -> tuple[Path, Path]:
 
 
 def write_cluster(
-    nodes: list[NodeAddresses], base_dir: Path, timing: str = "fast"
+    nodes: list[NodeAddresses],
+    base_dir: Path,
+    timing: str = "fast",
+    raft: dict[str, Any] | None = None,
 ) -> tuple[list[GeneratedNode], Path]:
     """Write fresh secrets and configs under base_dir; return the nodes and the token file."""
     base_dir.mkdir(parents=True, exist_ok=True)
     password_file, token_file = write_secrets(base_dir)
-    data = cluster_config_data(nodes, base_dir, password_file, token_file, timing)
+    data = cluster_config_data(nodes, base_dir, password_file, token_file, timing, raft=raft)
     out = []
     for node in nodes:
         path = base_dir / node.node_id / "agent.yaml"

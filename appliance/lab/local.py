@@ -187,8 +187,10 @@ def up(
     timing: str = "fast",
     progress: Progress = print,
     timeout: float = 60.0,
+    raft: dict[str, Any] | None = None,
 ) -> tuple[LocalLab, str]:
-    """Generate configs, start the agents, wait for a leader; return the lab and the leader."""
+    """Generate configs, start the agents, wait for a leader; return the lab and the leader.
+    `raft` adds settings to every node's raft section."""
     if nodes < 1:
         raise LabError("--nodes must be at least 1")
     directory = directory.resolve()
@@ -201,7 +203,7 @@ def up(
         NodeAddresses(f"n{i + 1}", f"127.0.0.1:{ports[2 * i]}", f"127.0.0.1:{ports[2 * i + 1]}")
         for i in range(nodes)
     ]
-    generated, token_file = write_cluster(addresses, directory, timing)
+    generated, token_file = write_cluster(addresses, directory, timing, raft)
     lab = LocalLab(
         dir=directory,
         token_file=token_file,

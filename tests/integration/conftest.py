@@ -60,8 +60,12 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabClust
     request.node.stash[LAB_DIR] = directory
     request.node.stash[LAB_PROGRESS] = progress
     started = time.monotonic()
+    marker = request.node.get_closest_marker("raft_settings")
+    raft = dict(marker.kwargs) if marker else None
     try:
-        lab, leader = local.up(directory, nodes=3, timing="fast", progress=progress.append)
+        lab, leader = local.up(
+            directory, nodes=3, timing="fast", progress=progress.append, raft=raft
+        )
         startup = time.monotonic() - started
         progress.append(f"lab up in {startup:.3f}s, leader {leader}")
         yield LabCluster(lab, leader, progress, startup)

@@ -357,6 +357,8 @@ def test_node_with_wrong_raft_password_cannot_join(cluster: LabCluster) -> None:
 COMPACTION_ENTRIES = 5200  # pysyncobj compacts past logCompactionMinEntries (default 5000)
 
 
+# Nodes compact in turn, each in its slot of the interval: a short one for the test.
+@pytest.mark.raft_settings(log_compaction_interval=10)
 def test_log_compaction_snapshot_install_and_restart_from_dump(cluster: LabCluster) -> None:
     leader = agreed_leader(cluster, cluster.ids)
     lagging = cluster.followers(leader)[0]

@@ -5,10 +5,12 @@ where Raft would. The calls below are the ones pysyncobj makes, in its order."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
+from raft import durable
 from raft.durable import DurableJournal, install
 
 
@@ -137,3 +139,45 @@ def test_a_vote_that_cannot_reach_the_disk_stops_the_node(
         journal.setCurrentTerm(2, "n2")
     assert exits == [durable.EXIT_META_FAILED]
     assert "must not vote" in caplog.text
+
+
+def test_sync_writes_the_journal_with_fdatasync_not_msync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # msync (pysyncobj's flush, mmap.flush) holds the GIL while the disk writes: the agent's
+    # API and lease loop stood still behind it. The sync must go through fdatasync of the
+    # journal file, which releases the GIL.
+    from pysyncobj import journal as pysyncobj_journal
+
+    def no_msync(self: object) -> None:
+        raise AssertionError("journal synced through mmap.flush (holds the GIL)")
+
+    journal = DurableJournal(str(tmp_path / "raft.journal"))
+    monkeypatch.setattr(pysyncobj_journal.ResizableFile, "flush", no_msync)
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(os.fstat(fd).st_ino), real(fd)))
+    timed: list[float] = []
+    journal.on_sync = timed.append
+    log = [entry(i, 1, "x" * 5000) for i in range(1, 400)]  # grows (and remaps) the file
+    for item in log:
+        journal.add(*item)
+    journal.sync()
+    journal.sync()  # nothing new: no second sync
+    assert synced == [os.stat(tmp_path / "raft.journal").st_ino]
+    assert len(timed) == 1 and timed[0] >= 0
+    assert list(DurableJournal(str(tmp_path / "raft.journal"))) == log
+
+
+def test_a_slow_journal_sync_is_logged_once_a_minute_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(durable, "SLOW_SYNC", 0.0)  # every sync counts as slow
+    journal = DurableJournal(str(tmp_path / "raft.journal"))
+    with caplog.at_level(logging.WARNING, logger="raft.durable"):
+        for i in range(1, 4):
+            journal.add(*entry(i, 1))
+            journal.sync()
+    slow = [r for r in caplog.records if "journal sync took" in r.getMessage()]
+    assert len(slow) == 1, [r.getMessage() for r in slow]
+    assert "raftlb_raft_journal_sync_seconds" in slow[0].getMessage()
