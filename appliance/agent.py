@@ -46,6 +46,7 @@ from appliance.metrics import Metrics
 from appliance.model import MemberReport, Pool, format_field_errors
 from appliance.routing import routes
 from raft.cluster import RaftCluster, RaftSettings, SubmitError
+from raft.commands import Batch, ReportMember, batch
 
 log = logging.getLogger("raftlb.agent")
 
@@ -110,16 +111,11 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
     return context
 
 
-def static_commands(config: AgentConfig) -> list[dict[str, Any]]:
-    """The config's pools and services as commands, applied together at start."""
-    commands = [
-        {"v": 1, "type": "pool.put", "pool": p.model_dump(mode="json")} for p in config.pools
-    ]
-    commands += [
-        {"v": 1, "type": "service.put", "service": s.model_dump(mode="json")}
-        for s in config.services
-    ]
-    return commands
+def static_commands(config: AgentConfig) -> Batch | None:
+    """The config's pools and services as one batch, applied at start (None: there are none)."""
+    if not config.pools and not config.services:
+        return None
+    return batch(config.pools, config.services)
 
 
 async def _report_loop(config: AgentConfig, metrics: Metrics, started_at: float) -> None:
@@ -136,10 +132,7 @@ async def _report_loop(config: AgentConfig, metrics: Metrics, started_at: float)
             reported_at=time.time(),
         )
         try:
-            await metrics.submit(
-                {"v": 1, "type": "member.report", "report": report.model_dump(mode="json")},
-                timeout=max(period, 1.0),
-            )
+            await metrics.submit(ReportMember(report=report), timeout=max(period, 1.0))
             if failing:
                 log.info("member report committed again: quorum is back")
             failing = False
@@ -181,15 +174,13 @@ async def _watch_raft(cluster: RaftCluster, period: float = 0.2) -> None:
 
 async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
     """Apply the config file's pools and services once, retrying until there is a quorum."""
-    commands = static_commands(config)
-    if not commands:
+    command = static_commands(config)
+    if command is None:
         return
     delay = 0.5
     while True:
         try:
-            result = await metrics.submit(
-                {"v": 1, "type": "batch", "commands": commands}, config.api.write_timeout
-            )
+            result = await metrics.submit(command, config.api.write_timeout)
         except SubmitError as exc:
             log.info("static config waits for quorum (%s); retrying in %.1fs", exc.code, delay)
             await asyncio.sleep(delay)

@@ -24,7 +24,7 @@ from appliance.metrics import Metrics
 from appliance.model import Assignment, ChangeReason, IPAddress, LeaseRenewal, Pool
 from appliance.reconciler import Reconciler
 from raft.cluster import RaftCluster, SubmitError
-from raft.commands import AssignVips
+from raft.commands import AssignVips, Command, ReleasedVips, RenewLease
 from raft.ownership import Liveness
 from raft.planner import LeaderPlanner
 from raft.state import StateView
@@ -129,14 +129,14 @@ class OwnershipLoops:
         """Called (thread-safely, via the loop) whenever a Raft entry was applied."""
         self._wake.set()
 
-    def _fire(self, command: dict[str, Any], timeout: float) -> None:
+    def _fire(self, command: Command, timeout: float) -> None:
         if len(self._inflight) > 50:
             return  # no quorum for a while: do not pile up commands
         task = asyncio.create_task(self._submit_quietly(command, timeout))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _submit_quietly(self, command: dict[str, Any], timeout: float) -> None:
+    async def _submit_quietly(self, command: Command, timeout: float) -> None:
         with contextlib.suppress(SubmitError):
             await self.metrics.submit(command, timeout)
 
@@ -149,10 +149,7 @@ class OwnershipLoops:
             renewal = LeaseRenewal(
                 node=self.me, incarnation=self.incarnation, seq=self.seq, sent_at=time.monotonic()
             )
-            self._fire(
-                {"v": 1, "type": "lease.renew", "renewal": renewal.model_dump(mode="json")},
-                timeout=self.timing.lease,
-            )
+            self._fire(RenewLease(renewal=renewal), timeout=self.timing.lease)
             await asyncio.sleep(period)
 
     # -- the leader's decisions -------------------------------------------------------------
@@ -199,7 +196,7 @@ class OwnershipLoops:
                 continue
             self._log_decision(state, decision, alive)
             try:
-                result = await self.metrics.submit(decision.model_dump(mode="json"), 1.0)
+                result = await self.metrics.submit(decision, 1.0)
             except SubmitError as exc:
                 log.warning("assignment not committed: %s", exc.message)
                 continue
@@ -292,7 +289,7 @@ class OwnershipLoops:
             # At start (the firewall is in the tables too, VIPs or not), or after a failure.
             await asyncio.get_running_loop().run_in_executor(None, self.dataplane.repair)
         if step.acks:
-            self._fire({"v": 1, "type": "vips.released", "node": self.me, "vips": step.acks}, 1.0)
+            self._fire(ReleasedVips(node=self.me, vips=step.acks), 1.0)
         self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     async def _rules(self, changes: Mapping[IPAddress, tuple[Forward, ...]]) -> None:

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from appliance.model import Backend
 from raft.cluster import Cluster, SubmitError
+from raft.commands import Command
 
 COMMAND_BUCKETS = (
     5e-05,
@@ -239,7 +240,7 @@ class Metrics:
             registry=self.registry,
         )
 
-    async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def submit(self, command: Command, timeout: float) -> dict[str, Any]:
         started = time.monotonic()
         try:
             result = await self._cluster.submit(command, timeout)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from raft import durable, wire
+from raft.commands import Command, DeletePool, DeleteService, Release, encode
 from raft.pysyncobj_lib import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from raft.state import ClusterState, StateView, view_to_data
 from raft.timing import TimingProfile
@@ -108,7 +109,7 @@ class Cluster(Protocol):
 
     def status(self) -> RaftStatus: ...
 
-    async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+    async def submit(self, command: Command, timeout: float) -> dict[str, Any]: ...
 
 
 # The items a command carries: its apply time per item is what grows (or not) with size.
@@ -211,14 +212,20 @@ def syncobj_conf(settings: RaftSettings) -> SyncObjConf:
     )
 
 
-def _settle_resent_delete(command: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+def _settle_resent_delete(command: Command, result: dict[str, Any]) -> dict[str, Any]:
     """A delete sent again after a lost acknowledgement may find its target already gone:
     the first attempt committed. Report that as the success it was."""
-    kind = str(command.get("type", ""))
     error = result.get("error") or {}
-    if result.get("ok") or not kind.endswith(".delete") or error.get("code") != "not_found":
+    if result.get("ok") or error.get("code") != "not_found":
         return result
-    target = command.get("name") or command.get("id") or command.get("owner")
+    if isinstance(command, DeletePool):
+        target = command.name
+    elif isinstance(command, DeleteService):
+        target = command.id
+    elif isinstance(command, Release):
+        target = command.owner
+    else:
+        return result
     return {"ok": True, "value": {"deleted": target, "already_gone": True}}
 
 
@@ -364,7 +371,7 @@ class RaftCluster:
             connected=connected,
         )
 
-    async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def submit(self, command: Command, timeout: float) -> dict[str, Any]:
         """Commit `command` and return its result, or raise SubmitError within `timeout` s.
 
         When the leader is lost in flight the command is sent again (to the next leader) until
@@ -375,9 +382,10 @@ class RaftCluster:
         deadline = loop.time() + timeout
         last_reason = "no leader"
         resent = False
+        raw = encode(command)
         while True:
             await self._wait_for_leader(deadline, timeout)
-            result, error = await self._send_once(command, deadline, timeout)
+            result, error = await self._send_once(raw, deadline, timeout)
             if error == FAIL_REASON.SUCCESS:
                 if not isinstance(result, dict):
                     raise SubmitError("failed", f"unexpected result {result!r}")

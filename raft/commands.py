@@ -1,7 +1,9 @@
 """Replicated commands: versioned, JSON-able values with a type.
 
-A command travels as a plain dict `{"v": 1, "type": "...", ...}` through the single replicated
-entry point. Every node parses it with `parse_command`; a type or version this node does not know
+Callers build these values (`PutService(service=spec)`, `batch(pools, services, deletes)`) and
+submit them; `encode` turns one into the plain dict `{"v": 1, "type": "...", ...}` that travels
+through the single replicated entry point. Every node parses it with `parse_command`; a type or
+version this node does not know
 is refused the same way everywhere, so a cluster in the middle of a rolling upgrade never diverges
 on state (the newer node's command simply fails with `unsupported`). Commands carry everything
 they need (timestamps included): applying one never reads a clock, a random source or the disk.
@@ -9,7 +11,8 @@ they need (timestamps included): applying one never reads a clock, a random sour
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -136,23 +139,23 @@ class Batch(_Command):
 
 
 Command = Annotated[SimpleCommand | Batch, Field(discriminator="type")]
-KNOWN_TYPES = frozenset(
-    {
-        "pool.put",
-        "pool.delete",
-        "service.put",
-        "service.delete",
-        "allocation.create",
-        "allocation.delete",
-        "member.report",
-        "lease.renew",
-        "vips.assign",
-        "vips.released",
-        "node.drain",
-        "batch",
-    }
-)
+# Derived from the union, so that a command added there is known everywhere at once.
+COMMAND_CLASSES: tuple[type[_Command], ...] = (*get_args(get_args(SimpleCommand)[0]), Batch)
+KNOWN_TYPES = frozenset(str(c.model_fields["type"].default) for c in COMMAND_CLASSES)
 _ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+def batch(
+    pools: Iterable[Pool] = (),
+    services: Iterable[ServiceSpec] = (),
+    deletes: Iterable[str] = (),
+) -> Batch:
+    """Pools, then services, then service deletions, applied all or nothing. The deletions
+    are `missing_ok`: a batch sent again after a lost answer must not fail on them."""
+    commands: list[SimpleCommand] = [PutPool(pool=p) for p in pools]
+    commands += [PutService(service=s) for s in services]
+    commands += [DeleteService(id=d, missing_ok=True) for d in deletes]
+    return Batch(commands=commands)
 
 
 class CommandError(Exception):

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from raft.cluster import RaftStatus, SubmitError
+from raft.commands import Command, encode
 from raft.state import ClusterState, StateView
 
 
@@ -39,9 +40,11 @@ class InMemoryCluster:
             connected={n: n == self.node_id or self.has_quorum for n in self.peers},
         )
 
-    async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def submit(self, command: Command, timeout: float) -> dict[str, Any]:
         if not self.has_quorum:
             await asyncio.sleep(min(timeout, 0.05))
             raise SubmitError("no_quorum", f"no Raft leader within {timeout:g}s (fake)")
-        self.applied.append(command)
-        return self.state.apply(command)
+        # Through the wire form, as a real commit goes: what the log would hold.
+        raw = encode(command)
+        self.applied.append(raw)
+        return self.state.apply(raw)

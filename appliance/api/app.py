@@ -39,6 +39,17 @@ from appliance.model import (
     field_errors,
 )
 from raft.cluster import Cluster, SubmitError
+from raft.commands import (
+    Allocate,
+    Command,
+    DeletePool,
+    DeleteService,
+    PutPool,
+    PutService,
+    Release,
+    SetDrain,
+    batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +257,7 @@ _SERVICE_FIELDS = {"address": "vip"}
 
 async def _commit(
     ctx: ApiContext,
-    command: dict[str, Any],
+    command: Command,
     locate: Callable[[int], str] | None = None,
     rename: Callable[[int | None], dict[str, str]] | None = None,
 ) -> Any:
@@ -342,7 +353,7 @@ async def _set_drain(request: web.Request, drained: bool) -> web.Response:
     node = request.match_info["node"]
     if node not in ctx.peers:
         raise ApiError(404, "not_found", f"node {node!r} is not a member ({', '.join(ctx.peers)})")
-    value = await _commit(ctx, {"v": 1, "type": "node.drain", "node": node, "drained": drained})
+    value = await _commit(ctx, SetDrain(node=node, drained=drained))
     return web.json_response(value)
 
 
@@ -399,14 +410,13 @@ def _check_pools(ctx: ApiContext, pools: list[Pool], prefix: str) -> None:
 async def put_pool(request: web.Request) -> web.Response:
     pool = _parse(Pool, await _body_named(request, "name", "name"))
     _check_pools(_ctx(request), [pool], "")
-    command = {"v": 1, "type": "pool.put", "pool": pool.model_dump(mode="json")}
-    value = await _commit(_ctx(request), command)
+    value = await _commit(_ctx(request), PutPool(pool=pool))
     return web.json_response(value["pool"])
 
 
 async def delete_pool(request: web.Request) -> web.Response:
     name = _checked(_NAME, "name", request.match_info["name"])
-    value = await _commit(_ctx(request), {"v": 1, "type": "pool.delete", "name": name})
+    value = await _commit(_ctx(request), DeletePool(name=name))
     return web.json_response(value)
 
 
@@ -431,14 +441,13 @@ async def get_service(request: web.Request) -> web.Response:
 
 async def put_service(request: web.Request) -> web.Response:
     spec = _parse(ServiceSpec, await _body_named(request, "id", "id"))
-    command = {"v": 1, "type": "service.put", "service": spec.model_dump(mode="json")}
-    value = await _commit(_ctx(request), command, rename=lambda _: _SERVICE_FIELDS)
+    value = await _commit(_ctx(request), PutService(service=spec), rename=lambda _: _SERVICE_FIELDS)
     return web.json_response(_stored(spec, value["service"]))
 
 
 async def delete_service(request: web.Request) -> web.Response:
     service_id = _checked(_ID, "id", request.match_info["id"])
-    value = await _commit(_ctx(request), {"v": 1, "type": "service.delete", "id": service_id})
+    value = await _commit(_ctx(request), DeleteService(id=service_id))
     return web.json_response(value)
 
 
@@ -451,14 +460,13 @@ async def list_allocations(request: web.Request) -> web.Response:
 
 async def create_allocation(request: web.Request) -> web.Response:
     req = _parse(AllocationRequest, await _json_body(request))
-    command = {"v": 1, "type": "allocation.create", "request": req.model_dump(mode="json")}
-    value = await _commit(_ctx(request), command)
+    value = await _commit(_ctx(request), Allocate(request=req))
     return web.json_response(value["allocation"])
 
 
 async def delete_allocation(request: web.Request) -> web.Response:
     owner = _checked(_ID, "owner", request.match_info["owner"])
-    value = await _commit(_ctx(request), {"v": 1, "type": "allocation.delete", "owner": owner})
+    value = await _commit(_ctx(request), Release(owner=owner))
     return web.json_response(value)
 
 
@@ -522,13 +530,6 @@ async def apply_batch(request: web.Request) -> web.Response:
         raise ApiError(
             422, "invalid", "invalid delete_services", field_errors(exc, "delete_services")
         ) from None
-    commands: list[dict[str, Any]] = [
-        {"v": 1, "type": "pool.put", "pool": p.model_dump(mode="json")} for p in pools
-    ]
-    commands += [
-        {"v": 1, "type": "service.put", "service": s.model_dump(mode="json")} for s in services
-    ]
-    commands += [{"v": 1, "type": "service.delete", "id": d, "missing_ok": True} for d in deletes]
 
     def locate(index: int) -> str:
         if index < len(pools):
@@ -541,9 +542,7 @@ async def apply_batch(request: web.Request) -> web.Response:
         is_service = index is not None and len(pools) <= index < len(pools) + len(services)
         return _SERVICE_FIELDS if is_service else {}
 
-    value = await _commit(
-        _ctx(request), {"v": 1, "type": "batch", "commands": commands}, locate, rename
-    )
+    value = await _commit(_ctx(request), batch(pools, services, deletes), locate, rename)
     results = value["results"]
     for i, spec in enumerate(services):
         results[len(pools) + i] = {"service": _stored(spec, results[len(pools) + i]["service"])}

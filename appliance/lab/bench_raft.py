@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.lab.local import free_ports
+from appliance.model import Pool
 from raft.cluster import RaftCluster, RaftSettings
+from raft.commands import PutPool
 from raft.timing import PROFILES
 
 
@@ -45,9 +47,9 @@ def _round(folder: Path, durable: bool, commits: int) -> list[float]:
         async def commit_all() -> list[float]:
             out = []
             for i in range(commits):
-                pool = {"name": f"p{i % 250}", "addresses": [f"198.51.100.{i % 250}/32"]}
+                pool = Pool(name=f"p{i % 250}", addresses=[f"198.51.100.{i % 250}/32"])
                 started = time.perf_counter()
-                result = await leader.submit({"v": 1, "type": "pool.put", "pool": pool}, 5.0)
+                result = await leader.submit(PutPool(pool=pool), 5.0)
                 out.append(time.perf_counter() - started)
                 if not result.get("ok"):
                     raise RuntimeError(f"commit refused: {result}")

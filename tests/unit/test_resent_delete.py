@@ -7,6 +7,12 @@ from typing import Any
 import pytest
 
 from raft.cluster import _settle_resent_delete
+from raft.commands import Command, parse_command
+
+
+def typed(raw: dict[str, Any]) -> Command:
+    return parse_command(raw)
+
 
 NOT_FOUND = {"ok": False, "error": {"code": "not_found", "message": "gone"}}
 
@@ -20,7 +26,7 @@ NOT_FOUND = {"ok": False, "error": {"code": "not_found", "message": "gone"}}
     ],
 )
 def test_not_found_after_resend_is_success(command: dict[str, Any], target: str) -> None:
-    result = _settle_resent_delete(command, NOT_FOUND)
+    result = _settle_resent_delete(typed(command), NOT_FOUND)
     assert result == {"ok": True, "value": {"deleted": target, "already_gone": True}}
 
 
@@ -39,4 +45,4 @@ def test_not_found_after_resend_is_success(command: dict[str, Any], target: str)
     ],
 )
 def test_other_results_pass_through(command: dict[str, Any], result: dict[str, Any]) -> None:
-    assert _settle_resent_delete(command, result) is result
+    assert _settle_resent_delete(typed(command), result) is result
