@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from raft import durable, wire
+from raft import durable, pysyncobj_lib, wire
 from raft.commands import Command, DeletePool, DeleteService, Release, encode
 from raft.pysyncobj_lib import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from raft.state import ClusterState, StateView, view_to_data
@@ -36,7 +36,6 @@ wire.install()
 
 log = logging.getLogger(__name__)
 
-_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _RETRYABLE = frozenset(
     {
         FAIL_REASON.QUEUE_FULL,
@@ -257,7 +256,7 @@ class _StallGuardedSyncObj(SyncObj):  # type: ignore[misc]
     def _raftlb_hold_back(self, since: float) -> None:
         now = time.monotonic()
         if now - since > self._raftlb_stall and not self._isLeader():
-            self._SyncObj__raftElectionDeadline = now + 2 * self._raftlb_stall
+            pysyncobj_lib.set_election_deadline(self, now + 2 * self._raftlb_stall)
             log.warning(
                 "Raft tick thread was stalled %.2fs (frozen?): waiting for the leader's "
                 "heartbeat before any election",
@@ -296,7 +295,7 @@ class RaftCluster:
         self._syncobj = syncobj_class(
             settings.address, others, conf=syncobj_conf(settings), consumers=[self.state]
         )
-        journal_sync = getattr(self._syncobj._SyncObj__raftLog, "sync", None)
+        journal_sync = getattr(pysyncobj_lib.raft_log(self._syncobj), "sync", None)
         if settings.durable and journal_sync is not None:
             durable.install_durable_send(self._syncobj)
             # A lone node commits without sending anything: flush once per tick as well.
@@ -318,7 +317,7 @@ class RaftCluster:
         if now - self._last_keepalive < self._keepalive_period:
             return
         self._last_keepalive = now
-        transport = self._syncobj._SyncObj__transport
+        transport = pysyncobj_lib.transport(self._syncobj)
         for node in self._syncobj.otherNodes:
             transport.send(node, {"type": "raftlb.keepalive"})
 
@@ -334,7 +333,7 @@ class RaftCluster:
         """Report the time each entry takes to apply, how late each tick ran and how long
         each journal sync took (metrics)."""
         self.state.on_applied = applied
-        journal = self._syncobj._SyncObj__raftLog
+        journal = pysyncobj_lib.raft_log(self._syncobj)
         if isinstance(journal, durable.DurableJournal):
             journal.on_sync = journal_sync
         if isinstance(self._syncobj, _StallGuardedSyncObj):
@@ -355,13 +354,12 @@ class RaftCluster:
     def status(self) -> RaftStatus:
         obj = self._syncobj
         leader = self._current_leader()
-        role_value = getattr(obj, "_SyncObj__raftState", None)
         connected = {self.node_id: True}
         for node in obj.otherNodes:
             connected[self._id_by_address.get(node.id, node.id)] = bool(obj.isNodeConnected(node))
         return RaftStatus(
             node_id=self.node_id,
-            role=_ROLES.get(role_value, "unknown") if role_value is not None else "unknown",
+            role=pysyncobj_lib.role(obj),
             leader=self._id_by_address.get(leader.id, leader.id) if leader is not None else None,
             term=int(obj.raftCurrentTerm),
             commit_index=int(obj.raftCommitIndex),
@@ -445,6 +443,6 @@ class RaftCluster:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the tick thread and close connections and the journal."""
         self._syncobj.destroy()
-        thread = getattr(self._syncobj, "_SyncObj__thread", None)
+        thread = pysyncobj_lib.tick_thread(self._syncobj)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raft import pysyncobj_lib
 from raft.pysyncobj_lib import journal as pysyncobj_journal
 from raft.pysyncobj_lib import syncobj as pysyncobj_syncobj
 
@@ -86,7 +87,7 @@ class DurableMetaStorer(pysyncobj_journal.MetaStorer):  # type: ignore[misc]
 class DurableJournal(pysyncobj_journal.FileJournal):  # type: ignore[misc]
     def __init__(self, journal_file: str) -> None:
         super().__init__(journal_file)
-        self._FileJournal__metaStorer = DurableMetaStorer(journal_file + ".meta")
+        pysyncobj_lib.set_meta_storer(self, DurableMetaStorer(journal_file + ".meta"))
         self._raftlb_dir = os.path.dirname(journal_file) or "."
         self._raftlb_dirty = False
         self._raftlb_cut: int | None = None
@@ -108,7 +109,7 @@ class DurableJournal(pysyncobj_journal.FileJournal):  # type: ignore[misc]
         self._settle()
         if self._raftlb_dirty:
             started = time.monotonic()
-            os.fdatasync(self._raftlb_fd())
+            os.fdatasync(pysyncobj_lib.journal_fd(self))
             self._raftlb_synced(time.monotonic() - started)
             self._raftlb_dirty = False
 
@@ -130,11 +131,6 @@ class DurableJournal(pysyncobj_journal.FileJournal):  # type: ignore[misc]
                 1000 * SLOW_SYNC,
             )
             self._raftlb_slow, self._raftlb_slow_logged = 0, now
-
-    def _raftlb_fd(self) -> int:
-        # pysyncobj's ResizableFile reopens its file when it grows it: look the file up now.
-        mapped = self._FileJournal__journalFile
-        return int(mapped._ResizableFile__f.fileno())
 
     # -- Raft's cut rule ----------------------------------------------------------------------
     # pysyncobj's follower calls deleteEntriesFrom(p) whenever an AppendEntries overlaps its log
@@ -259,10 +255,10 @@ def install() -> None:
 def install_durable_send(syncobj: Any) -> None:
     """Before each message this node sends, flush its journal: an acknowledgement, a vote or
     an AppendEntries never gets ahead of what is on disk."""
-    journal = syncobj._SyncObj__raftLog
+    journal = pysyncobj_lib.raft_log(syncobj)
     if not isinstance(journal, DurableJournal):
         return
-    transport = syncobj._SyncObj__transport
+    transport = pysyncobj_lib.transport(syncobj)
     send = transport.send
 
     def durable_send(node: Any, message: Any) -> Any:

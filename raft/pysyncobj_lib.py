@@ -1,16 +1,27 @@
-"""pysyncobj, imported once and repaired: the modules of raft/ import it from here only.
+"""pysyncobj, imported once, repaired and checked: the one seam between raft/ and pysyncobj.
 
-Importing pysyncobj replaces socket.inet_ntop process-wide, on Linux too, with a Windows-only
-function that raises TypeError (pysyncobj/win_inet_pton.py; pysyncobj only ever uses
-inet_pton). scapy and pyroute2 decode addresses with inet_ntop: the real one goes back at once,
-whichever raft module is imported first (a process that imported raft.durable before
+raft/ needs a few of pysyncobj's private parts (its journal, transport, election deadline and
+role; the journal's file; the connection's read path). They are reached through the functions
+below only, and checked here at import: a pysyncobj release that renamed one fails the agent's
+start with the attribute's name instead of degrading (a role shown as "unknown", a journal
+that silently stops syncing, a Raft port without its frame bounds).
+
+Importing pysyncobj also replaces socket.inet_ntop process-wide, on Linux too, with a
+Windows-only function that raises TypeError (pysyncobj/win_inet_pton.py; pysyncobj only ever
+uses inet_pton). scapy and pyroute2 decode addresses with inet_ntop: the real one goes back at
+once, whichever raft module is imported first (a process that imported raft.durable before
 raft.cluster had pyroute2 return addresses as bytes).
 """
 
 from __future__ import annotations
 
 import _socket
+import inspect
+import logging
+import re
 import socket
+import threading
+from typing import Any
 
 from pysyncobj import (
     FAIL_REASON,
@@ -23,17 +34,143 @@ from pysyncobj import (
 )
 from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
+from pysyncobj.version import VERSION
 
 socket.inet_ntop = _socket.inet_ntop
 
+log = logging.getLogger(__name__)
+
+TESTED_VERSION = "0.3.17"
+
+# TcpConnection's read path, wrapped by raft/wire.py.
+CONNECTION_READ = "_TcpConnection__processRead"
+CONNECTION_PARSE = "_TcpConnection__processParseMessage"
+CONNECTION_BUFFER = "_TcpConnection__readBuffer"
+
+
+class PysyncobjMismatchError(RuntimeError):
+    """The installed pysyncobj lacks a part raft/ relies on."""
+
+
+def _require(owner: Any, name: str) -> None:
+    if not hasattr(owner, name):
+        raise PysyncobjMismatchError(
+            f"pysyncobj {VERSION} has no {owner.__name__}.{name}; raftlb was built against "
+            f"pysyncobj {TESTED_VERSION}: install that version"
+        )
+
+
+def _require_assigned(cls: type, *names: str) -> None:
+    """Instance attributes exist only once an object is built: check that the class's own
+    source assigns them (`self.__raftLog = ...`, name-mangled to _SyncObj__raftLog)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError) as exc:
+        problem = f"cannot read pysyncobj's {cls.__name__} source: {exc}"
+        raise PysyncobjMismatchError(problem) from None
+    for name in names:
+        if not re.search(rf"self\.{re.escape(name)}\s*=", source):
+            raise PysyncobjMismatchError(
+                f"pysyncobj {VERSION} no longer sets {cls.__name__}.{name}; raftlb was built "
+                f"against pysyncobj {TESTED_VERSION}: install that version"
+            )
+
+
+def check() -> None:
+    """Every private part raft/ uses exists (run at import)."""
+    for name in ("_onTick", "_getLeader", "_isLeader", "isNodeConnected", "addOnTickCallback"):
+        _require(SyncObj, name)
+    _require_assigned(SyncObj, "__raftLog", "__transport", "__raftElectionDeadline")
+    _require_assigned(SyncObj, "__raftState", "__thread")
+    for name in ("FileJournal", "MemoryJournal", "MetaStorer", "ResizableFile", "dumps"):
+        _require(journal, name)
+    _require_assigned(journal.FileJournal, "__journalFile", "__metaStorer")
+    _require_assigned(journal.ResizableFile, "__f")
+    _require(syncobj, "createJournal")
+    _require(syncobj, "_RAFT_STATE")
+    for name in ("FOLLOWER", "CANDIDATE", "LEADER"):
+        _require(syncobj._RAFT_STATE, name)
+    _require(TcpConnection, CONNECTION_READ)
+    _require(TcpConnection, CONNECTION_PARSE)
+    _require_assigned(TcpConnection, "__readBuffer")
+    for name in ("_onNewIncomingConnection", "_onTick", "send"):
+        _require(TCPTransport, name)
+    _require_assigned(TCPTransport, "_unknownConnections")
+    if VERSION != TESTED_VERSION:
+        log.warning(
+            "pysyncobj %s is installed; raftlb was tested with %s (its private parts are "
+            "present, but check the release notes)",
+            VERSION,
+            TESTED_VERSION,
+        )
+
+
+check()
+_ROLES = {
+    syncobj._RAFT_STATE.FOLLOWER: "follower",
+    syncobj._RAFT_STATE.CANDIDATE: "candidate",
+    syncobj._RAFT_STATE.LEADER: "leader",
+}
+
+
+# -- SyncObj ------------------------------------------------------------------------------------
+
+
+def raft_log(obj: Any) -> Any:
+    """The node's journal (raft.durable.DurableJournal when durable)."""
+    return obj._SyncObj__raftLog
+
+
+def transport(obj: Any) -> Any:
+    return obj._SyncObj__transport
+
+
+def role(obj: Any) -> str:
+    """The node's Raft role: follower, candidate or leader."""
+    return _ROLES[obj._SyncObj__raftState]
+
+
+def set_election_deadline(obj: Any, deadline: float) -> None:
+    obj._SyncObj__raftElectionDeadline = deadline
+
+
+def tick_thread(obj: Any) -> threading.Thread | None:
+    thread = obj._SyncObj__thread
+    return thread if isinstance(thread, threading.Thread) else None
+
+
+# -- FileJournal --------------------------------------------------------------------------------
+
+
+def journal_fd(file_journal: Any) -> int:
+    """The journal file's descriptor. ResizableFile reopens its file when it grows it: look
+    it up at each use."""
+    return int(file_journal._FileJournal__journalFile._ResizableFile__f.fileno())
+
+
+def set_meta_storer(file_journal: Any, storer: Any) -> None:
+    file_journal._FileJournal__metaStorer = storer
+
+
 __all__ = [
+    "CONNECTION_BUFFER",
+    "CONNECTION_PARSE",
+    "CONNECTION_READ",
     "FAIL_REASON",
+    "PysyncobjMismatchError",
     "SyncObj",
     "SyncObjConf",
     "SyncObjConsumer",
     "TCPTransport",
     "TcpConnection",
     "journal",
+    "journal_fd",
+    "raft_log",
     "replicated",
+    "role",
+    "set_election_deadline",
+    "set_meta_storer",
     "syncobj",
+    "tick_thread",
+    "transport",
 ]

@@ -23,7 +23,13 @@ import time
 from typing import Any
 
 from appliance.tally import Tally
-from raft.pysyncobj_lib import TcpConnection, TCPTransport
+from raft.pysyncobj_lib import (
+    CONNECTION_BUFFER,
+    CONNECTION_PARSE,
+    CONNECTION_READ,
+    TcpConnection,
+    TCPTransport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +41,9 @@ LOG_EVERY = 10.0
 UNKNOWN_MAX = 64
 UNKNOWN_SECONDS = 5.0
 
-_READ = "_TcpConnection__processRead"
-_PARSE = "_TcpConnection__processParseMessage"
-_BUFFER = "_TcpConnection__readBuffer"
+_READ = CONNECTION_READ
+_PARSE = CONNECTION_PARSE
+_BUFFER = CONNECTION_BUFFER
 _TRUSTED = "_raftlb_trusted"
 
 
