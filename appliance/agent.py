@@ -279,9 +279,9 @@ async def serve(
         list(config.peer_map()),
         config.timing_profile(),
         build_announcer(config),
-        dataplane,
-        health,
-        bgp,
+        dataplane=dataplane,
+        health=health,
+        bgp=bgp,
     )
     if health is not None:
         health.on_change = loops.wake  # a backend up or down: re-render its VIP now

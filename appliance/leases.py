@@ -17,13 +17,11 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from appliance.dataplane.nft import DataPlane
 from appliance.dataplane.render import Forward
-from appliance.health import HealthChecker
 from appliance.metrics import Metrics
-from appliance.model import Assignment, ChangeReason, IPAddress, LeaseRenewal, Pool
+from appliance.model import Assignment, Backend, ChangeReason, IPAddress, LeaseRenewal, Pool
 from appliance.reconciler import Reconciler
-from raft.cluster import RaftCluster, SubmitError
+from raft.cluster import RaftStatus, SubmitError
 from raft.commands import AssignVips, Command, ReleasedVips, RenewLease
 from raft.ownership import Liveness
 from raft.planner import LeaderPlanner
@@ -31,6 +29,55 @@ from raft.state import StateView
 from raft.timing import TimingProfile
 
 log = logging.getLogger("raftlb.ownership")
+
+
+class Clock(Protocol):
+    """Where the loops read time: `monotonic` for leases and deadlines, `time` for what is
+    shown to people and for the leader's decisions (`since`)."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+class OwnershipCluster(Protocol):
+    """What the loops need of the Raft cluster (raft.cluster.RaftCluster, raft.fake)."""
+
+    node_id: str
+
+    def view(self) -> StateView: ...
+
+    def status(self) -> RaftStatus: ...
+
+
+class Forwarding(Protocol):
+    """The data plane as the loops drive it (appliance.dataplane.nft.DataPlane)."""
+
+    loaded: bool
+
+    def update(self, changes: Mapping[IPAddress, tuple[Forward, ...]]) -> bool: ...
+
+    def repair(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+class BackendHealth(Protocol):
+    """The backend checks as the loops read them (appliance.health.HealthChecker)."""
+
+    def update(self, services: Mapping[str, Any], only: Iterable[str] | None = None) -> None: ...
+
+    def healthy(self, service_id: str, backend: Backend) -> bool: ...
+
+    def take_changed(self) -> set[str]: ...
 
 
 class RouteAnnouncer(Protocol):
@@ -80,16 +127,19 @@ class OwnershipLoops:
 
     def __init__(
         self,
-        cluster: RaftCluster,
+        cluster: OwnershipCluster,
         metrics: Metrics,
         members: list[str],
         timing: TimingProfile,
         announcer: Announcer,
-        dataplane: DataPlane | None = None,
-        health: HealthChecker | None = None,
+        *,
+        dataplane: Forwarding | None = None,
+        health: BackendHealth | None = None,
         bgp: RouteAnnouncer | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.cluster = cluster
+        self.clock = clock or SystemClock()
         self.metrics = metrics
         self.me = cluster.node_id
         self.members = sorted(members)
@@ -99,7 +149,7 @@ class OwnershipLoops:
         self.health = health
         self.bgp = bgp
         self.routed: frozenset[str] = frozenset()  # routed VIPs announced now
-        self.incarnation = time.time_ns() // 1000
+        self.incarnation = int(self.clock.time() * 1_000_000)
         self.seq = 0
         self.held: frozenset[str] = frozenset()
         self.valid_until = 0.0
@@ -147,7 +197,10 @@ class OwnershipLoops:
         while True:
             self.seq += 1
             renewal = LeaseRenewal(
-                node=self.me, incarnation=self.incarnation, seq=self.seq, sent_at=time.monotonic()
+                node=self.me,
+                incarnation=self.incarnation,
+                seq=self.seq,
+                sent_at=self.clock.monotonic(),
             )
             self._fire(RenewLease(renewal=renewal), timeout=self.timing.lease)
             await asyncio.sleep(period)
@@ -167,7 +220,7 @@ class OwnershipLoops:
                 leading = False
                 continue
             state = self.cluster.view()
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if not leading:
                 leading, first_seq = True, self.seq + 1
                 self.seen.observe(now, state.renewals)
@@ -186,7 +239,7 @@ class OwnershipLoops:
                 state,
                 alive,
                 now,
-                time.time(),
+                self.clock.time(),
                 liveness.marks(),
                 {n: liveness.age(n, now) for n in self.members},
                 warming,
@@ -234,7 +287,7 @@ class OwnershipLoops:
                 await self.reconcile()
                 wait = 0.05
                 if self.held:
-                    wait = max(0.001, min(wait, self.valid_until - time.monotonic()))
+                    wait = max(0.001, min(wait, self.valid_until - self.clock.monotonic()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
                 self._wake.clear()
@@ -247,7 +300,7 @@ class OwnershipLoops:
         """One pass: decide (appliance.reconciler) and carry the step out, in order."""
         started = time.perf_counter()
         state = self.cluster.view()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self.seen.observe(now, state.renewals)
         healthy = changed = None
         if self.health is not None:
@@ -272,7 +325,7 @@ class OwnershipLoops:
                 reason = "lease lapsed" if not step.until else "assigned elsewhere"
                 log.info("released %s (%s)", vip, reason)
             self.announcer.set(_addresses(step.held), step.until)
-        elif step.until != self.valid_until:
+        elif step.until != self.valid_until and step.held:
             self.announcer.extend(step.until)  # a renewal: same VIPs, O(1)
         self.held, self.valid_until = step.held, step.until
         if self.bgp is not None and step.routed is not None:
@@ -311,7 +364,7 @@ class OwnershipLoops:
         self.takeovers += 1
         reason = str(a.reason or "unknown")
         self.metrics.takeovers.labels(reason).inc()
-        lag = time.time() - a.since if a.since else None
+        lag = self.clock.time() - a.since if a.since else None
         if a.reason == ChangeReason.DEAD and a.dead_for is not None and lag is not None:
             total = a.dead_for + max(0.0, lag)
             self.metrics.failover_seconds.observe(total)
@@ -333,5 +386,5 @@ class OwnershipLoops:
 
     def lease_ages(self) -> dict[str, float | None]:
         """Seconds since this node last saw each member's renewal change (its own clock)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         return {n: self.seen.age(n, now) for n in self.members}

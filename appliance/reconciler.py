@@ -139,8 +139,10 @@ class Reconciler:
                 self.releasing.discard(vip)
             if self.forwarding:
                 self._rules(vip, address, services, holds or announces, healthy, now, before, after)
-        for vip, until in list(self.draining.items()):
-            if now >= until:
+        # (`grace_end`, not `until`: reusing that name made the step's lease end the grace's
+        # end, so a withdrawn routed VIP stretched the layer-2 VIPs' answering past the lease.)
+        for vip, grace_end in list(self.draining.items()):
+            if now >= grace_end:
                 del self.draining[vip]
                 if vip not in held and vip not in announced and vip in self.rules:
                     del self.rules[vip]

@@ -166,6 +166,8 @@ def test_routed_vips_announced_while_able_and_served_withdrawn_when_drained() ->
     assert state.apply(command("node.drain", node=ME, drained=True))["ok"]
     drained = rec.step(state.snapshot(), now=100.2)
     assert drained.routed == {} and drained.withdrawn == [routed]
+    # The withdraw grace is the routed VIP's; the lease still ends when it ends.
+    assert drained.until == 100.0 + LEASE
     # Drained stops routed announcements only; layer-2 VIPs follow the assignment.
     assert drained.held == rec.held and not drained.held_changed
     # The routers need a moment to act on the withdraw: forwarding goes on for the grace...

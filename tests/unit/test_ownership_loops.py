@@ -1,0 +1,206 @@
+"""The reconcile shell (appliance.leases.OwnershipLoops) carries each step out in its order,
+and does nothing else: against an in-memory cluster, a recording announcer, data plane and BGP
+announcer that share one log of operations, and a clock the test moves (no root, no sleeps).
+
+The order is the safety argument: a VIP's rules are in place before it is announced, its rules
+leave only after it is withdrawn, and a release is acknowledged once it is no longer answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from appliance.dataplane.render import Forward
+from appliance.leases import OwnershipLoops
+from appliance.metrics import Metrics
+from appliance.model import IPAddress, Pool
+from raft.fake import InMemoryCluster
+from raft.timing import PROFILES
+from tests.unit.test_reconciler import _report, assign, command, pools, put
+
+ME, OTHER = "n1", "n2"
+TIMING = PROFILES["fast"]
+Op = tuple[Any, ...]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1.8e9 + self.now
+
+
+class Announcer:
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+
+    def set(self, vips: Iterable[IPAddress], valid_until: float) -> None:
+        self.ops.append(("announce", tuple(sorted(str(v) for v in vips))))
+
+    def extend(self, valid_until: float) -> None:
+        self.ops.append(("extend", valid_until))
+
+    def clear(self) -> None:
+        self.ops.append(("clear",))
+
+    def close(self) -> None:
+        self.ops.append(("close",))
+
+
+class DataPlane:
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+        self.loaded = True
+
+    def update(self, changes: Mapping[IPAddress, tuple[Forward, ...]]) -> bool:
+        # Which VIPs get rules (True) and which lose them (False).
+        self.ops.append(("rules", {str(v): bool(f) for v, f in sorted(changes.items())}))
+        return True
+
+    def repair(self) -> bool:
+        self.ops.append(("repair",))
+        self.loaded = True
+        return True
+
+    def stop(self) -> None:
+        self.ops.append(("stop",))
+
+
+class Routes:
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+
+    def set(self, routed: Mapping[str, Pool]) -> None:
+        self.ops.append(("routes", tuple(sorted(routed))))
+
+
+class Rig:
+    """One node's loops over a two-node in-memory cluster; `ops` is what they did."""
+
+    def __init__(self, bgp: bool = False) -> None:
+        self.ops: list[Op] = []
+        self.clock = Clock()
+        self.cluster = InMemoryCluster(ME, {ME: "192.0.2.1:7000", OTHER: "192.0.2.2:7000"})
+        self.state = self.cluster.state
+        self.loops = OwnershipLoops(
+            self.cluster,
+            Metrics(self.cluster),
+            [ME, OTHER],
+            TIMING,
+            Announcer(self.ops),
+            dataplane=DataPlane(self.ops),
+            bgp=Routes(self.ops) if bgp else None,
+            clock=self.clock,
+        )
+        self.seq = 0
+        pools(self.state)
+
+    def renew(self) -> None:
+        self.seq += 1
+        renewal = {
+            "node": ME,
+            "incarnation": self.loops.incarnation,
+            "seq": self.seq,
+            "sent_at": self.clock.now,
+        }
+        assert self.state.apply(command("lease.renew", renewal=renewal))["ok"]
+
+    async def step(self) -> list[Op]:
+        """One reconcile pass; the operations it made (and its commands settled)."""
+        self.ops.clear()
+        await self.loops.reconcile()
+        await asyncio.gather(*list(self.loops._inflight))
+        return list(self.ops)
+
+    def submitted(self) -> list[dict[str, Any]]:
+        return [c for c in self.cluster.applied if c["type"] != "lease.renew"]
+
+
+async def test_a_gained_vip_gets_its_rules_before_it_is_announced() -> None:
+    rig = Rig()
+    vip = put(rig.state, 0)
+    assign(rig.state, {vip: {"node": ME, "reason": "new"}})
+    rig.renew()
+    assert await rig.step() == [("rules", {vip: True}), ("announce", (vip,))]
+    # Nothing changed: nothing done.
+    assert await rig.step() == []
+
+
+async def test_a_renewal_only_extends_the_announcement() -> None:
+    rig = Rig()
+    vip = put(rig.state, 0)
+    assign(rig.state, {vip: {"node": ME, "reason": "new"}})
+    rig.renew()
+    await rig.step()
+    rig.clock.now += TIMING.renew_period
+    rig.renew()
+    assert await rig.step() == [("extend", rig.clock.now + TIMING.lease)]
+
+
+async def test_assigned_elsewhere_withdraws_then_drops_rules_then_acknowledges() -> None:
+    rig = Rig()
+    vip = put(rig.state, 0)
+    assign(rig.state, {vip: {"node": ME, "reason": "new"}})
+    rig.renew()
+    await rig.step()
+    assign(rig.state, {vip: {"node": OTHER, "releasing": ME, "reason": "rebalance"}})
+    assert await rig.step() == [("announce", ()), ("rules", {vip: False})]
+    # The acknowledgement went out after the withdraw (the step's commands settle last).
+    assert rig.submitted() == [{"v": 1, "type": "vips.released", "node": ME, "vips": [vip]}]
+
+
+async def test_a_lapsed_lease_withdraws_everything_then_drops_the_rules() -> None:
+    rig = Rig()
+    vips = [put(rig.state, i) for i in range(3)]
+    assign(rig.state, {v: {"node": ME, "reason": "new"} for v in vips})
+    rig.renew()
+    assert (await rig.step())[-1] == ("announce", tuple(sorted(vips)))
+    rig.clock.now += TIMING.lease + 0.01  # no renewal committed meanwhile
+    assert await rig.step() == [("announce", ()), ("rules", dict.fromkeys(sorted(vips), False))]
+    assert rig.submitted() == []  # nobody asked for them: nothing to acknowledge
+
+
+async def test_a_routed_vip_is_forwarded_before_its_route_and_kept_for_the_grace() -> None:
+    rig = Rig(bgp=True)
+    routed = put(rig.state, 0, pool="routed")
+    rig.renew()
+    # Forwarded before it is routed here; no layer-2 VIP, so nothing for the announcer.
+    assert await rig.step() == [("rules", {routed: True}), ("routes", (routed,))]
+    assert rig.state.apply(command("member.report", report=_report()))["ok"]
+    assert rig.state.apply(command("node.drain", node=ME, drained=True))["ok"]
+    assert await rig.step() == [("routes", ())]  # withdrawn; forwarding goes on
+    rig.clock.now += 0.5
+    rig.renew()
+    assert await rig.step() == []  # still within the withdraw grace
+    rig.clock.now += 0.5  # the routers have acted on the withdraw
+    rig.renew()
+    assert await rig.step() == [("rules", {routed: False})]
+
+
+async def test_a_withdrawn_route_does_not_stretch_the_layer2_lease() -> None:
+    rig = Rig(bgp=True)
+    vip = put(rig.state, 0)
+    routed = put(rig.state, 1, pool="routed")
+    assign(rig.state, {vip: {"node": ME, "reason": "new"}})
+    rig.renew()
+    await rig.step()
+    assert rig.state.apply(command("member.report", report=_report()))["ok"]
+    assert rig.state.apply(command("node.drain", node=ME, drained=True))["ok"]
+    assert await rig.step() == [("routes", ())]  # the layer-2 VIP stays, its lease unchanged
+    assert rig.loops.valid_until == rig.clock.now + TIMING.lease
+    assert routed not in rig.loops.routed
+
+
+async def test_a_data_plane_left_unloaded_is_repaired_even_without_a_change() -> None:
+    rig = Rig()
+    dataplane = rig.loops.dataplane
+    assert isinstance(dataplane, DataPlane)
+    dataplane.loaded = False  # at start, or after a failed update
+    assert await rig.step() == [("repair",)]
+    assert await rig.step() == []
