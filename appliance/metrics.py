@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from appliance.model import Backend
@@ -135,7 +135,7 @@ class _BgpCollector(Collector):
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self._status = status
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         status = self._status()
         sessions = GaugeMetricFamily(
             "raftlb_bgp_session_up", "1 while the BGP session with the peer is up", labels=["peer"]
@@ -153,10 +153,16 @@ class _BgpCollector(Collector):
             "1 while exabgp runs and takes commands (0: this node announces nothing)",
             value=float(bool(status.get("announcing"))),
         )
-        yield GaugeMetricFamily(
+        # Running totals are Counters: `increase()` works and an agent restart is a reset.
+        yield CounterMetricFamily(
             "raftlb_bgp_exabgp_restarts",
             "Times exabgp died and was restarted",
             value=status.get("restarts", 0),
+        )
+        yield CounterMetricFamily(
+            "raftlb_bgp_command_errors",
+            "Route commands exabgp refused",
+            value=status.get("errors", 0),
         )
 
 
