@@ -282,12 +282,16 @@ async def serve(
     if bgp is not None:
         await bgp.announcer.start()
         metrics.watch_bgp(bgp.announcer.status)
+    announcer = build_announcer(config)
+    l2 = announcer if isinstance(announcer, L2Announcer) else None
+    if l2 is not None:
+        metrics.watch_l2(l2.interface, l2.stats)
     loops = OwnershipLoops(
         cluster,
         metrics,
         list(config.peer_map()),
         config.timing_profile(),
-        build_announcer(config),
+        announcer,
         dataplane,
         health,
         bgp,

@@ -1,7 +1,8 @@
-"""Prometheus metrics of an agent: Raft health, state sizes and commit latency.
+"""Prometheus metrics of an agent: Raft health, state sizes, commit latency, announcers.
 
-Gauges are read from the cluster at scrape time (a custom collector), so they are never stale;
-the commit-latency histogram is fed by `Metrics.submit`, the one path every write takes.
+Gauges, and the running totals other parts count (the announcers'), are read at scrape time by
+custom collectors, so they are never stale and cost the hot paths nothing; the commit-latency
+histogram is fed by `Metrics.submit`, the one path every write takes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from announce.l2_logic import STATS
 from appliance.model import Backend
 from raft.cluster import Cluster, SubmitError
 
@@ -166,6 +168,27 @@ class _BgpCollector(Collector):
         )
 
 
+class _L2Collector(Collector):
+    """The layer-2 announcer's counters (announce.l2_logic.STATS), read at scrape time: the
+    announcer only adds to a dict under its lock, whatever is scraped."""
+
+    def __init__(self, interface: str, stats: Callable[[], dict[str, int]]) -> None:
+        self._interface = interface
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for key, text in STATS.items():
+            family = CounterMetricFamily(f"raftlb_l2_{key}", text, labels=["interface"])
+            family.add_metric([self._interface], stats.get(key, 0))
+            yield family
+        held = GaugeMetricFamily(
+            "raftlb_l2_vips_held", "VIPs the announcer answers for now", labels=["interface"]
+        )
+        held.add_metric([self._interface], stats.get("held", 0))
+        yield held
+
+
 class Metrics:
     """The registry of one agent and the write path that records commit latency."""
 
@@ -263,6 +286,10 @@ class Metrics:
     def watch_bgp(self, status: Callable[[], dict[str, Any]]) -> None:
         """Export the BGP announcer's sessions and routes (announce.bgp) at scrape time."""
         self.registry.register(_BgpCollector(status))
+
+    def watch_l2(self, interface: str, stats: Callable[[], dict[str, int]]) -> None:
+        """Export the layer-2 announcer's counters (announce.l2) at scrape time."""
+        self.registry.register(_L2Collector(interface, stats))
 
     def watch_health(self, health: HealthView, cluster: Cluster) -> None:
         """Export this node's backend health (appliance.health) at scrape time."""

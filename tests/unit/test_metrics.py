@@ -10,9 +10,12 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from announce.fake import FakeAnnouncer
+from announce.l2_logic import STATS
 from appliance.metrics import Metrics
 from k8s_sync.cli import _SyncCollector
 from raft.fake import InMemoryCluster
+from tests.unit.test_l2_logic import OTHER, OURS, V4, Clock
 
 
 def scrape(text: bytes) -> dict[str, tuple[str, dict[tuple[tuple[str, str], ...], float]]]:
@@ -63,3 +66,32 @@ def test_k8s_sync_totals_are_counters() -> None:
     assert found["raftlb_k8s_informer_failures_total"][1][kind] == 1.0
     assert found["raftlb_k8s_queue"] == ("gauge", {(): 2.0})
     assert not {"raftlb_k8s_reconciles", "raftlb_k8s_lists"} & set(found)
+
+
+def test_l2_announcer_counters_are_exported_at_scrape_time() -> None:
+    clock = Clock()
+    fake = FakeAnnouncer("eth1", clock=clock, mac=OURS)
+    metrics = Metrics(InMemoryCluster())
+    metrics.watch_l2(fake.interface, fake.stats)
+    fake.set([V4], 10.0)
+    fake.heard_claim(V4, OTHER)
+    fake.heard_claim(V4, OTHER)
+    found = scrape(metrics.render())
+    eth1 = (("interface", "eth1"),)
+    assert found["raftlb_l2_conflicts_total"] == ("counter", {eth1: 2.0})
+    assert found["raftlb_l2_takeovers_total"] == ("counter", {eth1: 1.0})
+    assert found["raftlb_l2_vips_held"] == ("gauge", {eth1: 1.0})
+    for key in STATS:  # every counter, alertable from the first scrape (0, not absent)
+        assert found[f"raftlb_l2_{key}_total"][0] == "counter"
+    clock.now = 10.0  # the lease lapses
+    found = scrape(metrics.render())
+    assert found["raftlb_l2_vips_held"][1] == {eth1: 0.0}
+
+
+def test_l2_refusals_and_send_errors_are_exported() -> None:
+    metrics = Metrics(InMemoryCluster())
+    metrics.watch_l2("eth1", lambda: {"stale_refusals": 4, "send_errors": 1, "held": 0})
+    found = scrape(metrics.render())
+    eth1 = (("interface", "eth1"),)
+    assert found["raftlb_l2_stale_refusals_total"][1] == {eth1: 4.0}
+    assert found["raftlb_l2_send_errors_total"][1] == {eth1: 1.0}
