@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from announce.l2_logic import STATS, Change, L2State, Schedule, Vip
 
@@ -82,6 +82,10 @@ class FakeAnnouncer:
         """The real announcer's counters and `held` (takeovers, releases, lapses and conflicts
         counted as it would; nothing is sent, so the frame counters stay 0)."""
         return {**self._counts, "held": len(self.held())}
+
+    def status(self) -> dict[str, Any]:
+        """The interface and `stats()`, like the real one."""
+        return {"interface": self.interface, **self.stats()}
 
     def _record(self, change: Change) -> None:
         self.changes.append(change)

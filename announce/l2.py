@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from announce import frames
 from announce.l2_logic import STATS, Change, L2State, Schedule, Vip
@@ -62,6 +62,7 @@ class VipAnnouncer(Protocol):
     def close(self) -> None: ...
     def held(self) -> frozenset[Vip]: ...
     def stats(self) -> dict[str, int]: ...
+    def status(self) -> dict[str, Any]: ...
 
 
 def _ifindex(sock: socket.socket, interface: str) -> int:
@@ -202,6 +203,10 @@ class L2Announcer:
             out = dict(self._stats)
             out["held"] = len(self._state.held(time.monotonic()))
             return out
+
+    def status(self) -> dict[str, Any]:
+        """What /v1/status shows: the interface and `stats()`."""
+        return {"interface": self.interface, **self.stats()}
 
     # --- sending (lock held) -----------------------------------------------------------------
 

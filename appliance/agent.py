@@ -315,6 +315,7 @@ async def serve(
         health_version=health.version_of if health is not None else None,
         dataplane_status=dataplane.status if dataplane is not None else None,
         bgp_status=bgp.announcer.status if bgp is not None else None,
+        l2_status=l2.status if l2 is not None else None,
     )
     # A stop waits at most 2 s for requests in progress (aiohttp's default is 60 s); an idle
     # keep-alive connection is closed after the guard's idle time (aiohttp's: an hour).

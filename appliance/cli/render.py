@@ -108,6 +108,7 @@ def status_view(status: dict[str, Any]) -> Table:
             ("allocations", _text(status.get("allocations"))),
             ("vips", _text(status.get("vips"))),
             ("data plane", _dataplane(status.get("dataplane"))),
+            ("layer 2", _l2(status.get("l2"))),
             ("bgp", _bgp(status.get("bgp"))),
         ]
     )
@@ -132,6 +133,25 @@ def _bgp(bgp: Any) -> Cell:
     peers = ", ".join(f"{p} {s}" for p, s in sorted((bgp.get("peers") or {}).items()))
     routes = bgp.get("routes") or []
     return f"peers: {peers or 'none'}; {len(routes)} route(s): {', '.join(routes) or '-'}"
+
+
+def _l2(l2: Any) -> Cell:
+    """The layer-2 announcer: what it answers for, and what an operator must look at (another
+    MAC claiming a VIP held here, frames that could not be sent)."""
+    if not isinstance(l2, dict):
+        return "not announcing by layer 2"
+    conflicts = l2.get("conflicts") or 0
+    parts: list[Cell] = [
+        f"{l2.get('interface')}: {l2.get('held', 0)} VIP(s) answered",
+        _styled("red", f"{conflicts} conflict(s): another MAC claims a VIP held here")
+        if conflicts
+        else "0 conflicts",
+    ]
+    if l2.get("send_errors"):
+        parts.append(_styled("red", f"{l2['send_errors']} send error(s)"))
+    if l2.get("stale_refusals"):
+        parts.append(f"{l2['stale_refusals']} frame(s) held back on a lapsed lease")
+    return _cell(*parts, sep="; ")
 
 
 def _dataplane(plane: Any) -> Cell:

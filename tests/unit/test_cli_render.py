@@ -101,3 +101,16 @@ def test_the_health_footer_is_literal_and_escaped() -> None:
 def test_a_healthy_backend_is_not_red() -> None:
     vip = {**DOWN_VIP, "backends": {"healthy": 2, "total": 2}, "since": time.time()}
     assert RED not in terminal(vips_table([vip]))
+
+
+def test_status_shows_layer2_conflicts_in_red() -> None:
+    l2 = {"interface": "eth1", "held": 3, "conflicts": 2, "send_errors": 1, "stale_refusals": 0}
+    view = status_view({**failing_status(), "l2": l2})
+    assert (
+        "layer 2 eth1: 3 VIP(s) answered; 2 conflict(s): another MAC claims a VIP held here; "
+        "1 send error(s)" in plain(view)
+    )
+    assert f"{RED}2 conflict(s)" in terminal(view)
+    calm = status_view({**failing_status(), "l2": {**l2, "conflicts": 0, "send_errors": 0}})
+    assert "layer 2 eth1: 3 VIP(s) answered; 0 conflicts" in plain(calm)
+    assert "layer 2 not announcing by layer 2" in plain(status_view(failing_status()))

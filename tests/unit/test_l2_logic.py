@@ -289,3 +289,4 @@ def test_fake_counts_conflicts_by_the_same_rule() -> None:
     clock.now = 1.0
     assert not fake.heard_claim(V4, OTHER)
     assert fake.stats()["conflicts"] == 1
+    assert fake.status()["interface"] == "fake0"
