@@ -256,14 +256,15 @@ class Metrics:
 
         self.takeovers = Counter(
             "raftlb_vip_takeovers_total",
-            "VIPs this node started answering for, by why they changed owner",
+            "VIPs this node started answering for, by why they changed owner (resumed: held "
+            "again under the same assignment once this node's lease was valid again)",
             ["reason"],
             registry=self.registry,
         )
         self.failover_seconds = Histogram(
             "raftlb_failover_seconds",
             "VIPs taken over from a dead owner: from the last renewal the leader saw of the "
-            "old owner to this node answering",
+            "old owner to this node answering (not a VIP taken back after a lapsed lease)",
             buckets=(0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10),
             registry=self.registry,
         )
