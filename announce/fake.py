@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from announce.l2_logic import Change, L2State, Schedule, Vip
+from announce.l2_logic import STATS, Change, L2State, Schedule, Vip
 
 if TYPE_CHECKING:
     from announce.l2 import VipAnnouncer
@@ -25,14 +25,17 @@ class FakeAnnouncer:
         interface: str = "fake0",
         clock: Callable[[], float] = time.monotonic,
         schedule: Schedule | None = None,
+        mac: bytes = b"\x02\x00\x00\x00\x00\x01",
     ) -> None:
         self.interface = interface
+        self.mac = mac
         self.clock = clock
         self.calls: list[tuple[str, frozenset[Vip], float]] = []
         self.changes: list[Change] = []
         self.closed = False
         self._state = L2State(schedule)
-        self._counts = {"takeovers": 0, "releases": 0, "lapses": 0}
+        # Every counter of the real one; those of frames it never sends stay 0.
+        self._counts = dict.fromkeys(STATS, 0)
 
     def set(self, vips: Iterable[Vip], valid_until: float) -> None:
         """Record the desired set and deadline; same validation and semantics as the real one."""
@@ -68,9 +71,21 @@ class FakeAnnouncer:
         """The VIPs a real announcer would answer for now (by `clock`)."""
         return self._state.held(self.clock())
 
+    def heard_claim(self, vip: Vip, mac: bytes) -> bool:
+        """Another host's GARP or DAD probe for `vip` from `mac`: counted as a conflict by the
+        real announcer's rule (only while `vip` is answered for). True if it was one."""
+        conflict = self._state.claimed_elsewhere(vip, mac, self.mac, self.clock())
+        self._counts["conflicts"] += int(conflict)
+        return conflict
+
     def stats(self) -> dict[str, int]:
-        """takeovers, releases, lapses and held, like the real counters of the same names."""
+        """The real announcer's counters and `held` (takeovers, releases, lapses and conflicts
+        counted as it would; nothing is sent, so the frame counters stay 0)."""
         return {**self._counts, "held": len(self.held())}
+
+    def status(self) -> dict[str, Any]:
+        """The interface and `stats()`, like the real one."""
+        return {"interface": self.interface, **self.stats()}
 
     def _record(self, change: Change) -> None:
         self.changes.append(change)

@@ -29,10 +29,10 @@ import threading
 import time
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from announce import frames
-from announce.l2_logic import Change, L2State, Schedule, Vip
+from announce.l2_logic import STATS, Change, L2State, Schedule, Vip
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +50,7 @@ _ANSWERED = frozenset({socket.PACKET_HOST, socket.PACKET_BROADCAST, socket.PACKE
 _RECV_BATCH = 64
 _IDLE_POLL_MS = 1000
 
-STAT_KEYS = (
-    "arp_requests",  # parsed ARP requests (any target)
-    "ns_seen",  # parsed neighbour solicitations (any target)
-    "arp_replies",  # answers sent
-    "na_replies",
-    "garp_sent",  # announcement frames sent (request and reply forms count apart)
-    "na_sent",
-    "stale_refusals",  # frames not sent for a VIP of the last set() because the lease had ended
-    "conflicts",  # another MAC announced (GARP) or probed (DAD) a VIP we hold
-    "send_errors",
-    "recv_errors",
-    "membership_errors",
-    "takeovers",
-    "releases",
-    "lapses",  # VIPs released because their lease ended without renewal
-)
+STAT_KEYS = tuple(STATS)  # counters (described in STATS); stats() adds `held`
 
 
 class VipAnnouncer(Protocol):
@@ -77,6 +62,7 @@ class VipAnnouncer(Protocol):
     def close(self) -> None: ...
     def held(self) -> frozenset[Vip]: ...
     def stats(self) -> dict[str, int]: ...
+    def status(self) -> dict[str, Any]: ...
 
 
 def _ifindex(sock: socket.socket, interface: str) -> int:
@@ -217,6 +203,10 @@ class L2Announcer:
             out = dict(self._stats)
             out["held"] = len(self._state.held(time.monotonic()))
             return out
+
+    def status(self) -> dict[str, Any]:
+        """What /v1/status shows: the interface and `stats()`."""
+        return {"interface": self.interface, **self.stats()}
 
     # --- sending (lock held) -----------------------------------------------------------------
 
@@ -360,8 +350,8 @@ class L2Announcer:
             if req.is_gratuitous:
                 # Someone else announcing our VIP: the invariant is broken somewhere. Never
                 # answer an announcement; count it and say so.
-                conflict = req.sender_mac != self.mac and self._state.should_answer(
-                    vip, time.monotonic()
+                conflict = self._state.claimed_elsewhere(
+                    vip, req.sender_mac, self.mac, time.monotonic()
                 )
                 self._stats["conflicts"] += int(conflict)
             elif self._send_checked(vip, frames.arp_reply(self.mac, vip, req)):
@@ -381,11 +371,14 @@ class L2Announcer:
             self._stats["ns_seen"] += 1
             if not self._state.is_wanted(vip):
                 return
+            # A DAD probe from another MAC: someone is configuring our VIP. We defend it (the
+            # reply below), and count it whether or not the reply leaves.
+            conflict = ns.source_ip.is_unspecified and self._state.claimed_elsewhere(
+                vip, ns.eth_source, self.mac, time.monotonic()
+            )
+            self._stats["conflicts"] += int(conflict)
             if self._send_checked(vip, frames.na_reply(self.mac, vip, ns)):
                 self._stats["na_replies"] += 1
-                # A DAD probe from another MAC: someone is configuring our VIP. We defend it.
-                conflict = ns.source_ip.is_unspecified and ns.eth_source != self.mac
-                self._stats["conflicts"] += int(conflict)
         if conflict:
             log.warning(
                 "l2 %s: %s probes %s (DAD), which we hold",

@@ -23,6 +23,25 @@ from ipaddress import IPv4Address, IPv6Address
 
 Vip = IPv4Address | IPv6Address
 
+# The announcer's counters (running totals since it started) and what each one counts; the
+# agent exports them as `raftlb_l2_<name>_total`.
+STATS = {
+    "arp_requests": "ARP requests parsed (any target)",
+    "ns_seen": "IPv6 neighbour solicitations parsed (any target)",
+    "arp_replies": "ARP replies sent",
+    "na_replies": "Neighbour advertisements sent in reply",
+    "garp_sent": "Gratuitous ARP frames sent (request and reply forms count apart)",
+    "na_sent": "Unsolicited neighbour advertisements sent",
+    "stale_refusals": "Frames not sent for a VIP of the desired set because the lease had ended",
+    "conflicts": "Another MAC announced (GARP) or probed (DAD) a VIP this node answers for",
+    "send_errors": "Frames the socket refused to send",
+    "recv_errors": "Failed receives (e.g. the link went down)",
+    "membership_errors": "Failed joins or leaves of solicited-node multicast groups",
+    "takeovers": "VIPs this announcer started answering for",
+    "releases": "VIPs it stopped answering for because they left the desired set",
+    "lapses": "VIPs it stopped answering for because the lease ended without renewal",
+}
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -168,6 +187,11 @@ class L2State:
     def should_answer(self, vip: Vip, now: float) -> bool:
         """The one rule: answer for `vip` only if it is held and the lease is valid at `now`."""
         return now < self._valid_until and vip in self._held
+
+    def claimed_elsewhere(self, vip: Vip, mac: bytes, own_mac: bytes, now: float) -> bool:
+        """Another MAC claims `vip` (announces it, or probes for it by DAD) while this node
+        answers for it: a conflict, the one-owner invariant is broken somewhere."""
+        return mac != own_mac and self.should_answer(vip, now)
 
     def is_wanted(self, vip: Vip) -> bool:
         """`vip` is in the last desired set, whatever its lease (to count stale refusals)."""

@@ -273,12 +273,16 @@ async def serve(
     if bgp is not None:
         await bgp.announcer.start()
         metrics.watch_bgp(bgp.announcer.status)
+    announcer = build_announcer(config)
+    l2 = announcer if isinstance(announcer, L2Announcer) else None
+    if l2 is not None:
+        metrics.watch_l2(l2.interface, l2.stats)
     loops = OwnershipLoops(
         cluster,
         metrics,
         list(config.peer_map()),
         config.timing_profile(),
-        build_announcer(config),
+        announcer,
         dataplane=dataplane,
         health=health,
         bgp=bgp,
@@ -302,6 +306,7 @@ async def serve(
         health_version=health.version_of if health is not None else None,
         dataplane_status=dataplane.status if dataplane is not None else None,
         bgp_status=bgp.announcer.status if bgp is not None else None,
+        l2_status=l2.status if l2 is not None else None,
     )
     # A stop waits at most 2 s for requests in progress (aiohttp's default is 60 s); an idle
     # keep-alive connection is closed after the guard's idle time (aiohttp's: an hour).

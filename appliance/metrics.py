@@ -1,7 +1,8 @@
-"""Prometheus metrics of an agent: Raft health, state sizes and commit latency.
+"""Prometheus metrics of an agent: Raft health, state sizes, commit latency, announcers.
 
-Gauges are read from the cluster at scrape time (a custom collector), so they are never stale;
-the commit-latency histogram is fed by `Metrics.submit`, the one path every write takes.
+Gauges, and the running totals other parts count (the announcers'), are read at scrape time by
+custom collectors, so they are never stale and cost the hot paths nothing; the commit-latency
+histogram is fed by `Metrics.submit`, the one path every write takes.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from announce.l2_logic import STATS
 from appliance.model import Backend
 from raft.cluster import Cluster, SubmitError
 from raft.commands import Command
@@ -136,7 +138,7 @@ class _BgpCollector(Collector):
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self._status = status
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         status = self._status()
         sessions = GaugeMetricFamily(
             "raftlb_bgp_session_up", "1 while the BGP session with the peer is up", labels=["peer"]
@@ -154,11 +156,38 @@ class _BgpCollector(Collector):
             "1 while exabgp runs and takes commands (0: this node announces nothing)",
             value=float(bool(status.get("announcing"))),
         )
-        yield GaugeMetricFamily(
+        # Running totals are Counters: `increase()` works and an agent restart is a reset.
+        yield CounterMetricFamily(
             "raftlb_bgp_exabgp_restarts",
             "Times exabgp died and was restarted",
             value=status.get("restarts", 0),
         )
+        yield CounterMetricFamily(
+            "raftlb_bgp_command_errors",
+            "Route commands exabgp refused",
+            value=status.get("errors", 0),
+        )
+
+
+class _L2Collector(Collector):
+    """The layer-2 announcer's counters (announce.l2_logic.STATS), read at scrape time: the
+    announcer only adds to a dict under its lock, whatever is scraped."""
+
+    def __init__(self, interface: str, stats: Callable[[], dict[str, int]]) -> None:
+        self._interface = interface
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for key, text in STATS.items():
+            family = CounterMetricFamily(f"raftlb_l2_{key}", text, labels=["interface"])
+            family.add_metric([self._interface], stats.get(key, 0))
+            yield family
+        held = GaugeMetricFamily(
+            "raftlb_l2_vips_held", "VIPs the announcer answers for now", labels=["interface"]
+        )
+        held.add_metric([self._interface], stats.get("held", 0))
+        yield held
 
 
 class Metrics:
@@ -228,14 +257,15 @@ class Metrics:
 
         self.takeovers = Counter(
             "raftlb_vip_takeovers_total",
-            "VIPs this node started answering for, by why they changed owner",
+            "VIPs this node started answering for, by why they changed owner (resumed: held "
+            "again under the same assignment once this node's lease was valid again)",
             ["reason"],
             registry=self.registry,
         )
         self.failover_seconds = Histogram(
             "raftlb_failover_seconds",
             "VIPs taken over from a dead owner: from the last renewal the leader saw of the "
-            "old owner to this node answering",
+            "old owner to this node answering (not a VIP taken back after a lapsed lease)",
             buckets=(0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10),
             registry=self.registry,
         )
@@ -258,6 +288,10 @@ class Metrics:
     def watch_bgp(self, status: Callable[[], dict[str, Any]]) -> None:
         """Export the BGP announcer's sessions and routes (announce.bgp) at scrape time."""
         self.registry.register(_BgpCollector(status))
+
+    def watch_l2(self, interface: str, stats: Callable[[], dict[str, int]]) -> None:
+        """Export the layer-2 announcer's counters (announce.l2) at scrape time."""
+        self.registry.register(_L2Collector(interface, stats))
 
     def watch_health(self, health: HealthView, cluster: Cluster) -> None:
         """Export this node's backend health (appliance.health) at scrape time."""

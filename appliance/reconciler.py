@@ -21,7 +21,11 @@ The rules (unchanged from the first, whole-state reconciler):
   routed VIP, `withdraw_grace` seconds after: routers take tens of ms to act on a withdraw
   (FRR 68-105 ms, BIRD 8-89 ms here), and connections they send meanwhile must not be lost;
 - a VIP this node is asked to release is acknowledged once it no longer answers for it, and
-  again every `ack_every` seconds while the assignment still waits for it.
+  again every `ack_every` seconds while the assignment still waits for it;
+- a VIP held again under the assignment (same epoch) it held before its lease lapsed is
+  *resumed*, not taken: no owner changed, and the assignment's time and reason are those of
+  the first take (a failover's, seconds or minutes ago), so it must not be logged or measured
+  as one.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Step:
     after: dict[IPAddress, tuple[Forward, ...]]  # rules to drop after withdrawing
     acks: list[str]  # VIPs to acknowledge as released
     taken: list[Assignment] = field(default_factory=list)  # for logs and counters
+    resumed: list[Assignment] = field(default_factory=list)  # held again, same assignment
     released: list[str] = field(default_factory=list)
     withdrawn: list[str] = field(default_factory=list)  # routed VIPs no longer announced
     announced: list[str] = field(default_factory=list)
@@ -84,6 +89,9 @@ class Reconciler:
         self.vip_of: dict[str, str] = {}  # service id -> its VIP (text), as last seen
         self.releasing: set[str] = set()  # VIPs whose assignment waits for our release
         self.acked: dict[tuple[str, int], float] = {}  # (VIP, epoch) -> when acknowledged
+        # VIP -> epoch of the assignment to this node it last answered under, kept while the
+        # assignment still names this node (through a lapse), to tell a resumption.
+        self.epochs: dict[str, int] = {}
         self.full_steps = 0
         self.partial_steps = 0
 
@@ -132,6 +140,8 @@ class Reconciler:
             routed = vip in view.routed
             announces = self.routes and routed and able and serves(services, healthy)
             (held.add if holds else held.discard)(vip)
+            if assignment is None or assignment.node != self.me:
+                self.epochs.pop(vip, None)  # a later assignment here is a new take
             (announced.add if announces else announced.discard)(vip)
             if assignment is not None and assignment.releasing == self.me:
                 self.releasing.add(vip)
@@ -149,6 +159,7 @@ class Reconciler:
                     after[ipaddress.ip_address(vip)] = ()
 
         new_held, new_announced = frozenset(held), frozenset(announced)
+        taken, resumed = self._gained(view, new_held)
         step = Step(
             held=new_held,
             until=until,
@@ -161,7 +172,8 @@ class Reconciler:
             before=before,
             after=after,
             acks=self._acks(view, new_held, now),
-            taken=[view.assignments[v] for v in sorted(new_held - self.held)],
+            taken=taken,
+            resumed=resumed,
             released=sorted(self.held - new_held),
             withdrawn=sorted(self.announced - new_announced),
             announced=sorted(new_announced - self.announced),
@@ -169,6 +181,20 @@ class Reconciler:
         )
         self.held, self.until, self.announced = new_held, until, new_announced
         return step
+
+    def _gained(
+        self, view: StateView, held: frozenset[str]
+    ) -> tuple[list[Assignment], list[Assignment]]:
+        """The assignments of VIPs held now and not before: taken (a new assignment here) and
+        resumed (the one answered under before the lease lapsed)."""
+        taken: list[Assignment] = []
+        resumed: list[Assignment] = []
+        for vip in sorted(held - self.held):
+            assignment = view.assignments[vip]
+            same = self.epochs.get(vip) == assignment.epoch
+            (resumed if same else taken).append(assignment)
+            self.epochs[vip] = assignment.epoch
+        return taken, resumed
 
     def _rules(
         self,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from appliance.client import ApiClient, ClientConfigError, read_token
@@ -28,27 +28,39 @@ CLUSTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$")
 
 
 class _SyncCollector(Collector):
+    """The sync's counts, read at scrape time; running totals are Counters (`_total`), so
+    `rate()` and `increase()` apply and a restart reads as a reset, not a drop."""
+
     def __init__(self, syncer: Syncer) -> None:
         self.syncer = syncer
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         s = self.syncer
-        yield GaugeMetricFamily(
+        yield CounterMetricFamily(
             "raftlb_k8s_reconciles", "Services reconciled since start", value=s.reconciled
         )
-        yield GaugeMetricFamily(
-            "raftlb_k8s_reconcile_failures", "Reconciles that failed", value=s.failures
+        yield CounterMetricFamily(
+            "raftlb_k8s_reconcile_failures",
+            "Reconcile batches that failed (retried later)",
+            value=s.failures,
         )
         yield GaugeMetricFamily("raftlb_k8s_queue", "Services waiting", value=len(s.queue))
         synced = GaugeMetricFamily(
             "raftlb_k8s_informer_synced", "1 once the first list succeeded", labels=["kind"]
         )
-        lists = GaugeMetricFamily("raftlb_k8s_lists", "Full lists (relists)", labels=["kind"])
+        lists = CounterMetricFamily("raftlb_k8s_lists", "Full lists (relists)", labels=["kind"])
+        failures = CounterMetricFamily(
+            "raftlb_k8s_informer_failures",
+            "Lists or watches that failed (the Kubernetes API unreachable or refusing)",
+            labels=["kind"],
+        )
         for informer in (s.services, s.slices, s.nodes):
             synced.add_metric([informer.name], float(informer.synced.is_set()))
             lists.add_metric([informer.name], informer.lists)
+            failures.add_metric([informer.name], informer.failures)
         yield synced
         yield lists
+        yield failures
 
 
 def serve_health(syncer: Syncer, listen: str) -> ThreadingHTTPServer:

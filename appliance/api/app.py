@@ -105,6 +105,8 @@ class ApiContext:
     health_version: Callable[[str], int] | None = None
     dataplane_status: Callable[[], dict[str, Any]] | None = None
     bgp_status: Callable[[], dict[str, Any]] | None = None
+    # The layer-2 announcer's interface and counters (conflicts...), None without one.
+    l2_status: Callable[[], dict[str, Any]] | None = None
     # Bounds on connections (appliance.api.guard), told when each request starts and ends.
     guard: ConnectionGuard | None = None
 
@@ -338,6 +340,7 @@ async def get_status(request: web.Request) -> web.Response:
     )
     view["dataplane"] = ctx.dataplane_status() if ctx.dataplane_status else {"forward": "none"}
     view["bgp"] = ctx.bgp_status() if ctx.bgp_status else None
+    view["l2"] = ctx.l2_status() if ctx.l2_status else None
     return web.json_response(view)
 
 

@@ -54,6 +54,51 @@ _ERROR = {
     },
 }
 
+_COUNT = {"type": "integer", "minimum": 0}
+_STATUS_FIELDS: dict[str, Any] = {
+    "node": {"type": "string"},
+    "version": {"type": "string"},
+    "raft": {"type": "object"},
+    "leader_api_url": {"type": ["string", "null"]},
+    "members": _COUNT,
+    "members_connected": _COUNT,
+    "pools": _COUNT,
+    "services": _COUNT,
+    "allocations": _COUNT,
+    "vips": _COUNT,
+    "revision": _COUNT,
+    "apply_backlog": _COUNT,
+    "lease_ages": {"type": "object"},
+    "drained": {"type": "array", "items": {"type": "string"}},
+    "dataplane": {"type": "object"},
+    "bgp": {"type": ["object", "null"]},
+    "l2": {
+        "type": ["object", "null"],
+        "description": "The layer-2 announcer (null: none): its interface, the VIPs it "
+        "answers for now and its counters since the agent started",
+        "required": ["interface", "held", "conflicts", "stale_refusals", "send_errors"],
+        "properties": {
+            "interface": {"type": "string"},
+            "held": _COUNT,
+            "conflicts": {
+                **_COUNT,
+                "description": "Another MAC announced or probed a VIP held here",
+            },
+            "stale_refusals": {
+                **_COUNT,
+                "description": "Frames not sent because the lease had ended",
+            },
+            "send_errors": _COUNT,
+        },
+    },
+}
+_STATUS = {
+    "type": "object",
+    "description": "This node's view of the cluster, and its own data plane and announcers",
+    "required": list(_STATUS_FIELDS),
+    "properties": _STATUS_FIELDS,
+}
+
 
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -118,6 +163,7 @@ def openapi_document(version: str) -> dict[str, Any]:
     )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     schemas["Error"] = _ERROR
+    schemas["Status"] = _STATUS
     schemas["ApplyBody"] = {
         "type": "object",
         "properties": {
@@ -164,7 +210,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "responses": {"200": {"description": "text exposition format"}, **_errors(401)},
             }
         },
-        "/v1/status": {"get": _op("This node's view of the cluster", _json(obj))},
+        "/v1/status": {"get": _op("This node's view of the cluster", _json(_ref("Status")))},
         "/v1/nodes": {"get": _op("Members", _json({"type": "array", "items": _ref("NodeInfo")}))},
         "/v1/nodes/{node}/drain": {
             "parameters": _param("node", "node id", _NAME),

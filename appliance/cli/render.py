@@ -1,6 +1,10 @@
 """Human views of API answers: pure functions from model values to rich tables.
 
 Nothing here talks to the API or prints; the commands do. Missing values show as "-".
+
+Cells are never parsed as rich markup: a `str` is text from the API and prints as written, a
+`Text` carries a style chosen here (`_styled`). Markup would mix the two, and a sharing key or
+service name holding "[red]" would then restyle the table or hide its own text.
 """
 
 from __future__ import annotations
@@ -24,18 +28,41 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def _add(table: Table, *cells: str) -> None:
+# A cell: a str is literal text (from the API), a Text was built here by `_styled`/`_cell`.
+Cell = str | Text
+
+
+def _add(table: Table, *cells: Cell) -> None:
+    table.add_row(*(_literal(cell) if isinstance(cell, str) else cell for cell in cells))
+
+
+def _literal(text: str) -> Text:
     # Text, not markup: a sharing key like "[red]" must print as written; control characters
     # (ESC, NUL, a right-to-left override) are shown escaped, never sent to the terminal
     # (the API refuses them now; a state written before may still hold some).
-    table.add_row(*(Text(cell if cell.isprintable() else _escaped(cell)) for cell in cells))
+    return Text(text if text.isprintable() else _escaped(text))
+
+
+def _styled(style: str, text: str) -> Text:
+    """`text` in one of our styles; literal and escaped like any cell (it may hold API values)."""
+    return Text(text if text.isprintable() else _escaped(text), style=style)
+
+
+def _cell(*parts: Cell, sep: str = "") -> Text:
+    """One cell of several parts, each str literal, each Text in its own style."""
+    out = Text()
+    for i, part in enumerate(parts):
+        if i and sep:
+            out.append(sep)
+        out.append_text(_literal(part) if isinstance(part, str) else part)
+    return out
 
 
 def _escaped(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def _grid(rows: Iterable[tuple[str, str]]) -> Table:
+def _grid(rows: Iterable[tuple[str, Cell]]) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
@@ -81,34 +108,56 @@ def status_view(status: dict[str, Any]) -> Table:
             ("allocations", _text(status.get("allocations"))),
             ("vips", _text(status.get("vips"))),
             ("data plane", _dataplane(status.get("dataplane"))),
+            ("layer 2", _l2(status.get("l2"))),
             ("bgp", _bgp(status.get("bgp"))),
         ]
     )
 
 
-def _commit(raft: dict[str, Any], backlog: Any) -> str:
+def _commit(raft: dict[str, Any], backlog: Any) -> Cell:
     text = f"{raft.get('commit_index')} (applied here: {raft.get('last_applied')})"
     if isinstance(backlog, int) and backlog > 0:
-        text += f" [yellow]apply backlog: {backlog} entries[/yellow]"
+        return _cell(text, " ", _styled("yellow", f"apply backlog: {backlog} entries"))
     return text
 
 
-def _bgp(bgp: Any) -> str:
+def _bgp(bgp: Any) -> Cell:
     if not isinstance(bgp, dict):
         return "not announcing by BGP"
     if not bgp.get("announcing"):
-        return "[red]exabgp not running: not announcing" + (
-            f" ({bgp.get('restarts')} restarts)" if bgp.get("restarts") else ""
+        return _styled(
+            "red",
+            "exabgp not running: not announcing"
+            + (f" ({bgp.get('restarts')} restarts)" if bgp.get("restarts") else ""),
         )
     peers = ", ".join(f"{p} {s}" for p, s in sorted((bgp.get("peers") or {}).items()))
     routes = bgp.get("routes") or []
     return f"peers: {peers or 'none'}; {len(routes)} route(s): {', '.join(routes) or '-'}"
 
 
-def _dataplane(plane: Any) -> str:
+def _l2(l2: Any) -> Cell:
+    """The layer-2 announcer: what it answers for, and what an operator must look at (another
+    MAC claiming a VIP held here, frames that could not be sent)."""
+    if not isinstance(l2, dict):
+        return "not announcing by layer 2"
+    conflicts = l2.get("conflicts") or 0
+    parts: list[Cell] = [
+        f"{l2.get('interface')}: {l2.get('held', 0)} VIP(s) answered",
+        _styled("red", f"{conflicts} conflict(s): another MAC claims a VIP held here")
+        if conflicts
+        else "0 conflicts",
+    ]
+    if l2.get("send_errors"):
+        parts.append(_styled("red", f"{l2['send_errors']} send error(s)"))
+    if l2.get("stale_refusals"):
+        parts.append(f"{l2['stale_refusals']} frame(s) held back on a lapsed lease")
+    return _cell(*parts, sep="; ")
+
+
+def _dataplane(plane: Any) -> Cell:
     if not isinstance(plane, dict) or plane.get("forward") != "nftables":
         return "not forwarding (forward: none)"
-    parts = [
+    parts: list[Cell] = [
         f"nftables, {plane.get('vips', 0)} VIP(s), {plane.get('loads', 0)} full load(s), "
         f"{plane.get('deltas', 0)} change(s)"
     ]
@@ -118,10 +167,10 @@ def _dataplane(plane: Any) -> str:
             "last " + ", ".join(f"{kind} {ms:g} ms" for kind, ms in sorted(timing.items()))
         )
     if plane.get("sysctl_problems"):
-        parts.append("[red]WRONG sysctls: " + ", ".join(plane["sysctl_problems"]))
+        parts.append(_styled("red", "WRONG sysctls: " + ", ".join(plane["sysctl_problems"])))
     if plane.get("last_error"):
-        parts.append(f"[red]last load failed: {plane['last_error']}")
-    return "; ".join(parts)
+        parts.append(_styled("red", f"last load failed: {plane['last_error']}"))
+    return _cell(*parts, sep="; ")
 
 
 def nodes_table(nodes: list[NodeInfo]) -> Table:
@@ -251,17 +300,20 @@ def service_view(
                 _text(backend.node),
                 _health(checked.get((str(backend.address), backend.port)), now),
             )
-    seen_by = f"health as seen by {health['node']}" if health and health.get("node") else ""
-    return Group(grid, "", ports, seen_by) if seen_by else Group(grid, "", ports)
+    if health and health.get("node"):
+        # Not a str: a Group would read a str as markup, and the node name is the API's.
+        return Group(grid, "", ports, _literal(f"health as seen by {health['node']}"))
+    return Group(grid, "", ports)
 
 
-def _health(track: dict[str, Any] | None, now: float) -> str:
+def _health(track: dict[str, Any] | None, now: float) -> Cell:
     if track is None:
         return "-"
-    state = "up" if track.get("healthy") else "[red]DOWN"
     last = track.get("last_check")
     when = f", checked {now - last:.1f}s ago" if isinstance(last, int | float) else ""
-    return f"{state} ({track.get('reason', '')}{when})"
+    if track.get("healthy"):
+        return f"up ({track.get('reason', '')}{when})"
+    return _styled("red", f"DOWN ({track.get('reason', '')}{when})")
 
 
 def vips_table(vips: list[dict[str, Any]]) -> Table:
@@ -315,12 +367,12 @@ def _node(vip: dict[str, Any]) -> str:
     return _text(vip.get("node"))
 
 
-def _backends_up(counts: Any) -> str:
+def _backends_up(counts: Any) -> Cell:
     """Healthy/total backends as the answering node sees them; none up means it rejects."""
     if not isinstance(counts, dict) or not counts.get("total"):
         return "-"
     text = f"{counts.get('healthy')}/{counts['total']}"
-    return text if counts.get("healthy") else f"[red]{text} (rejecting)"
+    return text if counts.get("healthy") else _styled("red", f"{text} (rejecting)")
 
 
 def _last_change(vip: dict[str, Any]) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from announce.fake import FakeAnnouncer
 from appliance.api.app import ApiContext, build_app
 from appliance.config import segment_errors
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
@@ -503,6 +505,21 @@ async def test_status_and_nodes(api: TestClient[Any, Any]) -> None:
     )
     nodes = await call(api, "GET", "/v1/nodes")
     assert [(n["id"], n["role"], n["connected"]) for n in nodes] == [("n1", "leader", True)]
+
+
+async def test_status_carries_the_l2_announcers_counters(
+    aiohttp_client: Any, cluster: InMemoryCluster
+) -> None:
+    announcer = FakeAnnouncer("eth1")
+    announcer.set([ipaddress.ip_address("192.0.2.200")], time.monotonic() + 60)
+    announcer.heard_claim(ipaddress.ip_address("192.0.2.200"), b"\x02\x00\x00\x00\x00\x09")
+    api = await aiohttp_client(build_app(context(cluster, l2_status=announcer.status)))
+    l2 = (await call(api, "GET", "/v1/status"))["l2"]
+    assert (l2["interface"], l2["held"], l2["conflicts"], l2["send_errors"]) == ("eth1", 1, 1, 0)
+
+
+async def test_status_without_an_l2_announcer_says_null(api: TestClient[Any, Any]) -> None:
+    assert (await call(api, "GET", "/v1/status"))["l2"] is None
 
 
 async def test_openapi_lists_the_paths(api: TestClient[Any, Any]) -> None:

@@ -15,6 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from announce.fake import FakeAnnouncer
 from appliance.api.app import build_app
 from appliance.api.openapi import openapi_document
 from appliance.lab.served import ServedApp
@@ -28,7 +29,9 @@ schema = schemathesis.openapi.from_dict(openapi_document("fuzz"))
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, InMemoryCluster]]:
     cluster = InMemoryCluster("n1", {"n1": "127.0.0.1:7001"})
-    with ServedApp(build_app(context(cluster))) as app:
+    # An l2 announcer, so its part of /v1/status is checked against the document too.
+    announcer = FakeAnnouncer("eth1")
+    with ServedApp(build_app(context(cluster, l2_status=announcer.status))) as app:
         # Something to find and to conflict with: a pool.
         requests.put(f"{app.url}/v1/pools/web", json=POOL, headers=AUTH, timeout=5)
         yield app.url, cluster

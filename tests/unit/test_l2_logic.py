@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from announce.fake import FakeAnnouncer
-from announce.l2_logic import Change, L2State, Schedule, Vip, check_vip
+from announce.l2_logic import STATS, Change, L2State, Schedule, Vip, check_vip
 
 V4 = IPv4Address("192.0.2.200")
 V4B = IPv4Address("192.0.2.201")
@@ -254,6 +254,39 @@ def test_fake_records_calls_and_follows_the_lease() -> None:
     assert [c[0] for c in fake.calls] == ["set", "set", "clear", "close"]
     assert fake.calls[0] == ("set", frozenset({V4, V6}), 1.0)
     assert fake.changes[1] == Change(taken=frozenset({V4}), lapsed=frozenset({V4, V6}))
-    assert fake.stats() == {"takeovers": 3, "releases": 1, "lapses": 2, "held": 0}
+    stats = fake.stats()
+    assert set(stats) == {*STATS, "held"}
+    assert (stats["takeovers"], stats["releases"], stats["lapses"], stats["held"]) == (3, 1, 2, 0)
     with pytest.raises(RuntimeError, match="closed"):
         fake.set([V4], 10.0)
+
+
+OURS, OTHER = b"\x02\x00\x00\x00\x00\x01", b"\x02\x00\x00\x00\x00\x02"
+
+
+@pytest.mark.parametrize(
+    ("mac", "vip", "now", "conflict"),
+    [
+        (OTHER, V4, 0.5, True),  # another MAC claims a VIP answered for
+        (OURS, V4, 0.5, False),  # our own announcement, looped back
+        (OTHER, V4, 1.0, False),  # the lease ended: someone else may hold it now
+        (OTHER, V6, 0.5, False),  # not held here
+    ],
+)
+def test_a_claim_is_a_conflict_only_by_another_mac_on_a_vip_answered_for(
+    mac: bytes, vip: Vip, now: float, conflict: bool
+) -> None:
+    state = L2State()
+    state.set([V4], valid_until=1.0, now=0.0)
+    assert state.claimed_elsewhere(vip, mac, OURS, now) is conflict
+
+
+def test_fake_counts_conflicts_by_the_same_rule() -> None:
+    clock = Clock()
+    fake = FakeAnnouncer(clock=clock, mac=OURS)
+    fake.set([V4], 1.0)
+    assert fake.heard_claim(V4, OTHER) and not fake.heard_claim(V4, OURS)
+    clock.now = 1.0
+    assert not fake.heard_claim(V4, OTHER)
+    assert fake.stats()["conflicts"] == 1
+    assert fake.status()["interface"] == "fake0"

@@ -143,6 +143,22 @@ def test_a_lapsed_lease_drops_everything() -> None:
     assert back.held == frozenset(vips) and sorted(map(str, back.before)) == sorted(vips)
 
 
+def test_a_vip_held_again_under_the_same_assignment_after_a_lapse_is_resumed_not_taken() -> None:
+    state, rec, vips = fresh()
+    assert len(rec.step(state.snapshot(), now=100.1).taken) == 3
+    rec.step(state.snapshot(), now=100.0 + LEASE)  # lapsed
+    # Meanwhile the leader gave vips[0] to n2 and back: a new assignment (a higher epoch).
+    for node, based_on in (("n2", {ME: [INCARNATION, 1]}), (ME, {})):
+        placement = {vips[0]: {"node": node, "reason": "dead", "dead_for": 0.9}}
+        assign_cmd = command("vips.assign", placements=placement, based_on=based_on, at=0.0)
+        assert state.apply(assign_cmd)["value"]["changed"] == [vips[0]]
+    renew(state, 2, sent_at=101.0)
+    back = rec.step(state.snapshot(), now=101.1)
+    assert back.held == frozenset(vips)
+    assert [str(a.vip) for a in back.taken] == [vips[0]]
+    assert sorted(str(a.vip) for a in back.resumed) == sorted(vips[1:])
+
+
 def test_a_backend_going_down_changes_only_its_vip() -> None:
     state, rec, vips = fresh()
     rec.step(state.snapshot(), now=100.1)
