@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.net import free_ports
+
 NODE = r"""
 import sys, time
 from pathlib import Path
@@ -47,18 +49,7 @@ while True:
 
 
 def _free_ports() -> str:
-    """Three ports free right now, held open together so they are distinct (a base port plus
-    offsets could land on ports in use)."""
-    import socket
-
-    socks = [socket.socket() for _ in range(3)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return ",".join(str(sock.getsockname()[1]) for sock in socks)
-    finally:
-        for sock in socks:
-            sock.close()
+    return ",".join(str(p) for p in free_ports(3))
 
 
 def _lines(proc: subprocess.Popen[str]) -> list[list[str]]:

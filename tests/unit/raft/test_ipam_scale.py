@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from raft.cluster import ReplicatedState
 from raft.state import ClusterState
-from tests.unit.workcount import calls
+from tests.support.workcount import calls
 
 FAST = settings(
     max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]

@@ -18,7 +18,7 @@ from appliance.metrics import Metrics
 from appliance.model import IPAddress, Pool
 from raft.fake import InMemoryCluster
 from raft.timing import PROFILES
-from tests.unit.test_reconciler import _report, assign, command, pools, put
+from tests.unit.appliance.test_reconciler import _report, assign, command, pools, put
 
 ME, OTHER = "n1", "n2"
 TIMING = PROFILES["fast"]

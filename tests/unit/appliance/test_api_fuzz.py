@@ -20,7 +20,8 @@ from appliance.api.app import build_app
 from appliance.api.openapi import openapi_document
 from appliance.lab.served import ServedApp
 from raft.fake import InMemoryCluster
-from tests.unit.test_api import AUTH, POOL, context
+from tests.support.agentapi import AUTH, context
+from tests.unit.appliance.test_api import POOL
 
 EXAMPLES = int(os.environ.get("RAFTLB_FUZZ_EXAMPLES", "40"))
 schema = schemathesis.openapi.from_dict(openapi_document("fuzz"))

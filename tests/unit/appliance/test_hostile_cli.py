@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from appliance.cli.main import cli
 from appliance.documents import MAX_DEPTH, DocumentError, load_json, load_yaml
-from tests.unit.test_config import base_config
+from tests.unit.appliance.test_config import base_config
 
 TOKEN = "abcdefghijklmnopqrstuvwxyz0123456789"
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from appliance.api.app import build_app
 from appliance.api.guard import ConnectionGuard
 from raft.fake import InMemoryCluster
-from tests.unit.test_api import AUTH, context
+from tests.support.agentapi import AUTH, context
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,15 +10,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from announce.fake import FakeAnnouncer
-from appliance.api.app import ApiContext, build_app
+from appliance.api.app import build_app
 from appliance.config import segment_errors
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
-from appliance.metrics import Metrics
 from raft.fake import InMemoryCluster
-
-TOKEN = "s3cret-token-for-tests-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-JSON = {**AUTH, "Content-Type": "application/json"}
+from tests.support.agentapi import AUTH, JSON, TOKEN, context
 
 POOL = {"name": "web", "addresses": ["192.0.2.10-192.0.2.12"], "default": True}
 WEB = {"id": "prod/default/web", "ports": [{"port": 80, "backends": []}]}
@@ -47,18 +43,6 @@ ROUTES = [
 @pytest.fixture
 def cluster() -> InMemoryCluster:
     return InMemoryCluster("n1", {"n1": "127.0.0.1:7001"})
-
-
-def context(cluster: InMemoryCluster, **extra: Any) -> ApiContext:
-    return ApiContext(
-        cluster=cluster,
-        metrics=Metrics(cluster),
-        token=TOKEN,
-        peers=cluster.peers,
-        version="1.2.3",
-        write_timeout=0.05,
-        **extra,
-    )
 
 
 @pytest.fixture

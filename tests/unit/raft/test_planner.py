@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from raft.planner import LeaderPlanner, plan_assignments
 from raft.state import ClusterState
-from tests.unit.workcount import calls
+from tests.support.workcount import calls
 
 MEMBERS = ["n1", "n2", "n3"]
 FAST = settings(

@@ -30,7 +30,7 @@ from appliance.lab.prober import (
     parse_http_answer,
     read_samples,
 )
-from tests.unit.test_backend import REPO, RunningBackend, running_backend
+from tests.unit.lab.test_backend import REPO, RunningBackend, running_backend
 
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 

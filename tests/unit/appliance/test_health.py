@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from appliance.health import HealthChecker, Track
 from appliance.model import Service, ServiceSpec
+from tests.support.net import free_port
 
 
 def test_track_falls_after_fall_failures_and_rises_after_rise_successes() -> None:
@@ -41,13 +41,6 @@ def service(port: int, **spec: Any) -> Service:
         **spec,
     }
     return Service(spec=ServiceSpec.model_validate(body), address=ipaddress.ip_address("192.0.2.9"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -12,7 +12,7 @@ from appliance.leases import NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
 from raft.fake import InMemoryCluster
 from raft.timing import PROFILES
-from tests.unit.test_reconciler import command, pools, put
+from tests.unit.appliance.test_reconciler import command, pools, put
 
 ME, OLD = "n1", "n2"
 

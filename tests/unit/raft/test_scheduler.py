@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raft.scheduler import NodeFacts, VipDemand, schedule
-from tests.unit.scheduler_reference import reference_schedule
-from tests.unit.workcount import calls
+from tests.support.workcount import calls
+from tests.unit.raft.scheduler_reference import reference_schedule
 
 NODES = [NodeFacts(f"n{i}") for i in range(1, 4)]
 

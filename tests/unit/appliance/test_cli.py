@@ -13,14 +13,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from appliance.api.app import ApiContext, build_app
 from appliance.cli.main import cli
 from appliance.lab.served import ServedApp
-from appliance.metrics import Metrics
 from raft.cluster import SubmitError
 from raft.fake import InMemoryCluster
-
-TOKEN = "cli-test-token-0123456789abcdef"
+from tests.support.agentapi import TOKEN, serve
 
 POOLS_YAML = """\
 - name: web
@@ -50,15 +47,7 @@ def cluster() -> InMemoryCluster:
 
 @pytest.fixture
 def server(cluster: InMemoryCluster) -> Iterator[ServedApp]:
-    ctx = ApiContext(
-        cluster=cluster,
-        metrics=Metrics(cluster),
-        token=TOKEN,
-        peers=cluster.peers,
-        version="9.9.9",
-        write_timeout=0.05,
-    )
-    with ServedApp(build_app(ctx)) as served:
+    with serve(cluster, version="9.9.9") as served:
         yield served
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from appliance.model import Backend
 from appliance.reconciler import Reconciler
 from raft.state import ClusterState
-from tests.unit.workcount import calls
+from tests.support.workcount import calls
 
 ME = "n1"
 INCARNATION = 7

@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from appliance.api.app import ApiContext, build_app
 from appliance.client import (
     ApiClient,
     ApiError,
@@ -23,12 +22,13 @@ from appliance.client import (
     service_path,
 )
 from appliance.lab.served import ServedApp
-from appliance.metrics import Metrics
 from appliance.model import AllocationRequest, NodeInfo, Pool, Port, PortKey, Service, ServiceSpec
 from raft.cluster import SubmitError
 from raft.fake import InMemoryCluster
+from tests.support.agentapi import TOKEN
+from tests.support.agentapi import agent_app as support_app
+from tests.support.net import free_port
 
-TOKEN = "client-test-token-0123456789abcdef"
 POOL = Pool(name="web", addresses=["192.0.2.10-192.0.2.12"], default=True)
 
 
@@ -37,15 +37,7 @@ def spec(service_id: str, *ports: int, **extra: Any) -> ServiceSpec:
 
 
 def agent_app(cluster: InMemoryCluster) -> web.Application:
-    ctx = ApiContext(
-        cluster=cluster,
-        metrics=Metrics(cluster),
-        token=TOKEN,
-        peers=cluster.peers,
-        version="9.9.9",
-        write_timeout=0.05,
-    )
-    return build_app(ctx)
+    return support_app(cluster, version="9.9.9")
 
 
 @pytest.fixture
@@ -63,13 +55,6 @@ def server(cluster: InMemoryCluster) -> Iterator[ServedApp]:
 def client(server: ServedApp) -> Iterator[ApiClient]:
     with ApiClient(server.url, TOKEN, timeout=5) as api:
         yield api
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- reads and writes return model values -------------------------------------------------------

@@ -15,7 +15,7 @@ from announce.l2_logic import STATS
 from appliance.metrics import Metrics
 from k8s_sync.cli import _SyncCollector
 from raft.fake import InMemoryCluster
-from tests.unit.test_l2_logic import OTHER, OURS, V4, Clock
+from tests.unit.announce.test_l2_logic import OTHER, OURS, V4, Clock
 
 
 def scrape(text: bytes) -> dict[str, tuple[str, dict[tuple[tuple[str, str], ...], float]]]:

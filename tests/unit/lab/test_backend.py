@@ -22,7 +22,7 @@ import pytest
 
 from appliance.lab.backend import plain_address
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 READY = re.compile(r"^backend (\S+) ready: http (\d+), tcp (\d+), udp (\d+)$")
 
 
