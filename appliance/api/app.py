@@ -329,7 +329,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(_ctx(request).version))
+    return web.json_response(openapi_document(_ctx(request).version, ROUTE_NAMES))
 
 
 async def get_status(request: web.Request) -> web.Response:
@@ -559,28 +559,32 @@ def build_app(ctx: ApiContext) -> web.Application:
     )
     app[CTX] = ctx
     app[VIPS] = VipsCache()
-    app.add_routes(
-        [
-            web.get("/healthz", healthz),
-            web.get("/metrics", metrics),
-            web.get("/v1/openapi.json", openapi),
-            web.get("/v1/status", get_status),
-            web.get("/v1/nodes", get_nodes),
-            web.post("/v1/nodes/{node}/drain", drain_node),
-            web.post("/v1/nodes/{node}/undrain", undrain_node),
-            web.get("/v1/pools", list_pools),
-            web.get("/v1/pools/{name}", get_pool),
-            web.put("/v1/pools/{name}", put_pool),
-            web.delete("/v1/pools/{name}", delete_pool),
-            web.get("/v1/services", list_services),
-            web.get("/v1/services/{id:.+}", get_service),
-            web.put("/v1/services/{id:.+}", put_service),
-            web.delete("/v1/services/{id:.+}", delete_service),
-            web.get("/v1/allocations", list_allocations),
-            web.post("/v1/allocations", create_allocation),
-            web.delete("/v1/allocations/{owner:.+}", delete_allocation),
-            web.get("/v1/vips", get_vips),
-            web.post("/v1/apply", apply_batch),
-        ]
-    )
+    app.add_routes([web.route(method, path, handler) for method, path, handler in ROUTES])
     return app
+
+
+# The one list of the API's routes: the app is built from it and the OpenAPI document's paths
+# are generated from it (appliance.api.openapi names each operation by its handler).
+ROUTES: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...] = (
+    ("GET", "/healthz", healthz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/v1/openapi.json", openapi),
+    ("GET", "/v1/status", get_status),
+    ("GET", "/v1/nodes", get_nodes),
+    ("POST", "/v1/nodes/{node}/drain", drain_node),
+    ("POST", "/v1/nodes/{node}/undrain", undrain_node),
+    ("GET", "/v1/pools", list_pools),
+    ("GET", "/v1/pools/{name}", get_pool),
+    ("PUT", "/v1/pools/{name}", put_pool),
+    ("DELETE", "/v1/pools/{name}", delete_pool),
+    ("GET", "/v1/services", list_services),
+    ("GET", "/v1/services/{id:.+}", get_service),
+    ("PUT", "/v1/services/{id:.+}", put_service),
+    ("DELETE", "/v1/services/{id:.+}", delete_service),
+    ("GET", "/v1/allocations", list_allocations),
+    ("POST", "/v1/allocations", create_allocation),
+    ("DELETE", "/v1/allocations/{owner:.+}", delete_allocation),
+    ("GET", "/v1/vips", get_vips),
+    ("POST", "/v1/apply", apply_batch),
+)
+ROUTE_NAMES = tuple((method, path, handler.__name__) for method, path, handler in ROUTES)

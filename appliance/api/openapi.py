@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
@@ -156,8 +158,88 @@ def _named_in_url(schema: dict[str, Any], key: str) -> dict[str, Any]:
     return {**schema, "required": required, "title": f"{schema.get('title')}Body"}
 
 
+_OBJ = {"type": "object"}
+_WRITES = (400, 408, 409, 413, 415, 422, 503)
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return _json({"type": "array", "items": _ref(name)})
+
+
+# Each route's operation, by the name of its handler (appliance.api.app.ROUTES).
+_OPERATIONS: dict[str, dict[str, Any]] = {
+    "healthz": {
+        "summary": "Liveness (no auth)",
+        "security": [],
+        "responses": {"200": _json(_OBJ)},
+    },
+    "metrics": {
+        "summary": "Prometheus metrics",
+        "responses": {"200": {"description": "text exposition format"}, **_errors(401)},
+    },
+    "openapi": _op("This document", _json(_OBJ)),
+    "get_status": _op("This node's view of the cluster", _json(_ref("Status"))),
+    "get_nodes": _op("Members", _list_of("NodeInfo")),
+    "drain_node": _op("Drain: move its VIPs away, break-before-make", _json(_OBJ), 404, 503),
+    "undrain_node": _op("Undrain: it may own VIPs again", _json(_OBJ), 404, 503),
+    "list_pools": _op("List pools", _list_of("Pool")),
+    "get_pool": _op("Get a pool", _json(_ref("Pool")), 404),
+    "put_pool": _op(
+        "Create or replace a pool", _json(_ref("Pool")), *_WRITES, 404, body="PoolBody"
+    ),
+    "delete_pool": _op("Delete an unused pool", _json(_OBJ), 404, 409, 422, 503),
+    "list_services": _op("List services", _list_of("Service")),
+    "get_service": _op("Get a service", _json(_ref("ServiceWithHealth")), 404, 422),
+    "put_service": _op(
+        "Create or replace a service; allocates its VIP",
+        _json(_ref("Service")),
+        *_WRITES,
+        404,
+        body="ServiceSpecBody",
+    ),
+    "delete_service": _op("Delete a service and release its VIP", _json(_OBJ), 404, 422, 503),
+    "list_allocations": _op("List allocations", _list_of("Allocation")),
+    "create_allocation": _op(
+        "Allocate an address (idempotent by owner)",
+        _json(_ref("Allocation")),
+        *_WRITES,
+        404,
+        body="AllocationRequest",
+    ),
+    "delete_allocation": _op("Release an allocation", _json(_OBJ), 404, 409, 422, 503),
+    "get_vips": _op("Allocated addresses", _json({"type": "array", "items": _OBJ})),
+    "apply_batch": _op(
+        "Apply pools and services all or nothing", _json(_OBJ), *_WRITES, 404, body="ApplyBody"
+    ),
+}
+_PATH_PARAMETERS = {
+    "node": ("node id", _NAME),
+    "name": ("pool name", _NAME),
+    "id": ("service id, e.g. cluster/namespace/name", _ID),
+    "owner": ("allocation owner key", _ID),
+}
+_VARIABLE = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+
+
+def _paths(routes: Iterable[tuple[str, str, str]]) -> dict[str, Any]:
+    """The document's paths from the app's routes (method, aiohttp path, handler name)."""
+    paths: dict[str, Any] = {}
+    for method, route, handler in routes:
+        operation = _OPERATIONS.get(handler)
+        if operation is None:
+            raise ValueError(f"route {method} {route} ({handler}) has no OpenAPI operation")
+        path = _VARIABLE.sub(r"{\1}", route)  # /v1/services/{id:.+} -> /v1/services/{id}
+        entry = paths.setdefault(path, {})
+        names = _VARIABLE.findall(route)
+        if names:
+            entry["parameters"] = [p for n in names for p in _param(n, *_PATH_PARAMETERS[n])]
+        entry[method.lower()] = operation
+    return paths
+
+
 @cache
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(version: str, routes: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
+    """The document for the API built from `routes` (appliance.api.app.ROUTE_NAMES)."""
     _, defs = models_json_schema(
         [(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}"
     )
@@ -194,82 +276,7 @@ def openapi_document(version: str) -> dict[str, Any]:
     }
     schemas["PoolBody"] = _named_in_url(schemas["Pool"], "name")
     schemas["ServiceSpecBody"] = _named_in_url(schemas["ServiceSpec"], "id")
-    obj = {"type": "object"}
-    writes = (400, 408, 409, 413, 415, 422, 503)
-    paths: dict[str, Any] = {
-        "/healthz": {
-            "get": {
-                "summary": "Liveness (no auth)",
-                "security": [],
-                "responses": {"200": _json(obj)},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics",
-                "responses": {"200": {"description": "text exposition format"}, **_errors(401)},
-            }
-        },
-        "/v1/status": {"get": _op("This node's view of the cluster", _json(_ref("Status")))},
-        "/v1/nodes": {"get": _op("Members", _json({"type": "array", "items": _ref("NodeInfo")}))},
-        "/v1/nodes/{node}/drain": {
-            "parameters": _param("node", "node id", _NAME),
-            "post": _op("Drain: move its VIPs away, break-before-make", _json(obj), 404, 503),
-        },
-        "/v1/nodes/{node}/undrain": {
-            "parameters": _param("node", "node id", _NAME),
-            "post": _op("Undrain: it may own VIPs again", _json(obj), 404, 503),
-        },
-        "/v1/pools": {"get": _op("List pools", _json({"type": "array", "items": _ref("Pool")}))},
-        "/v1/pools/{name}": {
-            "parameters": _param("name", "pool name", _NAME),
-            "get": _op("Get a pool", _json(_ref("Pool")), 404),
-            "put": _op(
-                "Create or replace a pool", _json(_ref("Pool")), *writes, 404, body="PoolBody"
-            ),
-            "delete": _op("Delete an unused pool", _json(obj), 404, 409, 422, 503),
-        },
-        "/v1/services": {
-            "get": _op("List services", _json({"type": "array", "items": _ref("Service")}))
-        },
-        "/v1/services/{id}": {
-            "parameters": _param("id", "service id, e.g. cluster/namespace/name", _ID),
-            "get": _op("Get a service", _json(_ref("ServiceWithHealth")), 404, 422),
-            "put": _op(
-                "Create or replace a service; allocates its VIP",
-                _json(_ref("Service")),
-                *writes,
-                404,
-                body="ServiceSpecBody",
-            ),
-            "delete": _op("Delete a service and release its VIP", _json(obj), 404, 422, 503),
-        },
-        "/v1/allocations": {
-            "get": _op("List allocations", _json({"type": "array", "items": _ref("Allocation")})),
-            "post": _op(
-                "Allocate an address (idempotent by owner)",
-                _json(_ref("Allocation")),
-                *writes,
-                404,
-                body="AllocationRequest",
-            ),
-        },
-        "/v1/allocations/{owner}": {
-            "parameters": _param("owner", "allocation owner key", _ID),
-            "delete": _op("Release an allocation", _json(obj), 404, 409, 422, 503),
-        },
-        "/v1/vips": {"get": _op("Allocated addresses", _json({"type": "array", "items": obj}))},
-        "/v1/apply": {
-            "post": _op(
-                "Apply pools and services all or nothing",
-                _json(obj),
-                *writes,
-                404,
-                body="ApplyBody",
-            )
-        },
-        "/v1/openapi.json": {"get": _op("This document", _json(obj))},
-    }
+    paths = _paths(routes)
     return {
         "openapi": "3.1.0",
         "info": {

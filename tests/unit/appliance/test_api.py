@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from announce.fake import FakeAnnouncer
-from appliance.api.app import build_app
+from appliance.api.app import ROUTE_NAMES, build_app
+from appliance.api.openapi import openapi_document
 from appliance.config import segment_errors
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
 from raft.fake import InMemoryCluster
@@ -506,12 +508,28 @@ async def test_status_without_an_l2_announcer_says_null(api: TestClient[Any, Any
     assert (await call(api, "GET", "/v1/status"))["l2"] is None
 
 
-async def test_openapi_lists_the_paths(api: TestClient[Any, Any]) -> None:
+async def test_openapi_documents_exactly_the_routes_the_app_serves(
+    api: TestClient[Any, Any], cluster: InMemoryCluster
+) -> None:
     doc = await call(api, "GET", "/v1/openapi.json")
     assert doc["info"]["version"] == "1.2.3"
-    for path in ("/v1/pools/{name}", "/v1/services/{id}", "/v1/apply", "/v1/vips", "/healthz"):
-        assert path in doc["paths"]
+    served = set()
+    for route in build_app(context(cluster)).router.routes():
+        if route.method == "HEAD":  # aiohttp adds one per GET
+            continue
+        path = re.sub(r"\{(\w+)(?::[^}]*)?\}", r"{\1}", route.resource.canonical)
+        served.add((route.method.lower(), path))
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops if m != "parameters"}
+    assert documented == served and len(served) == len(ROUTE_NAMES)
+    for path, ops in doc["paths"].items():
+        named = {p["name"] for p in ops.get("parameters", [])}
+        assert named == set(re.findall(r"\{(\w+)\}", path)), path
     assert "ServiceSpec" in doc["components"]["schemas"]
+
+
+def test_a_route_without_an_openapi_operation_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"GET /v1/new \(get_new\)"):
+        openapi_document("x", (*ROUTE_NAMES, ("GET", "/v1/new", "get_new")))
 
 
 async def test_metrics_expose_raft_state_sizes_and_commit_latency(

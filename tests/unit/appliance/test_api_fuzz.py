@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from announce.fake import FakeAnnouncer
-from appliance.api.app import build_app
+from appliance.api.app import ROUTE_NAMES, build_app
 from appliance.api.openapi import openapi_document
 from appliance.lab.served import ServedApp
 from raft.fake import InMemoryCluster
@@ -24,7 +24,7 @@ from tests.support.agentapi import AUTH, context
 from tests.unit.appliance.test_api import POOL
 
 EXAMPLES = int(os.environ.get("RAFTLB_FUZZ_EXAMPLES", "40"))
-schema = schemathesis.openapi.from_dict(openapi_document("fuzz"))
+schema = schemathesis.openapi.from_dict(openapi_document("fuzz", ROUTE_NAMES))
 
 
 @pytest.fixture(scope="module")
