@@ -20,7 +20,7 @@ from cryptography import x509
 
 from appliance.cli.context import EXIT_BAD_INPUT, CliContext, pass_cli
 from appliance.cli.files import FileInvalid, read_document
-from appliance.lab.configgen import write_private
+from appliance.secretfile import write_private
 from appliance.seed import (
     ClusterSeed,
     SeedError,
