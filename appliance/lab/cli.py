@@ -1,4 +1,8 @@
-"""`raftlb lab ...`: try raftlb on one machine. `lab local` runs agents on 127.0.0.1 (no root)."""
+"""`raftlb lab ...`: try raftlb on one machine. `lab local` runs agents on 127.0.0.1 (no root).
+
+Part of the lab, not of the product's CLI: `appliance.cli.main` imports this group only when
+`raftlb lab` is run.
+"""
 
 from __future__ import annotations
 
