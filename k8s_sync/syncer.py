@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from appliance.client import ApiClient, ApiError, ApiUnreachable
+from appliance.apierror import ApiError
+from appliance.client import ApiClient, ApiUnreachable
 from appliance.model import Service
 from k8s_sync.informer import Informer, object_key
 from k8s_sync.plan import Plan, Stored, ingress_patch, owned, plan

@@ -13,9 +13,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from appliance.api.app import ApiContext, build_app
+from appliance.apierror import ApiError
 from appliance.client import (
     ApiClient,
-    ApiError,
     ApiUnreachable,
     ClientConfigError,
     client_from,
