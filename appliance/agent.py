@@ -36,7 +36,6 @@ from appliance.config import (
     check_host,
     firewall,
     pool_checker,
-    read_secret,
     split_host_port,
 )
 from appliance.dataplane.nft import DataPlane, NftApplier, set_forwarding_sysctls
@@ -45,6 +44,7 @@ from appliance.leases import Announcer, NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import MemberReport, Pool, format_field_errors
 from appliance.routing import routes
+from appliance.secretfile import read_secret
 from raft.cluster import RaftCluster, RaftSettings, SubmitError
 
 log = logging.getLogger("raftlb.agent")

@@ -29,6 +29,7 @@ from appliance.model import (
     ServiceSpec,
     field_errors,
 )
+from appliance.secretfile import SecretError, read_secret
 
 T = TypeVar("T")
 
@@ -50,28 +51,11 @@ class ClientConfigError(ValueError):
 
 
 def read_token(path: Path) -> str:
-    """Read a bearer token file, stripped of whitespace; refuse a missing or empty one."""
+    """The bearer token of a token file (see `read_secret`), or ClientConfigError saying why not."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ClientConfigError(f"token file {path} does not exist") from None
-    except OSError as exc:
-        raise ClientConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    try:
-        token = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise ClientConfigError(
-            f"token file {path} is not text (a token is printable ASCII, e.g. from "
-            "`openssl rand -hex 32`)"
-        ) from None
-    if not token:
-        raise ClientConfigError(f"token file {path} is empty")
-    if not all(" " < c < "\x7f" for c in token):
-        raise ClientConfigError(
-            f"token file {path} holds spaces or control characters: a token is one printable "
-            "word (HTTP headers cannot carry anything else)"
-        )
-    return token
+        return read_secret(path)
+    except SecretError as exc:
+        raise ClientConfigError(f"token file {exc}") from None
 
 
 def client_from(

@@ -24,9 +24,9 @@ from typing import Any
 
 import requests
 
-from appliance.config import read_secret
 from appliance.lab import LabError, procs
 from appliance.lab.configgen import NodeAddresses, write_cluster
+from appliance.secretfile import read_secret
 
 STATE_FILE = "lab.json"
 Progress = Callable[[str], None]

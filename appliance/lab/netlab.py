@@ -30,7 +30,6 @@ from typing import Any
 
 import yaml
 
-from appliance.config import read_secret
 from appliance.lab import LabError, netns, procs
 from appliance.lab.configgen import NodeAddresses, cluster_config_data, write_secrets
 from appliance.lab.topology import (
@@ -43,6 +42,7 @@ from appliance.lab.topology import (
     LabPlan,
     plan,
 )
+from appliance.secretfile import read_secret
 
 # run id -> run dir, on tmpfs: tells `down --all` whose namespaces are still in use.
 REGISTRY = Path("/run/raftlb-lab")
