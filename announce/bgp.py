@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from announce.bgp_config import Route, Session, changes, render_config
+from appliance.backoff import Backoff
 
 log = logging.getLogger("raftlb.bgp")
+RESTART = Backoff(first=0.5, cap=30.0)  # the wait before starting an exabgp that exited
 PR_SET_PDEATHSIG = 1
 ENV = {
     "exabgp_daemon_daemonize": "false",
@@ -120,7 +122,7 @@ class BgpAnnouncer:
     # --- exabgp and its relay ----------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        backoff = 0.5
+        failures = 0  # exits in a row of an exabgp that ran less than 30 s
         while not self._closing:
             started = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
@@ -141,18 +143,17 @@ class BgpAnnouncer:
             self._lost_relay()
             if self._closing:
                 return
-            if time.monotonic() - started > 30:
-                backoff = 0.5
+            failures = 1 if time.monotonic() - started > 30 else failures + 1
+            delay = RESTART.delay(failures)
             self.restarts += 1
             log.error(
                 "exabgp exited with %s; not announcing; restarting in %.1fs (restart %d). "
                 "See the agent log at debug level for its output",
                 code,
-                backoff,
+                delay,
                 self.restarts,
             )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(delay)
 
     async def _stop_exabgp(self) -> None:
         proc = self.proc
