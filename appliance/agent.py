@@ -30,6 +30,7 @@ from announce.l2 import L2Announcer
 from appliance import gcpolicy
 from appliance.api.app import ApiContext, build_app
 from appliance.api.guard import ConnectionGuard, api_connection_limit
+from appliance.backoff import Backoff
 from appliance.config import (
     AgentConfig,
     BgpConfig,
@@ -184,16 +185,17 @@ async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
     commands = static_commands(config)
     if not commands:
         return
-    delay = 0.5
+    retry, failures = Backoff(first=0.5, cap=10.0), 0
     while True:
         try:
             result = await metrics.submit(
                 {"v": 1, "type": "batch", "commands": commands}, config.api.write_timeout
             )
         except SubmitError as exc:
+            failures += 1
+            delay = retry.delay(failures)
             log.info("static config waits for quorum (%s); retrying in %.1fs", exc.code, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
             continue
         if result.get("ok"):
             log.info(
