@@ -1,12 +1,14 @@
 """The BGP announcer: one exabgp child per agent, driven through its API.
 
 exabgp runs as a child of the agent (in its process group, with a parent-death signal, so a
-killed agent leaves no exabgp), as root (it must not drop privileges: `daemon.user=root`,
-`daemon.drop=false`), in the foreground. Its API process is `announce.exabgp_relay`, which
-connects back to the agent's unix socket. `set(routes)` is idempotent: the announcer keeps the
-desired routes and sends exabgp only the difference; when exabgp (re)starts, everything is sent
-again. exabgp that dies is restarted with backoff; meanwhile `status()` says it is not
-announcing. `close()` withdraws everything first, so a graceful stop drains the node.
+killed agent leaves no exabgp), in the foreground, as the agent's user: `raftlb` in the image,
+whose capabilities it inherits (see raftlb-agent.service), root in the namespace lab, where
+`daemon.user=root` keeps it from switching to its default user `nobody`. Its API process is
+`announce.exabgp_relay`, which connects back to the agent's unix socket. `set(routes)` is
+idempotent: the announcer keeps the desired routes and sends exabgp only the difference; when
+exabgp (re)starts, everything is sent again. exabgp that dies is restarted with backoff;
+meanwhile `status()` says it is not announcing. `close()` withdraws everything first, so a
+graceful stop drains the node.
 """
 
 from __future__ import annotations
