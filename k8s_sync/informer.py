@@ -18,10 +18,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import watch
-from kubernetes.client.exceptions import ApiException
-
 from appliance.backoff import Backoff
+from k8s_sync import MISSING_CLIENT
+
+try:
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+except ModuleNotFoundError as exc:  # the client is an extra: say which
+    if exc.name != "kubernetes":
+        raise
+    raise ModuleNotFoundError(MISSING_CLIENT, name=exc.name) from None
 
 log = logging.getLogger("raftlb.k8s")
 RETRY = Backoff(first=0.5, cap=30.0)  # the wait before listing or watching again after a failure
