@@ -1,1 +1,1 @@
-"""Making VIPs reachable: layer-2 ARP/NDP answering and BGP (later issues)."""
+"""Making VIPs reachable: layer-2 ARP/NDP answering (`l2`) and BGP through exabgp (`bgp`)."""

@@ -1,12 +1,14 @@
 """The BGP announcer: one exabgp child per agent, driven through its API.
 
 exabgp runs as a child of the agent (in its process group, with a parent-death signal, so a
-killed agent leaves no exabgp), as root (it must not drop privileges: `daemon.user=root`,
-`daemon.drop=false`), in the foreground. Its API process is `announce.exabgp_relay`, which
-connects back to the agent's unix socket. `set(routes)` is idempotent: the announcer keeps the
-desired routes and sends exabgp only the difference; when exabgp (re)starts, everything is sent
-again. exabgp that dies is restarted with backoff; meanwhile `status()` says it is not
-announcing. `close()` withdraws everything first, so a graceful stop drains the node.
+killed agent leaves no exabgp), in the foreground, as the agent's user: `raftlb` in the image,
+whose capabilities it inherits (see raftlb-agent.service), root in the namespace lab, where
+`daemon.user=root` keeps it from switching to its default user `nobody`. Its API process is
+`announce.exabgp_relay`, which connects back to the agent's unix socket. `set(routes)` is
+idempotent: the announcer keeps the desired routes and sends exabgp only the difference; when
+exabgp (re)starts, everything is sent again. exabgp that dies is restarted with backoff;
+meanwhile `status()` says it is not announcing. `close()` withdraws everything first, so a
+graceful stop drains the node.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from announce.bgp_config import Route, Session, changes, render_config
+from appliance.backoff import Backoff
 
 log = logging.getLogger("raftlb.bgp")
+RESTART = Backoff(first=0.5, cap=30.0)  # the wait before starting an exabgp that exited
 PR_SET_PDEATHSIG = 1
 ENV = {
     "exabgp_daemon_daemonize": "false",
@@ -120,7 +124,7 @@ class BgpAnnouncer:
     # --- exabgp and its relay ----------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        backoff = 0.5
+        failures = 0  # exits in a row of an exabgp that ran less than 30 s
         while not self._closing:
             started = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
@@ -141,18 +145,17 @@ class BgpAnnouncer:
             self._lost_relay()
             if self._closing:
                 return
-            if time.monotonic() - started > 30:
-                backoff = 0.5
+            failures = 1 if time.monotonic() - started > 30 else failures + 1
+            delay = RESTART.delay(failures)
             self.restarts += 1
             log.error(
                 "exabgp exited with %s; not announcing; restarting in %.1fs (restart %d). "
                 "See the agent log at debug level for its output",
                 code,
-                backoff,
+                delay,
                 self.restarts,
             )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(delay)
 
     async def _stop_exabgp(self) -> None:
         proc = self.proc

@@ -30,13 +30,13 @@ from announce.l2 import L2Announcer
 from appliance import gcpolicy
 from appliance.api.app import ApiContext, build_app
 from appliance.api.guard import ConnectionGuard, api_connection_limit
+from appliance.backoff import Backoff
 from appliance.config import (
     AgentConfig,
     BgpConfig,
     check_host,
     firewall,
     pool_checker,
-    read_secret,
     split_host_port,
 )
 from appliance.dataplane.nft import DataPlane, NftApplier, set_forwarding_sysctls
@@ -45,6 +45,7 @@ from appliance.leases import Announcer, NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import MemberReport, Pool, format_field_errors
 from appliance.routing import routes
+from appliance.secretfile import read_secret
 from raft.cluster import RaftCluster, RaftSettings, SubmitError
 from raft.commands import Batch, ReportMember, batch
 
@@ -177,14 +178,15 @@ async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
     command = static_commands(config)
     if command is None:
         return
-    delay = 0.5
+    retry, failures = Backoff(first=0.5, cap=10.0), 0
     while True:
         try:
             result = await metrics.submit(command, config.api.write_timeout)
         except SubmitError as exc:
+            failures += 1
+            delay = retry.delay(failures)
             log.info("static config waits for quorum (%s); retrying in %.1fs", exc.code, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
             continue
         if result.get("ok"):
             log.info(

@@ -2,8 +2,8 @@
 
 It speaks the wire format of `appliance.api.app` and hands back model values. Failures become two
 exceptions whose messages say what to do next: `ApiError` (the agent answered with an error) and
-`ApiUnreachable` (no answer at all). It imports only the model, so `k8s_sync` may use it, and it
-knows nothing of click or the command line.
+`ApiUnreachable` (no answer at all). It imports only the base of the appliance (the model, its
+error class), so `k8s_sync` may use it, and it knows nothing of click or the command line.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from pydantic import TypeAdapter, ValidationError
 
-from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
+from appliance.apierror import ApiError
 from appliance.model import (
     Allocation,
     AllocationRequest,
@@ -29,58 +29,11 @@ from appliance.model import (
     ServiceSpec,
     field_errors,
 )
+from appliance.secretfile import SecretError, read_secret
 
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0
-
-# By error code, not status: after a 503 `timeout` the change may still be committed later.
-_HINTS = {
-    "unauthorized": "the API token is missing or wrong: use the token file the agents were "
-    "started with",
-    "no_quorum": "the cluster has no quorum (fewer than a majority of the nodes reach each "
-    "other) or just lost its leader; retrying is safe once the nodes are back",
-    "timeout": "the change was not confirmed in time and may still be applied later; "
-    "retrying is safe",
-    "too_large": f"one apply takes at most {APPLY_MAX_ITEMS} items and {APPLY_MAX_BYTES} bytes, "
-    "all or nothing: split the file into several",
-}
-
-
-class ApiError(Exception):
-    """The agent answered with an HTTP error: `code` and `fields` come from its error body.
-
-    `status` is 0 (code "bad_response") when the answer was not what this API sends.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        fields: list[dict[str, Any]] | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fields = fields or []
-        self.retry_after = retry_after
-
-    @property
-    def hint(self) -> str | None:
-        """What to do next, for errors where the message alone does not say."""
-        return _HINTS.get(self.code)
-
-    @property
-    def bad_input(self) -> bool:
-        """True when the request itself was refused as malformed, invalid or too large (400,
-        413, 422): nothing was changed, and sending it again will not help."""
-        return self.status in (400, 413, 422)
-
-    def __str__(self) -> str:
-        return f"{self.message} (HTTP {self.status} {self.code})"
 
 
 class ApiUnreachable(Exception):  # noqa: N818  (the name callers know it by)
@@ -98,28 +51,11 @@ class ClientConfigError(ValueError):
 
 
 def read_token(path: Path) -> str:
-    """Read a bearer token file, stripped of whitespace; refuse a missing or empty one."""
+    """The bearer token of a token file (see `read_secret`), or ClientConfigError saying why not."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ClientConfigError(f"token file {path} does not exist") from None
-    except OSError as exc:
-        raise ClientConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    try:
-        token = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise ClientConfigError(
-            f"token file {path} is not text (a token is printable ASCII, e.g. from "
-            "`openssl rand -hex 32`)"
-        ) from None
-    if not token:
-        raise ClientConfigError(f"token file {path} is empty")
-    if not all(" " < c < "\x7f" for c in token):
-        raise ClientConfigError(
-            f"token file {path} holds spaces or control characters: a token is one printable "
-            "word (HTTP headers cannot carry anything else)"
-        )
-    return token
+        return read_secret(path)
+    except SecretError as exc:
+        raise ClientConfigError(f"token file {exc}") from None
 
 
 def client_from(

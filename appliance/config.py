@@ -19,6 +19,7 @@ from announce.interfaces import InterfaceError, interface_networks
 from appliance.dataplane.render import Firewall
 from appliance.documents import DocumentError, decode, load_yaml
 from appliance.model import AnnounceMode, Name, Pool, ServiceSpec, field_errors
+from appliance.secretfile import SecretError, read_secret
 from raft.timing import PROFILES, TimingProfile
 
 MIN_SECRET_LENGTH = 16
@@ -330,18 +331,6 @@ def load_config(path: Path) -> AgentConfig:
     return config
 
 
-def read_secret(path: Path) -> str:
-    """Read a secret file (password or token), stripped of surrounding whitespace. Raises
-    ValueError when it is not printable ASCII (a token must fit in an HTTP header)."""
-    text = path.read_bytes().decode("ascii", errors="replace").strip()
-    if not all(" " < c < "\x7f" for c in text):
-        raise ValueError(
-            f"{path} holds bytes that are not printable ASCII (or spaces): a secret is one "
-            "printable word, e.g. from `openssl rand -hex 32`"
-        )
-    return text
-
-
 def segment_errors(
     pools: list[Pool], networks: list[Any], interface: str, field_prefix: str = "pools"
 ) -> list[dict[str, Any]]:
@@ -414,22 +403,9 @@ def check_files(config: AgentConfig) -> list[dict[str, Any]]:
     ]
     for field, path in secrets:
         try:
-            secret = read_secret(path)
-        except OSError as exc:
-            errors.append({"field": field, "value": str(path), "message": exc.strerror or str(exc)})
-            continue
-        except ValueError as exc:
-            errors.append({"field": field, "value": str(path), "message": str(exc)})
-            continue
-        if len(secret) < MIN_SECRET_LENGTH:
-            errors.append(
-                {
-                    "field": field,
-                    "value": str(path),
-                    "message": f"the secret must be at least {MIN_SECRET_LENGTH} characters "
-                    "(generate one with `openssl rand -hex 32`)",
-                }
-            )
+            read_secret(path, MIN_SECRET_LENGTH)
+        except SecretError as exc:
+            errors.append({"field": field, "value": str(path), "message": f"the file {exc.reason}"})
     if config.api.tls is not None:
         for field, path in (
             ("api.tls.cert_file", config.api.tls.cert_file),

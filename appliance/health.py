@@ -28,9 +28,9 @@ from appliance.model import (
     Backend,
     HealthCheck,
     HealthCheckType,
-    Protocol,
     Service,
     TrafficPolicy,
+    TransportProtocol,
     address_text,
 )
 
@@ -79,7 +79,7 @@ class Track:
 
 
 def target(
-    service: Service, backend: Backend, protocol: Protocol = Protocol.TCP
+    service: Service, backend: Backend, protocol: TransportProtocol = TransportProtocol.TCP
 ) -> tuple[str, int, HealthCheckType, str]:
     """Where and how to check: (host, port, type, HTTP path).
 
@@ -95,7 +95,7 @@ def target(
             HealthCheckType.HTTP,
             "/healthz",
         )
-    if protocol == Protocol.UDP:
+    if protocol == TransportProtocol.UDP:
         return address_text(backend.address), backend.port, HealthCheckType.NONE, check.path
     return address_text(backend.address), backend.port, check.type, check.path
 
@@ -191,7 +191,7 @@ class HealthChecker:
 
     def _update_service(self, sid: str, service: Service | None) -> None:
         self._versions[sid] = self._versions.get(sid, 0) + 1  # tracks start over: healthy
-        wanted: dict[Key, tuple[Service, Backend, Protocol]] = {}
+        wanted: dict[Key, tuple[Service, Backend, TransportProtocol]] = {}
         if service is not None:
             self._seen[sid] = service
             for port in service.spec.ports:
@@ -217,7 +217,11 @@ class HealthChecker:
             self._forget(key)
             self._hows[key] = how
             if how[0][2] == HealthCheckType.NONE:
-                why = "UDP: no TCP or HTTP check" if protocol == Protocol.UDP else "check: none"
+                why = (
+                    "UDP: no TCP or HTTP check"
+                    if protocol == TransportProtocol.UDP
+                    else "check: none"
+                )
                 self.tracks[key] = Track(reason=f"not checked ({why})")
                 continue
             self.tracks[key] = Track()
@@ -232,7 +236,7 @@ class HealthChecker:
 
     @staticmethod
     def _how(
-        service: Service, backend: Backend, protocol: Protocol
+        service: Service, backend: Backend, protocol: TransportProtocol
     ) -> tuple[tuple[str, int, HealthCheckType, str], HealthCheck]:
         return (target(service, backend, protocol), service.spec.health_check)
 

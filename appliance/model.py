@@ -179,7 +179,9 @@ class AnnounceMode(StrEnum):
     BGP = "bgp"
 
 
-class Protocol(StrEnum):
+class TransportProtocol(StrEnum):
+    """The transport protocol of a port."""
+
     TCP = "tcp"
     UDP = "udp"
 
@@ -388,7 +390,7 @@ class Pool(_Frozen):
 class PortKey(_Frozen):
     """A (protocol, port) pair: the unit of conflict when services share an address."""
 
-    protocol: Protocol = Protocol.TCP
+    protocol: TransportProtocol = TransportProtocol.TCP
     port: PortNumber
 
     def __str__(self) -> str:
@@ -409,7 +411,7 @@ class Port(_Frozen):
 
     name: Label | None = Field(default=None, max_length=63)
     port: PortNumber
-    protocol: Protocol = Protocol.TCP
+    protocol: TransportProtocol = TransportProtocol.TCP
     backends: list[Backend] = Field(default_factory=list)
 
     @field_validator("backends")

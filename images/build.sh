@@ -92,7 +92,7 @@ fi
 export SOURCE_DATE_EPOCH="$EPOCH"
 NAME="raftlb-$VERSION"
 run "$PY" -m pip wheel --disable-pip-version-check --no-cache-dir \
-    --constraint "$HERE/constraints.txt" --wheel-dir "$WORK/wheels" "$WORK/src" ||
+    --constraint "$HERE/constraints.txt" --wheel-dir "$WORK/wheels" "$WORK/src[k8s]" ||
     die "building the wheels failed (see $LOG): check the access to PyPI"
 echo "[image] raftlb $VERSION ($REV), $(ls "$WORK/wheels" | wc -l) wheels"
 

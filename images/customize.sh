@@ -22,8 +22,9 @@ say "raftlb $RAFTLB_VERSION into /opt/raftlb"
 mkdir -p "$R/tmp/wheels"
 cp "$RAFTLB_WHEELS"/*.whl "$R/tmp/wheels/"
 in_image python3 -m venv /opt/raftlb
+# With the k8s extra: raftlb-k8s-sync.service runs the sync when the seed configures it.
 in_image /opt/raftlb/bin/pip install --quiet --disable-pip-version-check --no-index --no-compile \
-    --find-links /tmp/wheels "raftlb==$RAFTLB_VERSION"
+    --find-links /tmp/wheels "raftlb[k8s]==$RAFTLB_VERSION"
 # Byte code checked by hash, not by timestamp: the same source makes the same image.
 in_image /opt/raftlb/bin/python -m compileall -q --invalidation-mode unchecked-hash \
     /opt/raftlb/lib >/dev/null

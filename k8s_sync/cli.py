@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from appliance.client import ApiClient, ClientConfigError, read_token
+from k8s_sync import MISSING_CLIENT
 from k8s_sync.translate import Options
 
 if TYPE_CHECKING:
@@ -151,10 +152,16 @@ def k8s_sync(
 ) -> None:
     """Import Services of type LoadBalancer (and their EndpointSlices and Nodes) into the
     appliance, and write the VIPs back into their status."""
-    # Imported here: the kubernetes client costs ~0.4 s, which every other command would pay.
-    from kubernetes import client, config
+    # Imported here: the kubernetes client costs ~0.4 s, which every other command would pay,
+    # and it is an extra, missing where only agents run.
+    try:
+        from kubernetes import client, config
 
-    from k8s_sync.syncer import CONCURRENCY, Syncer
+        from k8s_sync.syncer import CONCURRENCY, Syncer
+    except ModuleNotFoundError as exc:
+        if exc.name != "kubernetes":
+            raise
+        raise click.ClickException(MISSING_CLIENT) from None
 
     if not CLUSTER_NAME.match(cluster_name):
         raise click.BadParameter(

@@ -3,11 +3,11 @@
 `Informer.run` lists (keeping the list's resourceVersion), then watches from it with bookmarks;
 a watch that ends is resumed from the last version seen; an ERROR 410 Gone (the version was
 compacted away) makes it list again, and the objects that vanished meanwhile are reported as
-DELETED. Connection errors back off (0.5 s doubling to 30 s) and keep the store as it was: the
-appliance keeps serving what it had while the Kubernetes API is down. Objects are plain dicts
-(the API's JSON). Watch events are deserialized by the client and turned back into that JSON:
-its `deserialize=False` mode fails on ERROR events (it looks for `raw_object`), so a 410 would
-never be seen. `on_event(type, obj)` runs on the informer's thread for every change.
+DELETED. Connection errors back off (0.5 s doubling to 30 s, with jitter) and keep the store as
+it was: the appliance keeps serving what it had while the Kubernetes API is down. Objects are
+plain dicts (the API's JSON). Watch events are deserialized by the client and turned back into
+that JSON: its `deserialize=False` mode fails on ERROR events (it looks for `raw_object`), so a
+410 would never be seen. `on_event(type, obj)` runs on the informer's thread for every change.
 """
 
 from __future__ import annotations
@@ -18,10 +18,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import watch
-from kubernetes.client.exceptions import ApiException
+from appliance.backoff import Backoff
+from k8s_sync import MISSING_CLIENT
+
+try:
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+except ModuleNotFoundError as exc:  # the client is an extra: say which
+    if exc.name != "kubernetes":
+        raise
+    raise ModuleNotFoundError(MISSING_CLIENT, name=exc.name) from None
 
 log = logging.getLogger("raftlb.k8s")
+RETRY = Backoff(first=0.5, cap=30.0)  # the wait before listing or watching again after a failure
 EventHandler = Callable[[str, dict[str, Any]], None]
 
 
@@ -130,23 +139,23 @@ class Informer:
             self.on_event(str(kind), obj)
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
+        failures = 0  # in a row
         while not stop.is_set():
             try:
                 if self.resource_version is None:
                     self.relist()
                 self.watch_once()
-                backoff = 0.5
+                failures = 0
             except ApiException as exc:
                 if exc.status == 410:
                     log.info("%s: watch expired (410 Gone): listing again", self.name)
                     self.resource_version = None
                     continue
-                self._failed(stop, backoff, f"HTTP {exc.status} {exc.reason}")
-                backoff = min(backoff * 2, 30.0)
+                failures += 1
+                self._failed(stop, RETRY.delay(failures), f"HTTP {exc.status} {exc.reason}")
             except Exception as exc:  # the client raises urllib3 and socket errors as they come
-                self._failed(stop, backoff, f"{type(exc).__name__}: {exc}")
-                backoff = min(backoff * 2, 30.0)
+                failures += 1
+                self._failed(stop, RETRY.delay(failures), f"{type(exc).__name__}: {exc}")
 
     def _failed(self, stop: threading.Event, backoff: float, why: str) -> None:
         if stop.is_set():

@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from appliance.client import ApiClient, ApiError, ApiUnreachable
+from appliance.apierror import ApiError
+from appliance.backoff import Backoff
+from appliance.client import ApiClient, ApiUnreachable
 from appliance.model import Service
 from k8s_sync.informer import Informer, object_key
 from k8s_sync.plan import Plan, Stored, ingress_patch, owned, plan
@@ -38,6 +40,7 @@ from k8s_sync.writer import Outcome, Writer
 
 log = logging.getLogger("raftlb.k8s")
 COMPONENT = "raftlb-k8s-sync"
+RETRY = Backoff(first=0.5, cap=30.0)  # the wait before reconciling a failed Service again
 # Status patches and Events in flight at once (and the Kubernetes client's connection pool).
 CONCURRENCY = 16
 
@@ -356,7 +359,7 @@ class Syncer:
     # --- running -----------------------------------------------------------------------------
 
     def _work(self, stop: threading.Event) -> None:
-        backoff: dict[str, float] = {}
+        failures: dict[str, int] = {}  # by key: failed reconciles in a row
         while not stop.is_set():
             keys = self.queue.get_many(stop, self.batch)
             if not keys:
@@ -364,12 +367,14 @@ class Syncer:
             try:
                 self.reconcile_many(keys)
                 for key in keys:
-                    backoff.pop(key, None)
+                    failures.pop(key, None)
             except Exception as exc:  # the appliance, the Kubernetes API, the network
                 self.failures += 1
-                delay = min(max(backoff.get(k, 0.25) for k in keys) * 2, 30.0)
+                # A batch waits as long as its key that failed most often.
+                count = max(failures.get(k, 0) for k in keys) + 1
+                delay = RETRY.delay(count)
                 for key in keys:
-                    backoff[key] = delay
+                    failures[key] = count
                     self.queue.add(key, delay)
                 log.warning(
                     "%d Service(s) (%s...) not synced (%s); retrying in %.1fs",

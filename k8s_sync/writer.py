@@ -14,7 +14,8 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from appliance.client import ApiClient, ApiError
+from appliance.apierror import ApiError
+from appliance.client import ApiClient
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
 from appliance.model import Service, ServiceSpec
 from k8s_sync.plan import Plan

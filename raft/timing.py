@@ -1,8 +1,9 @@
 """Timing profiles: Raft timeouts chosen together, so they cannot be combined into nonsense.
 
-`fast` is the tuned set measured on the lab machine (DESIGN.md): elections in 0.09-0.3 s.
-`safe` is for slow or lossy networks and busy VMs. The lease figures that depend on these
-(renewal period, lease length) are added by the ownership work and checked against them.
+`fast` is for a LAN of responsive machines: a follower that hears no heartbeat for 0.15-0.3 s
+starts an election. `safe` (1-2 s) is for slow or lossy networks and busy VMs. Each profile also
+holds the quorum-lease figures that depend on those timeouts (renewal period, lease length, see
+raft/ownership.py), and `problems` checks them against the timeouts.
 """
 
 from __future__ import annotations

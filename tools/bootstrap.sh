@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything raftlb needs on a fresh Debian 12 machine, idempotently:
-# system packages (when missing), a virtualenv in .venv, and the package with its dev tools.
+# system packages (when missing), a virtualenv in .venv, and the package with its dev tools and
+# the Kubernetes client (the k8s extra: the sync's tests and the lab's k8s benchmark need it).
 # Sourced by tools/demo.sh and tools/test.sh; safe to run again and again.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,7 +62,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     say "installing raftlb and its dependencies into $VENV (about a minute the first time)"
     LOG="$VENV/pip-install.log"
     if ! { "$VENV/bin/pip" install --disable-pip-version-check --upgrade pip &&
-           "$VENV/bin/pip" install --disable-pip-version-check -e "$ROOT[dev]"; } >"$LOG" 2>&1; then
+           "$VENV/bin/pip" install --disable-pip-version-check -e "$ROOT[dev,k8s]"; } >"$LOG" 2>&1; then
         tail -30 "$LOG" >&2
         say "pip install failed (full log: $LOG); check the network access to PyPI and retry"
         exit 1

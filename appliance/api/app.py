@@ -26,6 +26,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from appliance.api.guard import ConnectionGuard
 from appliance.api.openapi import openapi_document
 from appliance.api.views import VipsCache, nodes_view, status_view
+from appliance.apierror import ApiError
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES, BODY_SECONDS
 from appliance.metrics import Metrics
 from appliance.model import (
@@ -143,14 +144,6 @@ class _Internal:
 
 _INTERNAL = _Internal()
 VIPS = web.AppKey("vips", VipsCache)
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, fields: list[dict[str, Any]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.fields = status, code, message, fields
 
 
 def error_response(

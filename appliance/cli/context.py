@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console, RenderableType
 
-from appliance.client import ApiClient, ApiError, ApiUnreachable, ClientConfigError, read_token
+from appliance.apierror import ApiError
+from appliance.client import ApiClient, ApiUnreachable, ClientConfigError, read_token
 from appliance.model import format_field_errors
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2

@@ -14,7 +14,6 @@ from pathlib import Path
 import click
 
 from appliance.cli.context import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliContext, pass_cli
-from appliance.cli.lab import lab_group
 from appliance.cli.resources import COMMANDS
 from appliance.cli.seed import seed_command
 from appliance.config import ConfigError, check_host, load_config, summary
@@ -24,7 +23,23 @@ from k8s_sync.cli import k8s_sync
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The root group, whose `lab` group is imported only when it is asked for: the agent and
+    the other commands never load the lab, and this is the product's one import of it (the
+    contract "lab" in pyproject.toml allows exactly this one)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "lab"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "lab":
+            from appliance.lab.cli import lab_group
+
+            return lab_group
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--api",
     envvar="RAFTLB_API",
@@ -132,7 +147,6 @@ def config_check(cli_ctx: CliContext, path: Path) -> None:
 
 for command in COMMANDS:
     cli.add_command(command)
-cli.add_command(lab_group)
 cli.add_command(seed_command)
 cli.add_command(k8s_sync)
 

@@ -20,7 +20,8 @@ from cryptography import x509
 
 from appliance.cli.context import EXIT_BAD_INPUT, CliContext, pass_cli
 from appliance.cli.files import FileInvalid, read_document
-from appliance.lab.configgen import write_private
+from appliance.config import MIN_SECRET_LENGTH
+from appliance.secretfile import SecretError, read_secret, write_private
 from appliance.seed import (
     ClusterSeed,
     SeedError,
@@ -36,8 +37,9 @@ NOCLOUD_FILES = ("meta-data", "user-data", "network-config")
 
 
 def _secret(path: Path) -> str:
-    if path.is_file():
-        return path.read_text().strip()
+    """The secret of a former run (checked like the agent checks it), or a new one."""
+    if path.exists():
+        return read_secret(path, MIN_SECRET_LENGTH)
     value = secrets.token_hex(32)
     write_private(path, value + "\n")
     return value
@@ -133,7 +135,10 @@ def seed_command(
             EXIT_BAD_INPUT, f"--node {', '.join(unknown)}: not in {cluster_file}", code="invalid"
         )
     nodes = [n for n in seed.nodes if not only or n.id in only]
-    cluster_secrets = load_secrets(seed, out_dir / "secrets")
+    try:
+        cluster_secrets = load_secrets(seed, out_dir / "secrets")
+    except SecretError as exc:
+        cli_ctx.fail(EXIT_BAD_INPUT, f"{exc}; remove it to make a new one", code="invalid")
     rendered = {n.id: render_node(seed, n, cluster_secrets) for n in nodes}
     for node in nodes:
         folder = out_dir / node.id

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from appliance.backoff import Backoff
 from appliance.dataplane.libnft import LibNft, LibNftError
 from appliance.dataplane.render import (
     TABLE,
@@ -30,7 +31,8 @@ from appliance.dataplane.render import (
 from appliance.model import IPAddress
 
 log = logging.getLogger("raftlb.dataplane")
-
+# After a refused change, the whole table is loaded again after this wait (per refusal in a row).
+RELOAD = Backoff(first=0.5, cap=30.0)
 
 # What a forwarding node needs: routing on, and no ICMP redirects telling clients to go to a
 # backend directly (they would bypass the VIP's NAT).
@@ -155,7 +157,7 @@ class DataPlane:
         self.last_error: str | None = None
         self.last_seconds: dict[str, float] = {}
         self._retry_at = 0.0
-        self._backoff = 0.5
+        self._failures = 0  # loads refused in a row
 
     def update(self, changes: ForwardMap) -> bool:
         """Make each VIP of `changes` forward exactly its forwards (none: drop it). True when
@@ -196,8 +198,8 @@ class DataPlane:
             self.errors += 1
             self.loaded = False  # whatever the kernel has now, the next attempt loads it all
             self.current = desired
-            self._retry_at = self.clock() + self._backoff
-            self._backoff = min(self._backoff * 2, 30.0)
+            self._failures += 1
+            self._retry_at = self.clock() + RELOAD.delay(self._failures)
             if str(exc) != self.last_error:  # retried with backoff: say it once
                 log.error(
                     "%s; the previous rules stay in place and the whole table is loaded again "
@@ -222,7 +224,7 @@ class DataPlane:
             self.deltas += 1
         if self.last_error is not None:
             log.info("data plane: rules loaded again after %d error(s)", self.errors)
-        self.current, self.loaded, self.last_error, self._backoff = desired, True, None, 0.5
+        self.current, self.loaded, self.last_error, self._failures = desired, True, None, 0
         return True
 
     def status(self) -> dict[str, object]:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import netns, procs
-from appliance.lab.netlab import LabError, NetLab, Progress
+from appliance.lab import LabError, netns, procs
+from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.outage import outages, percentile, send_gaps
 from appliance.lab.prober import read_samples
 from appliance.lab.topology import BACKEND_HTTP_PORT, BACKEND_TCP_PORT, BACKEND_UDP_PORT

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import topology
+from appliance.lab import LabError, topology
 from appliance.lab.bench import run_prober
-from appliance.lab.netlab import LabError, NetLab, Progress
+from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.outage import percentile
 from appliance.lab.prober import read_samples
 

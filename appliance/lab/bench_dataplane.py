@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import topology
-from appliance.lab.netlab import LabError, NetLab, Progress
+from appliance.lab import LabError, topology
+from appliance.lab.netlab import NetLab, Progress
 
 NGINX_PORT = 8088
 HAPROXY_PORT = 8089

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import topology
+from appliance.lab import LabError, topology
 from appliance.lab.bench import run_prober
 from appliance.lab.keepalived import KA_VIP, TIMERS, Keepalived, ensure_installed
 from appliance.lab.neighask import NeighbourAsker, double_answers, reply_runs
-from appliance.lab.netlab import LabError, NetLab, Progress
+from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.outage import outages, percentile
 from appliance.lab.prober import read_samples
 

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import local, topology
+from appliance.lab import LabError, local, topology
 from appliance.lab.k8s_api import FakeApiServer, write_kubeconfig
-from appliance.lab.netlab import LabError, NetLab, Progress
+from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.outage import percentile
 from appliance.lab.served import ServedApp
 

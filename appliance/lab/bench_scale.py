@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from appliance.dataplane.render import shard_table
-from appliance.lab import procs, topology
-from appliance.lab.netlab import LabError, NetLab, Progress
+from appliance.lab import LabError, procs, topology
+from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.outage import outages, percentile
 from appliance.lab.prober import read_samples
 from appliance.lab.scale import (

@@ -6,13 +6,14 @@ namespace lab share it; `write_cluster` puts the files on disk with private perm
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from appliance.secretfile import write_private
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,6 @@ def cluster_config_data(
             **(extra or {}),
         }
     return out
-
-
-def write_private(path: Path, text: str | bytes, mode: int = 0o600) -> None:
-    """Write a file only its owner reads (secrets, seeds), its folder private too if made."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(text.encode() if isinstance(text, str) else text)
-    os.chmod(path, mode)  # an existing file keeps its mode through O_CREAT
 
 
 def write_secrets(base_dir: Path) -> tuple[Path, Path]:

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from appliance.lab import LabError
 from appliance.lab.bench import run_prober
-from appliance.lab.netlab import LabError, NetLab
+from appliance.lab.netlab import NetLab
 from appliance.lab.outage import backends_seen, mac_changes, macs_seen, summary_line
 from appliance.lab.prober import read_samples
 

@@ -18,8 +18,8 @@ import signal
 import subprocess
 import time
 
-from appliance.lab import procs
-from appliance.lab.netlab import LabError, NetLab, Progress
+from appliance.lab import LabError, procs
+from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.topology import BACKEND_HTTP_PORT
 
 KA_VIP = "192.0.2.240"

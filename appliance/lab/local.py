@@ -24,16 +24,12 @@ from typing import Any
 
 import requests
 
-from appliance.config import read_secret
-from appliance.lab import procs
+from appliance.lab import LabError, procs
 from appliance.lab.configgen import NodeAddresses, write_cluster
+from appliance.secretfile import read_secret
 
 STATE_FILE = "lab.json"
 Progress = Callable[[str], None]
-
-
-class LabError(Exception):
-    """The lab could not do what was asked; the message says what to look at."""
 
 
 @dataclass

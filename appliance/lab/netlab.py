@@ -30,8 +30,7 @@ from typing import Any
 
 import yaml
 
-from appliance.config import read_secret
-from appliance.lab import netns, procs
+from appliance.lab import LabError, netns, procs
 from appliance.lab.configgen import NodeAddresses, cluster_config_data, write_secrets
 from appliance.lab.topology import (
     API_PORT,
@@ -43,6 +42,7 @@ from appliance.lab.topology import (
     LabPlan,
     plan,
 )
+from appliance.secretfile import read_secret
 
 # run id -> run dir, on tmpfs: tells `down --all` whose namespaces are still in use.
 REGISTRY = Path("/run/raftlb-lab")
@@ -51,10 +51,6 @@ DEFAULT_BASE = Path(os.environ.get("RAFTLB_LAB_DIR", "/tmp/raftlb-lab"))
 STATE_FILE = "lab.json"
 CRASH_METHODS = ("kill", "link", "freeze")
 Progress = Callable[[str], None]
-
-
-class LabError(Exception):
-    """The lab cannot do what was asked; the message says what to look at."""
 
 
 def require_root() -> None:

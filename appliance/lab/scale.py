@@ -17,7 +17,8 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.lab.netlab import LabError, NetLab
+from appliance.lab import LabError
+from appliance.lab.netlab import NetLab
 
 POOL = {"name": "scale", "addresses": ["2001:db8:1:0:5::/96"]}
 

@@ -133,6 +133,7 @@ def test_build_makes_an_image_with_no_identity_and_valid_units(built_image: Buil
         "raftlb==",
         "exabgp==",
         "pysyncobj==0.3.17",
+        "kubernetes==",  # the k8s extra, for raftlb-k8s-sync.service
         "linux-image-amd64 ",
         "nftables ",
         "cloud-init ",

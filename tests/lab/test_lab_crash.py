@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from appliance.lab import netns
-from appliance.lab.netlab import LabError, NetLab
+from appliance.lab import LabError, netns
+from appliance.lab.netlab import NetLab
 from tests.lab.labkit import (
     MakeLab,
     agreed_leader,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -488,7 +490,7 @@ def test_help_lists_the_commands() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
     commands = set(re.findall(r"^  (\S+)", result.stdout.split("Commands:")[1], re.M))
-    assert {"agent", "config", "status", "nodes", "pools", "services", "vips"} <= commands
+    assert {"agent", "config", "status", "nodes", "pools", "services", "vips", "lab"} <= commands
 
 
 def test_vips_table_shows_the_last_change_of_owner() -> None:
@@ -525,3 +527,16 @@ def test_tables_never_send_control_characters_to_the_terminal() -> None:
     text = console.export_text()
     assert "\x1b" not in text and "\u202e" not in text and "\x00" not in text
     assert "k\\x1b[2J\\u202eevil\\x00" in text
+
+
+def test_lab_is_a_command_loaded_only_when_asked_for() -> None:
+    # A fresh interpreter: this one imported the lab for the served app.
+    code = "import sys, appliance.cli.main; print([m for m in sys.modules if 'appliance.lab' in m])"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]"]
+    result = CliRunner().invoke(cli, ["lab", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "local" in result.stdout

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
+from appliance.apierror import ApiError
 from appliance.client import (
     ApiClient,
-    ApiError,
     ApiUnreachable,
     ClientConfigError,
     client_from,

@@ -563,10 +563,12 @@ def test_check_files_secrets(
     files = {"raft.password_file": tmp_path / "raft.pw", "api.token_file": tmp_path / "api.token"}
     for field, error in by_field.items():
         assert error["value"] == str(files[field])
-        if files[field].exists():
+        if not files[field].exists():
+            assert error["message"] == "the file does not exist"
+        elif files[field].read_text().strip():
             assert f"at least {MIN_SECRET_LENGTH} characters" in error["message"]
         else:
-            assert error["message"] == "No such file or directory"
+            assert error["message"] == "the file is empty"
 
 
 @pytest.mark.parametrize(

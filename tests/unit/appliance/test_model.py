@@ -16,8 +16,8 @@ from appliance.model import (
     IPFamily,
     Pool,
     PortKey,
-    Protocol,
     ServiceSpec,
+    TransportProtocol,
     family_of,
     field_errors,
     format_field_errors,
@@ -409,8 +409,8 @@ def test_service_port_keys_and_defaults() -> None:
         service(ports=[{"port": 443}, {"port": 53, "protocol": "udp"}])
     )
     assert spec.port_keys() == [
-        PortKey(protocol=Protocol.TCP, port=443),
-        PortKey(protocol=Protocol.UDP, port=53),
+        PortKey(protocol=TransportProtocol.TCP, port=443),
+        PortKey(protocol=TransportProtocol.UDP, port=53),
     ]
     assert spec.health_check == HealthCheck()
     assert spec.traffic_policy == "cluster"

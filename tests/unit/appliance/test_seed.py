@@ -262,3 +262,15 @@ def test_seed_command_refuses_a_bad_file_and_writes_nothing(tmp_path: Path) -> N
     assert result.exit_code == 2
     assert "lb9" in result.output
     assert not out.exists()
+
+
+def test_seed_command_refuses_a_kept_secret_the_agent_would_refuse(tmp_path: Path) -> None:
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump(CLUSTER))
+    out = tmp_path / "seeds"
+    (out / "secrets").mkdir(parents=True)
+    (out / "secrets" / "api-token").write_text("short\n")
+    result = CliRunner().invoke(cli, ["seed", str(cluster), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "api-token is too short" in result.output
+    assert not (out / "lb1").exists()

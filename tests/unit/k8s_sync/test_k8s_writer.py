@@ -8,7 +8,7 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from appliance.client import ApiError
+from appliance.apierror import ApiError
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
 from appliance.model import Service, ServiceSpec
 from k8s_sync.plan import Plan

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from appliance.lab import LabError
 from appliance.lab.bench_dataplane import parse_wrk
-from appliance.lab.netlab import LabError
 
 WRK = """Running 3s test @ http://192.0.2.200:8088/
   2 threads and 50 connections

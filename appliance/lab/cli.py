@@ -1,4 +1,8 @@
-"""`raftlb lab ...`: try raftlb on one machine. `lab local` runs agents on 127.0.0.1 (no root)."""
+"""`raftlb lab ...`: try raftlb on one machine. `lab local` runs agents on 127.0.0.1 (no root).
+
+Part of the lab, not of the product's CLI: `appliance.cli.main` imports this group only when
+`raftlb lab` is run.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from appliance.lab import local
+from appliance.lab import LabError, local
 
 if TYPE_CHECKING:
     from appliance.lab.netlab import NetLab
@@ -54,7 +58,7 @@ def local_up(nodes: int, timing: str, directory: Path) -> None:
     """Start NODES agents and wait until they elect a leader."""
     try:
         lab, leader = local.up(directory, nodes, timing, progress=_progress)
-    except local.LabError as exc:
+    except LabError as exc:
         _fail(str(exc))
         return
     click.echo(f"local cluster up: {nodes} node(s), leader {leader}")
@@ -72,7 +76,7 @@ def local_down(directory: Path) -> None:
     """Stop every agent of the local cluster in DIR (by pid)."""
     try:
         stopped = local.down(directory, progress=_progress)
-    except local.LabError as exc:
+    except LabError as exc:
         _fail(str(exc))
         return
     click.echo(f"stopped {len(stopped)} agent(s)" if stopped else "nothing was running")
@@ -96,7 +100,7 @@ def local_kill(directory: Path, node: str, signame: str) -> None:
             click.echo(f"error: no node {node!r} (have {', '.join(lab.nodes)})", err=True)
             sys.exit(2)
         local.kill_node(lab, node, getattr(signal, f"SIG{signame}"))
-    except local.LabError as exc:
+    except LabError as exc:
         _fail(str(exc))
     click.echo(f"sent SIG{signame} to {node}")
 
@@ -112,7 +116,7 @@ def local_start(directory: Path, node: str) -> None:
             click.echo(f"error: no node {node!r} (have {', '.join(lab.nodes)})", err=True)
             sys.exit(2)
         pid = local.start_node(lab, node)
-    except local.LabError as exc:
+    except LabError as exc:
         _fail(str(exc))
         return
     click.echo(f"started {node} (pid {pid})")
@@ -142,7 +146,7 @@ def _base(base: Path | None) -> Path:
 @_BASE
 def lab_up(nodes: int, backends: int, router: bool, timing: str, base: Path | None) -> None:
     """Build a lab in network namespaces and start the agents in it (root)."""
-    from appliance.lab.netlab import LabError, NetLab
+    from appliance.lab.netlab import NetLab
 
     try:
         lab = NetLab.up(
@@ -174,7 +178,7 @@ def _describe(lab: NetLab) -> None:
 @_BASE
 def lab_status(run: str | None, base: Path | None) -> None:
     """Show the labs (or one): namespaces, processes, leader."""
-    from appliance.lab.netlab import LabError, NetLab, list_runs
+    from appliance.lab.netlab import NetLab, list_runs
 
     runs = [run] if run else list_runs(_base(base))
     if not runs:
@@ -209,7 +213,7 @@ def lab_status(run: str | None, base: Path | None) -> None:
 @_BASE
 def lab_exec(args: tuple[str, ...], base: Path | None) -> None:
     """Run a command inside a lab host: exec [RUN] HOST -- CMD..."""
-    from appliance.lab.netlab import LabError, NetLab
+    from appliance.lab.netlab import NetLab
 
     words = list(args)
     # click already removed the first "--": "RUN HOST CMD..." arrives without it.
@@ -247,7 +251,7 @@ def lab_exec(args: tuple[str, ...], base: Path | None) -> None:
 @_BASE
 def lab_down(run: str | None, everything: bool, base: Path | None) -> None:
     """Remove a lab: kill its processes by pid, delete its namespaces and run dir."""
-    from appliance.lab.netlab import LabError, NetLab, down_all, require_root
+    from appliance.lab.netlab import NetLab, down_all, require_root
 
     try:
         require_root()
@@ -265,7 +269,6 @@ def lab_down(run: str | None, everything: bool, base: Path | None) -> None:
 def lab_demo(base: Path | None) -> None:
     """The guided demo: a lab, a service, client traffic, a crash, what happened (root)."""
     from appliance.lab.demo import run_demo
-    from appliance.lab.netlab import LabError
 
     try:
         run_demo(_base(base))
@@ -285,7 +288,6 @@ def bench_group() -> None:
 def bench_lab(seconds: float, as_json: bool, base: Path | None) -> None:
     """Lab up/down time and the prober's resolution (send gaps, short cuts it can see)."""
     from appliance.lab.bench import main_lab
-    from appliance.lab.netlab import LabError
 
     try:
         click.echo(main_lab(_base(base), seconds, as_json, _progress))
@@ -314,7 +316,6 @@ def bench_failover(
 ) -> None:
     """Client-seen outage when a VIP's owner is killed, cut off or frozen, and on a drain."""
     from appliance.lab.bench_failover import main_failover
-    from appliance.lab.netlab import LabError
 
     try:
         if mode == "bgp":
@@ -341,7 +342,6 @@ def bench_dataplane(
 ) -> None:
     """Requests/s and p99 through a VIP, against direct and against HAProxy (nginx, wrk)."""
     from appliance.lab.bench_dataplane import main_dataplane
-    from appliance.lab.netlab import LabError
 
     try:
         click.echo(main_dataplane(_base(base), seconds, rounds, connections, as_json, _progress))
@@ -359,7 +359,6 @@ def bench_scale(services: int, backends: int, batch: int, as_json: bool, base: P
     """Thousands of services: apply and write latency, ruleset deltas, elections, VIP moves,
     a probed VIP's outage, a lagging node's snapshot install, a full-cluster restart."""
     from appliance.lab.bench_scale import main_scale
-    from appliance.lab.netlab import LabError
 
     try:
         click.echo(main_scale(_base(base), services, backends, batch, as_json, _progress))
@@ -378,7 +377,6 @@ def bench_k8s(runs: int, services: int, as_json: bool, base: Path | None) -> Non
 
     from appliance.lab.bench_k8s import bench_k8s as run_bench
     from appliance.lab.bench_k8s import render_k8s
-    from appliance.lab.netlab import LabError
 
     try:
         result = run_bench(_base(base), runs, services, _progress)
