@@ -12,12 +12,13 @@ import contextlib
 import ipaddress
 import logging
 import math
+import os
 import signal
 import socket
 import ssl
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from typing import Any
@@ -102,6 +103,24 @@ def check_runtime(config: AgentConfig, settings: RaftSettings) -> None:
                 f"{field} {host}:{port}: {exc.strerror}; is another agent running, or is the "
                 "address not on this machine?"
             ) from None
+
+
+API_BACKLOG = 1024
+
+
+def _deepen_accept_queue(sockets: Iterable[Any]) -> None:
+    """The kernel's accept queue of the API's listening sockets to API_BACKLOG.
+
+    asyncio's default is 100: under a flood of connections (the guard then evicts idle ones)
+    the kernel dropped a legitimate client's SYN, which it sends again only after 1 and 3 s.
+    Not through create_server's `backlog`: asyncio also accepts that many connections in one
+    go, and 1,000 accepts at once held the event loop (and the GIL) long enough for the Raft
+    tick to miss heartbeats (elections in 2 of 5 runs of tests/integration/test_hostile_api).
+    listen() again on a listening socket only changes its queue.
+    """
+    for listening in sockets:
+        with socket.socket(fileno=os.dup(listening.fileno())) as same:
+            same.listen(API_BACKLOG)
 
 
 def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
@@ -330,6 +349,7 @@ async def serve(
             ssl=tls_context(config),
             reuse_address=True,
         )
+        _deepen_accept_queue(server.sockets)
     except OSError as exc:
         await runner.cleanup()
         raise AgentStartError(

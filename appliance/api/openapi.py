@@ -112,7 +112,8 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
-        400: "Body is not JSON",
+        400: "Malformed request (refused by the HTTP parser before any handler), or a body "
+        "that is not JSON",
         401: "Missing or wrong bearer token",
         404: "Unknown id",
         409: "Conflict (address taken, pool exhausted or in use, overlap)",
@@ -127,7 +128,9 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def _op(summary: str, ok: dict[str, Any], *codes: int, body: str | None = None) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(401, *codes)}}
+    # Any request may get a 400: aiohttp's parser refuses a malformed one before routing.
+    responses = {"200": ok, **_errors(400, 401, *codes)}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body:
         op["requestBody"] = {
             "required": True,
@@ -171,11 +174,11 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
     "healthz": {
         "summary": "Liveness (no auth)",
         "security": [],
-        "responses": {"200": _json(_OBJ)},
+        "responses": {"200": _json(_OBJ), **_errors(400)},
     },
     "metrics": {
         "summary": "Prometheus metrics",
-        "responses": {"200": {"description": "text exposition format"}, **_errors(401)},
+        "responses": {"200": {"description": "text exposition format"}, **_errors(400, 401)},
     },
     "openapi": _op("This document", _json(_OBJ)),
     "get_status": _op("This node's view of the cluster", _json(_ref("Status"))),

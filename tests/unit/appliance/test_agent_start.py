@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
+from appliance import agent
 from appliance.agent import AgentStartError, check_runtime, raft_settings
 from appliance.cli.main import cli
 from appliance.config import parse_config
@@ -76,3 +79,23 @@ def test_agent_with_invalid_config_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["agent", "--config", str(path)])
     assert result.exit_code == 2
     assert "node_id" in result.stderr
+
+
+async def test_the_api_accept_queue_is_deepened_beyond_asyncios_100() -> None:
+    # A flood of connections overflowed asyncio's queue of 100 and a legitimate client's SYN
+    # was dropped (resent after 1 and 3 s); asyncio still accepts at most 100 per turn.
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+
+        def queue() -> int:
+            out = subprocess.run(
+                ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+            ).stdout.split()
+            return int(out[2])  # State Recv-Q Send-Q: Send-Q is the backlog of a listener
+
+        assert queue() == 100
+        agent._deepen_accept_queue(server.sockets)
+        assert queue() == agent.API_BACKLOG
+    finally:
+        server.close()
