@@ -18,9 +18,10 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +36,8 @@ from appliance.backoff import Backoff
 from appliance.config import (
     AgentConfig,
     BgpConfig,
+    L2Config,
+    TlsConfig,
     check_host,
     firewall,
     pool_checker,
@@ -44,7 +47,7 @@ from appliance.dataplane.nft import DataPlane, NftApplier, set_forwarding_sysctl
 from appliance.health import HealthChecker
 from appliance.leases import Announcer, NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
-from appliance.model import MemberReport, Pool, format_field_errors
+from appliance.model import MemberReport, Pool, ServiceSpec, format_field_errors
 from appliance.routing import routes
 from appliance.secretfile import read_secret
 from raft.cluster import RaftCluster, RaftSettings, SubmitError
@@ -123,30 +126,31 @@ def _deepen_accept_queue(sockets: Iterable[Any]) -> None:
             same.listen(API_BACKLOG)
 
 
-def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
-    if config.api.tls is None:
+def tls_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
+    if tls is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(config.api.tls.cert_file), str(config.api.tls.key_file))
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     return context
 
 
-def static_commands(config: AgentConfig) -> Batch | None:
+def static_commands(pools: Sequence[Pool], services: Sequence[ServiceSpec]) -> Batch | None:
     """The config's pools and services as one batch, applied at start (None: there are none)."""
-    if not config.pools and not config.services:
+    if not pools and not services:
         return None
-    return batch(config.pools, config.services)
+    return batch(pools, services)
 
 
-async def _report_loop(config: AgentConfig, metrics: Metrics, started_at: float) -> None:
+async def _report_loop(
+    node: str, raft_address: str, api_url: str, period: float, metrics: Metrics, started_at: float
+) -> None:
     """Commit this node's report (API URL, version) periodically; warn once per outage."""
-    period = config.timing_profile().report_period
     failing = False
     while True:
         report = MemberReport(
-            node=config.node_id,
-            raft_address=config.raft.address,
-            api_url=config.api.public_url(),
+            node=node,
+            raft_address=raft_address,
+            api_url=api_url,
             version=package_version(),
             started_at=started_at,
             reported_at=time.time(),
@@ -192,15 +196,17 @@ async def _watch_raft(cluster: RaftCluster, period: float = 0.2) -> None:
         await asyncio.sleep(period)
 
 
-async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
+async def _apply_static(
+    pools: Sequence[Pool], services: Sequence[ServiceSpec], write_timeout: float, metrics: Metrics
+) -> None:
     """Apply the config file's pools and services once, retrying until there is a quorum."""
-    command = static_commands(config)
+    command = static_commands(pools, services)
     if command is None:
         return
     retry, failures = Backoff(first=0.5, cap=10.0), 0
     while True:
         try:
-            result = await metrics.submit(command, config.api.write_timeout)
+            result = await metrics.submit(command, write_timeout)
         except SubmitError as exc:
             failures += 1
             delay = retry.delay(failures)
@@ -210,8 +216,8 @@ async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
         if result.get("ok"):
             log.info(
                 "applied %d pool(s) and %d service(s) from the config file",
-                len(config.pools),
-                len(config.services),
+                len(pools),
+                len(services),
             )
         else:
             err = result.get("error", {})
@@ -227,35 +233,34 @@ async def _apply_static(config: AgentConfig, metrics: Metrics) -> None:
 class BgpRoutes:
     """Turns the reconciler's routed VIPs into routes with this node's next hops."""
 
-    def __init__(self, config: AgentConfig, bgp: BgpConfig) -> None:
-        host, _ = split_host_port(config.raft.address)
+    def __init__(self, bgp: BgpConfig, raft_address: str, data_dir: Path) -> None:
+        host, _ = split_host_port(raft_address)
         router_id = bgp.router_id or ipaddress.IPv4Address(host)
         local = bgp.local_address or router_id
         self.next_hop4 = bgp.next_hop4 or (local if local.version == 4 else None)
         self.next_hop6 = bgp.next_hop6 or (local if local.version == 6 else None)
         peers = tuple(Peer(p.address, p.asn, p.hold_time, p.passive) for p in bgp.peers)
         session = Session(bgp.asn, router_id, local, peers)
-        self.announcer = BgpAnnouncer(session, config.data_dir / "exabgp")
+        self.announcer = BgpAnnouncer(session, data_dir / "exabgp")
 
     def set(self, routed: Mapping[str, Pool]) -> None:
         self.announcer.set(routes(routed, self.next_hop4, self.next_hop6))
 
 
-def build_announcer(config: AgentConfig) -> Announcer:
-    """The announcer `announce:` asks for, opened on the data interface."""
-    if not config.announces_l2 or config.data_interface is None:
+def build_announcer(interface: str | None, l2: L2Config | None) -> Announcer:
+    """The layer-2 announcer on the data interface (`l2` None: no pool announces by layer 2)."""
+    if l2 is None or interface is None:
         return NullAnnouncer()
-    l2 = config.l2
     try:
         return L2Announcer(
-            config.data_interface,
+            interface,
             refresh_interval=l2.refresh_interval or math.inf,
             burst=l2.burst,
             repeats=tuple(l2.repeats),
         )
     except (OSError, ValueError) as exc:
         raise AgentStartError(
-            f"announce: l2 on data_interface {config.data_interface}: {exc} "
+            f"announce: l2 on data_interface {interface}: {exc} "
             "(the agent needs CAP_NET_RAW and an Ethernet interface)"
         ) from None
 
@@ -290,11 +295,13 @@ async def serve(
         dataplane.observe = lambda kind, seconds: metrics.ruleset_seconds.labels(kind).observe(
             seconds
         )
-    bgp = BgpRoutes(config, config.bgp) if config.announces_bgp and config.bgp else None
+    bgp = None
+    if config.announces_bgp and config.bgp:
+        bgp = BgpRoutes(config.bgp, config.raft.address, config.data_dir)
     if bgp is not None:
         await bgp.announcer.start()
         metrics.watch_bgp(bgp.announcer.status)
-    announcer = build_announcer(config)
+    announcer = build_announcer(config.data_interface, config.l2 if config.announces_l2 else None)
     l2 = announcer if isinstance(announcer, L2Announcer) else None
     if l2 is not None:
         metrics.watch_l2(l2.interface, l2.stats)
@@ -346,7 +353,7 @@ async def serve(
             guard.factory(runner.server),  # type: ignore[arg-type]
             host or None,
             port,
-            ssl=tls_context(config),
+            ssl=tls_context(config.api.tls),
             reuse_address=True,
         )
         _deepen_accept_queue(server.sockets)
@@ -371,8 +378,21 @@ async def serve(
         asyncio.create_task(loops.reconcile_loop(), name="reconcile"),
         asyncio.create_task(loops.renew_loop(), name="lease-renew"),
         asyncio.create_task(loops.leader_loop(), name="leader"),
-        asyncio.create_task(_report_loop(config, metrics, time.time()), name="member-report"),
-        asyncio.create_task(_apply_static(config, metrics), name="static-config"),
+        asyncio.create_task(
+            _report_loop(
+                config.node_id,
+                config.raft.address,
+                config.api.public_url(),
+                config.timing_profile().report_period,
+                metrics,
+                time.time(),
+            ),
+            name="member-report",
+        ),
+        asyncio.create_task(
+            _apply_static(config.pools, config.services, config.api.write_timeout, metrics),
+            name="static-config",
+        ),
         asyncio.create_task(_watch_raft(cluster), name="raft-watch"),
         asyncio.create_task(gcpolicy.freeze_loop(), name="gc-freeze"),
     ]
