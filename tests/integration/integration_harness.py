@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.config import load_config
 from appliance.lab import local
@@ -165,6 +166,27 @@ class LabCluster:
 
     def followers(self, leader: str) -> list[str]:
         return [k for k in self.ids if k != leader]
+
+    def slow_syncs(self) -> int:
+        """Journal syncs of at least 100 ms so far, over all nodes (from /metrics).
+
+        This machine's disk sometimes stalls a flush for 100-500 ms; a node whose Raft tick
+        waits that long may see an election that no test input caused. Tests that assert "no
+        election" take a difference of this across their window to tell the two apart."""
+        slow = 0
+        for node_id in self.ids:
+            response = self.get(node_id, "/metrics")
+            response.raise_for_status()
+            for family in text_string_to_metric_families(response.text):
+                if family.name != "raftlb_raft_journal_sync_seconds":
+                    continue
+                buckets = {
+                    s.labels.get("le"): s.value
+                    for s in family.samples
+                    if s.name.endswith("_bucket")
+                }
+                slow += int(buckets.get("+Inf", 0) - buckets.get("0.1", 0))
+        return slow
 
 
 def poll_quietly(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
