@@ -51,7 +51,7 @@ class SystemClock:
 
 
 class OwnershipCluster(Protocol):
-    """What the loops need of the Raft cluster (raft.cluster.RaftCluster, raft.fake)."""
+    """What the loops need of the Raft cluster (raft.cluster.RaftCluster; a fake in tests)."""
 
     node_id: str
 

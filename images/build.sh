@@ -90,6 +90,10 @@ else
     cp -a "$ROOT" "$WORK/src"
 fi
 export SOURCE_DATE_EPOCH="$EPOCH"
+# The lab (namespace networks, a fake Kubernetes API, test backends, keepalived and HAProxy
+# baselines, benchmarks) is a workstation tool, not part of the appliance: its wheel is built
+# without it, and `raftlb lab` in the image says where to run it instead.
+rm -rf "$WORK/src/appliance/lab"
 NAME="raftlb-$VERSION"
 run "$PY" -m pip wheel --disable-pip-version-check --no-cache-dir \
     --constraint "$HERE/constraints.txt" --wheel-dir "$WORK/wheels" "$WORK/src[k8s]" ||

@@ -7,6 +7,7 @@ Global `--api URL` and `--token-file FILE` (or RAFTLB_API / RAFTLB_TOKEN_FILE) r
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -33,10 +34,27 @@ class _Commands(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == "lab":
+            if importlib.util.find_spec("appliance.lab") is None:
+                return _lab_not_installed
             from appliance.lab.cli import lab_group
 
             return lab_group
         return super().get_command(ctx, cmd_name)
+
+
+@click.command(
+    "lab",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+    help="The lab and benchmarks (not installed here: see `raftlb lab`).",
+)
+def _lab_not_installed() -> None:
+    """Where the lab is left out (the appliance image): say where it runs instead."""
+    raise click.ClickException(
+        "the lab is not part of this installation (the appliance image leaves it out); run "
+        "it on a Linux workstation from a clone of raftlb: bash tools/demo.sh, or "
+        "pip install '.[dev,k8s]' then raftlb lab --help"
+    )
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})

@@ -127,6 +127,11 @@ def test_build_makes_an_image_with_no_identity_and_valid_units(built_image: Buil
     assert (enabled / "raftlb-k8s-sync.service").is_symlink()
     version = in_root(built_image, "/opt/raftlb/bin/raftlb", "--help")
     assert version.returncode == 0, version.stderr
+    # The lab and its test doubles (fake Kubernetes API, test backends) stay out of the image.
+    assert not list(root.glob("opt/raftlb/lib/python3*/site-packages/appliance/lab"))
+    assert list(root.glob("opt/raftlb/lib/python3*/site-packages/appliance/agent.py"))
+    lab = in_root(built_image, "/opt/raftlb/bin/raftlb", "lab", "--help")
+    assert lab.returncode == 1 and "not part of this installation" in lab.stderr, lab
     assert built_image.manifest is not None
     manifest = built_image.manifest.read_text()
     for package in (

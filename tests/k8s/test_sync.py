@@ -26,7 +26,7 @@ from appliance.metrics import Metrics
 from appliance.model import Pool, ServiceSpec
 from k8s_sync.syncer import Syncer
 from k8s_sync.translate import EXCLUDE_LABEL, Options
-from raft.fake import InMemoryCluster
+from tests.support.fake_cluster import InMemoryCluster
 
 pytestmark = pytest.mark.timeout(90)
 TOKEN = "sync-test-token-0123456789abcdef"

@@ -9,7 +9,7 @@ from aiohttp import web
 from appliance.api.app import ApiContext, build_app
 from appliance.lab.served import ServedApp
 from appliance.metrics import Metrics
-from raft.fake import InMemoryCluster
+from tests.support.fake_cluster import InMemoryCluster
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

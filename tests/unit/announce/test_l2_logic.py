@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from announce.fake import FakeAnnouncer
 from announce.l2_logic import STATS, Change, L2State, Schedule, Vip, check_vip
+from tests.support.fake_announcer import FakeAnnouncer
 
 V4 = IPv4Address("192.0.2.200")
 V4B = IPv4Address("192.0.2.201")

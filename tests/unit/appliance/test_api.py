@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from announce.fake import FakeAnnouncer
 from appliance.api.app import ROUTE_NAMES, build_app
 from appliance.api.openapi import openapi_document
 from appliance.config import segment_errors
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
-from raft.fake import InMemoryCluster
 from tests.support.agentapi import AUTH, JSON, TOKEN, context
+from tests.support.fake_announcer import FakeAnnouncer
+from tests.support.fake_cluster import InMemoryCluster
 
 POOL = {"name": "web", "addresses": ["192.0.2.10-192.0.2.12"], "default": True}
 WEB = {"id": "prod/default/web", "ports": [{"port": 80, "backends": []}]}

@@ -15,12 +15,12 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from announce.fake import FakeAnnouncer
 from appliance.api.app import ROUTE_NAMES, build_app
 from appliance.api.openapi import openapi_document
 from appliance.lab.served import ServedApp
-from raft.fake import InMemoryCluster
 from tests.support.agentapi import AUTH, context
+from tests.support.fake_announcer import FakeAnnouncer
+from tests.support.fake_cluster import InMemoryCluster
 from tests.unit.appliance.test_api import POOL
 
 EXAMPLES = int(os.environ.get("RAFTLB_FUZZ_EXAMPLES", "40"))

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from appliance.api.app import build_app
 from appliance.api.guard import ConnectionGuard
-from raft.fake import InMemoryCluster
 from tests.support.agentapi import AUTH, context
+from tests.support.fake_cluster import InMemoryCluster
 
 pytestmark = pytest.mark.timeout(60)
 

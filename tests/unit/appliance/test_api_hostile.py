@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from appliance.api.app import build_app
 from appliance.limits import APPLY_MAX_ITEMS
-from raft.fake import InMemoryCluster
 from tests.support.agentapi import AUTH, JSON, TOKEN, context
+from tests.support.fake_cluster import InMemoryCluster
 from tests.unit.appliance.test_api import POOL
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,8 +20,8 @@ from click.testing import CliRunner, Result
 from appliance.cli.main import cli
 from appliance.lab.served import ServedApp
 from raft.cluster import SubmitError
-from raft.fake import InMemoryCluster
 from tests.support.agentapi import TOKEN, serve
+from tests.support.fake_cluster import InMemoryCluster
 
 POOLS_YAML = """\
 - name: web
@@ -540,3 +542,34 @@ def test_lab_is_a_command_loaded_only_when_asked_for() -> None:
     result = CliRunner().invoke(cli, ["lab", "--help"])
     assert result.exit_code == 0, result.output
     assert "local" in result.stdout
+
+
+def test_without_the_lab_installed_lab_says_where_it_runs(tmp_path: Path) -> None:
+    """The appliance image's wheel leaves the lab out: `raftlb lab` explains, the rest works."""
+    root = Path(__file__).resolve().parents[3]
+    for package in ("appliance", "raft", "announce", "k8s_sync"):
+        shutil.copytree(root / package, tmp_path / package, ignore=shutil.ignore_patterns("lab"))
+    # The editable install's finder would map appliance.lab back to this tree: left out, as an
+    # installation from the image's wheel has none.
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if not "
+        "getattr(f, '__module__', '').startswith('__editable__')]; "
+        "from appliance.cli.main import main; sys.argv[0] = 'raftlb'; main()"
+    )
+
+    def raftlb(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        )
+
+    lab = raftlb("lab", "--help")  # harmless should the lab be found after all
+    assert lab.returncode == 1, lab
+    assert "the lab is not part of this installation" in lab.stderr
+    assert "Traceback" not in lab.stderr
+    assert raftlb("--help").returncode == 0

@@ -24,9 +24,9 @@ from appliance.client import (
 from appliance.lab.served import ServedApp
 from appliance.model import AllocationRequest, NodeInfo, Pool, Port, PortKey, Service, ServiceSpec
 from raft.cluster import SubmitError
-from raft.fake import InMemoryCluster
 from tests.support.agentapi import TOKEN
 from tests.support.agentapi import agent_app as support_app
+from tests.support.fake_cluster import InMemoryCluster
 from tests.support.net import free_port
 
 POOL = Pool(name="web", addresses=["192.0.2.10-192.0.2.12"], default=True)

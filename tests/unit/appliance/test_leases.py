@@ -10,8 +10,8 @@ import pytest
 
 from appliance.leases import NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
-from raft.fake import InMemoryCluster
 from raft.timing import PROFILES
+from tests.support.fake_cluster import InMemoryCluster
 from tests.unit.appliance.test_reconciler import command, pools, put
 
 ME, OLD = "n1", "n2"

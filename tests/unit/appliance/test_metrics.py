@@ -10,11 +10,11 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from announce.fake import FakeAnnouncer
 from announce.l2_logic import STATS
 from appliance.metrics import Metrics
 from k8s_sync.cli import _SyncCollector
-from raft.fake import InMemoryCluster
+from tests.support.fake_announcer import FakeAnnouncer
+from tests.support.fake_cluster import InMemoryCluster
 from tests.unit.announce.test_l2_logic import OTHER, OURS, V4, Clock
 
 

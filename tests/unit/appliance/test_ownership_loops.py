@@ -16,8 +16,8 @@ from appliance.dataplane.render import Forward
 from appliance.leases import OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import IPAddress, Pool
-from raft.fake import InMemoryCluster
 from raft.timing import PROFILES
+from tests.support.fake_cluster import InMemoryCluster
 from tests.unit.appliance.test_reconciler import _report, assign, command, pools, put
 
 ME, OTHER = "n1", "n2"
