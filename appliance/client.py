@@ -20,6 +20,14 @@ import requests
 from pydantic import TypeAdapter, ValidationError
 
 from appliance.apierror import ApiError
+from appliance.bodies import (
+    ApplyAnswer,
+    ApplyBody,
+    ServiceHealth,
+    ServiceWithHealth,
+    Status,
+    VipEntry,
+)
 from appliance.model import (
     Allocation,
     AllocationRequest,
@@ -87,6 +95,7 @@ _POOLS = TypeAdapter(list[Pool])
 _SERVICES = TypeAdapter(list[Service])
 _NODES = TypeAdapter(list[NodeInfo])
 _ALLOCATIONS = TypeAdapter(list[Allocation])
+_VIPS = TypeAdapter(list[VipEntry])
 
 
 class ApiClient:
@@ -148,9 +157,9 @@ class ApiClient:
         """Liveness of the agent (needs no token)."""
         return _object(self._request("GET", "/healthz"))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         """The agent's view of the cluster: Raft role, leader, term, members and counts."""
-        return _object(self._request("GET", "/v1/status"))
+        return _parse(Status, self._request("GET", "/v1/status"))
 
     def nodes(self) -> list[NodeInfo]:
         return _parse(_NODES, self._request("GET", "/v1/nodes"))
@@ -184,21 +193,18 @@ class ApiClient:
     def service(self, service_id: str) -> Service:
         return self.service_with_health(service_id)[0]
 
-    def service_with_health(self, service_id: str) -> tuple[Service, dict[str, Any] | None]:
+    def service_with_health(self, service_id: str) -> tuple[Service, ServiceHealth | None]:
         """The service, and the answering node's view of its backends' health (if it checks)."""
         data = self._request("GET", f"/v1/services/{service_path(service_id)}")
-        health = data.pop("health", None) if isinstance(data, dict) else None
-        return _parse(Service, data), health if isinstance(health, dict) else None
+        answer = _parse(ServiceWithHealth, data)
+        return Service(spec=answer.spec, address=answer.address), answer.health
 
     def allocations(self) -> list[Allocation]:
         return _parse(_ALLOCATIONS, self._request("GET", "/v1/allocations"))
 
-    def vips(self) -> list[dict[str, Any]]:
+    def vips(self) -> list[VipEntry]:
         """One entry per allocated address: pool, announce mode, owners, services, ports."""
-        data = self._request("GET", "/v1/vips")
-        if not isinstance(data, list):
-            raise _bad_response("GET /v1/vips: expected a list")
-        return data
+        return _parse(_VIPS, self._request("GET", "/v1/vips"))
 
     def openapi(self) -> dict[str, Any]:
         return _object(self._request("GET", "/v1/openapi.json"))
@@ -242,18 +248,16 @@ class ApiClient:
         pools: Sequence[Pool] = (),
         services: Sequence[ServiceSpec] = (),
         delete_services: Sequence[str] = (),
-    ) -> dict[str, Any]:
+    ) -> ApplyAnswer:
         """Put pools, then services, then delete services, all or nothing in one Raft commit.
 
-        Returns the agent's answer, `{"results": [...]}` with one entry per change in that
-        order: `{"pool": ...}`, `{"service": ...}` (with its address) or `{"deleted": id}`.
+        The answer has one result per change in that order: the pool, the service (with its
+        address) or the deletion (and whether the service still existed).
         """
-        body: dict[str, Any] = {
-            "pools": [p.model_dump(mode="json") for p in pools],
-            "services": [s.model_dump(mode="json") for s in services],
-            "delete_services": list(delete_services),
-        }
-        return _object(self._request("POST", "/v1/apply", body))
+        body = ApplyBody(
+            pools=list(pools), services=list(services), delete_services=list(delete_services)
+        )
+        return _parse(ApplyAnswer, self._request("POST", "/v1/apply", body.model_dump(mode="json")))
 
     # -- transport -----------------------------------------------------------------------------
 

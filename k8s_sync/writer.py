@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from appliance.apierror import ApiError
+from appliance.bodies import ServiceApplied, ServiceDeleted
 from appliance.client import ApiClient
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
 from appliance.model import Service, ServiceSpec
@@ -107,17 +108,19 @@ class Writer:
             services=[i.spec for i in puts if i.spec is not None],
             delete_services=[i.delete for i in deletes if i.delete is not None],
         )
-        results = answer.get("results")
-        if not isinstance(results, list) or len(results) != len(batch):
-            raise ApiError(0, "bad_response", f"/v1/apply answered {str(answer)[:200]}")
+        results = answer.results
+        if len(results) != len(batch):
+            raise ApiError(
+                0, "bad_response", f"/v1/apply answered {len(results)} results for {len(batch)}"
+            )
         for item, result in zip([*puts, *deletes], results, strict=True):
             outcome = outcomes[item.key]
-            if item.spec is not None:
-                # The spec sent is the spec stored: only the address is new (and parsed).
-                address = result["service"]["address"]
-                outcome.applied[item.spec.id] = Service(spec=item.spec, address=address)
-            elif item.delete is not None:
+            if item.spec is not None and isinstance(result, ServiceApplied):
+                outcome.applied[item.spec.id] = result.service
+            elif item.delete is not None and isinstance(result, ServiceDeleted):
                 outcome.deleted.append(item.delete)
+            else:
+                raise ApiError(0, "bad_response", f"/v1/apply answered {result!r} for {item.key}")
 
     def _one(self, item: _Item, outcome: Outcome) -> None:
         self.requests += 1

@@ -27,6 +27,7 @@ from appliance.api.guard import ConnectionGuard
 from appliance.api.openapi import openapi_document
 from appliance.api.views import VipsCache, nodes_view, status_view
 from appliance.apierror import ApiError
+from appliance.bodies import ApplyBody, ServiceHealth, ServiceWithHealth
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES, BODY_SECONDS
 from appliance.metrics import Metrics
 from appliance.model import (
@@ -67,9 +68,6 @@ _STATUS_BY_CODE = {
     "failed": 500,
     "too_large": 413,
 }
-_POOLS: TypeAdapter[list[Pool]] = TypeAdapter(list[Pool])
-_SERVICES: TypeAdapter[list[ServiceSpec]] = TypeAdapter(list[ServiceSpec])
-_IDS: TypeAdapter[list[str]] = TypeAdapter(list[ObjectId])
 _ID: TypeAdapter[str] = TypeAdapter(ObjectId)
 _NAME: TypeAdapter[str] = TypeAdapter(Name)
 
@@ -329,12 +327,17 @@ async def get_status(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     ages = ctx.lease_ages() if ctx.lease_ages else None
     view = status_view(
-        ctx.cluster.view(), ctx.cluster.status(), ctx.peers, ctx.version, time.time(), ages
+        ctx.cluster.view(),
+        ctx.cluster.status(),
+        ctx.peers,
+        ctx.version,
+        time.time(),
+        ages,
+        dataplane=ctx.dataplane_status() if ctx.dataplane_status else None,
+        bgp=ctx.bgp_status() if ctx.bgp_status else None,
+        l2=ctx.l2_status() if ctx.l2_status else None,
     )
-    view["dataplane"] = ctx.dataplane_status() if ctx.dataplane_status else {"forward": "none"}
-    view["bgp"] = ctx.bgp_status() if ctx.bgp_status else None
-    view["l2"] = ctx.l2_status() if ctx.l2_status else None
-    return web.json_response(view)
+    return web.json_response(text=view.model_dump_json())
 
 
 async def get_nodes(request: web.Request) -> web.Response:
@@ -428,11 +431,14 @@ async def get_service(request: web.Request) -> web.Response:
     service = _ctx(request).cluster.view().services.get(service_id)
     if service is None:
         raise ApiError(404, "not_found", f"service {service_id!r} does not exist")
-    body = service.model_dump(mode="json")
     ctx = _ctx(request)
+    health = None
     if ctx.backend_health is not None:
-        body["health"] = {"node": ctx.cluster.node_id, "backends": ctx.backend_health(service_id)}
-    return web.json_response(body)
+        health = ServiceHealth(node=ctx.cluster.node_id, backends=ctx.backend_health(service_id))
+    body = ServiceWithHealth(spec=service.spec, address=service.address, health=health)
+    return web.json_response(
+        text=body.model_dump_json(exclude={"health"} if health is None else None)
+    )
 
 
 async def put_service(request: web.Request) -> web.Response:
@@ -512,20 +518,11 @@ async def apply_batch(request: web.Request) -> web.Response:
     if not count:
         raise ApiError(422, "invalid", "nothing to apply: give pools, services or delete_services")
     try:
-        pools = _POOLS.validate_python(body.get("pools", []))
+        parsed = ApplyBody.model_validate(body)
     except ValidationError as exc:
-        raise ApiError(422, "invalid", "invalid pools", field_errors(exc, "pools")) from None
+        raise ApiError(422, "invalid", "invalid apply body", field_errors(exc)) from None
+    pools, services, deletes = parsed.pools, parsed.services, parsed.delete_services
     _check_pools(_ctx(request), pools, "pools")
-    try:
-        services = _SERVICES.validate_python(body.get("services", []))
-    except ValidationError as exc:
-        raise ApiError(422, "invalid", "invalid services", field_errors(exc, "services")) from None
-    try:
-        deletes = _IDS.validate_python(body.get("delete_services", []))
-    except ValidationError as exc:
-        raise ApiError(
-            422, "invalid", "invalid delete_services", field_errors(exc, "delete_services")
-        ) from None
 
     def locate(index: int) -> str:
         if index < len(pools):

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from appliance.api.guard import IDLE_SECONDS, MAX_CONNECTIONS
+from appliance.bodies import ApplyAnswer, ApplyBody, ServiceWithHealth, Status, VipEntry
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS, BODY_MAX_BYTES, BODY_SECONDS
 from appliance.model import (
     NAME_PATTERN,
@@ -30,6 +31,11 @@ _MODELS: list[type[BaseModel]] = [
     AllocationRequest,
     Allocation,
     NodeInfo,
+    Status,
+    VipEntry,
+    ServiceWithHealth,
+    ApplyBody,
+    ApplyAnswer,
 ]
 _ERROR = {
     "type": "object",
@@ -54,51 +60,6 @@ _ERROR = {
             },
         }
     },
-}
-
-_COUNT = {"type": "integer", "minimum": 0}
-_STATUS_FIELDS: dict[str, Any] = {
-    "node": {"type": "string"},
-    "version": {"type": "string"},
-    "raft": {"type": "object"},
-    "leader_api_url": {"type": ["string", "null"]},
-    "members": _COUNT,
-    "members_connected": _COUNT,
-    "pools": _COUNT,
-    "services": _COUNT,
-    "allocations": _COUNT,
-    "vips": _COUNT,
-    "revision": _COUNT,
-    "apply_backlog": _COUNT,
-    "lease_ages": {"type": "object"},
-    "drained": {"type": "array", "items": {"type": "string"}},
-    "dataplane": {"type": "object"},
-    "bgp": {"type": ["object", "null"]},
-    "l2": {
-        "type": ["object", "null"],
-        "description": "The layer-2 announcer (null: none): its interface, the VIPs it "
-        "answers for now and its counters since the agent started",
-        "required": ["interface", "held", "conflicts", "stale_refusals", "send_errors"],
-        "properties": {
-            "interface": {"type": "string"},
-            "held": _COUNT,
-            "conflicts": {
-                **_COUNT,
-                "description": "Another MAC announced or probed a VIP held here",
-            },
-            "stale_refusals": {
-                **_COUNT,
-                "description": "Frames not sent because the lease had ended",
-            },
-            "send_errors": _COUNT,
-        },
-    },
-}
-_STATUS = {
-    "type": "object",
-    "description": "This node's view of the cluster, and its own data plane and announcers",
-    "required": list(_STATUS_FIELDS),
-    "properties": _STATUS_FIELDS,
 }
 
 
@@ -210,9 +171,13 @@ _OPERATIONS: dict[str, dict[str, Any]] = {
         body="AllocationRequest",
     ),
     "delete_allocation": _op("Release an allocation", _json(_OBJ), 404, 409, 422, 503),
-    "get_vips": _op("Allocated addresses", _json({"type": "array", "items": _OBJ})),
+    "get_vips": _op("Allocated addresses", _list_of("VipEntry")),
     "apply_batch": _op(
-        "Apply pools and services all or nothing", _json(_OBJ), *_WRITES, 404, body="ApplyBody"
+        "Apply pools and services all or nothing",
+        _json(_ref("ApplyAnswer")),
+        *_WRITES,
+        404,
+        body="ApplyBody",
     ),
 }
 _PATH_PARAMETERS = {
@@ -248,34 +213,10 @@ def openapi_document(version: str, routes: tuple[tuple[str, str, str], ...]) -> 
     )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     schemas["Error"] = _ERROR
-    schemas["Status"] = _STATUS
     schemas["ApplyBody"] = {
-        "type": "object",
-        "properties": {
-            "pools": {"type": "array", "items": _ref("Pool")},
-            "services": {"type": "array", "items": _ref("ServiceSpec")},
-            "delete_services": {"type": "array", "items": {"type": "string"}},
-        },
-        "additionalProperties": False,
-        "description": f"At most {APPLY_MAX_ITEMS} items and {APPLY_MAX_BYTES} bytes",
-    }
-    service = schemas["Service"]
-    schemas["ServiceWithHealth"] = {
-        **service,
-        "title": "ServiceWithHealth",
-        "properties": {
-            **service["properties"],
-            "health": {
-                "type": "object",
-                "description": "The answering node's view of the backends (nodes with a data "
-                "plane)",
-                "properties": {
-                    "node": {"type": "string"},
-                    "backends": {"type": "array", "items": {"type": "object"}},
-                },
-                "required": ["node", "backends"],
-            },
-        },
+        **schemas["ApplyBody"],
+        "description": f"{schemas['ApplyBody'].get('description')} At most {APPLY_MAX_ITEMS} "
+        f"items and {APPLY_MAX_BYTES} bytes.",
     }
     schemas["PoolBody"] = _named_in_url(schemas["Pool"], "name")
     schemas["ServiceSpecBody"] = _named_in_url(schemas["ServiceSpec"], "id")

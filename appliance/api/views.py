@@ -1,12 +1,21 @@
-"""Read-side views of the cluster: pure functions from (state, raft status, peers) to JSON."""
+"""Read-side views of the cluster: pure functions from (state, raft status, peers) to the
+answer models of `appliance.bodies`."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from appliance.bodies import (
+    BackendCounts,
+    BgpInfo,
+    DataplaneInfo,
+    L2Info,
+    RaftInfo,
+    Status,
+    VipEntry,
+)
 from appliance.model import Backend, IPAddress, NodeInfo, Service, address_text
 from raft.cluster import RaftStatus
 from raft.state import StateView
@@ -48,7 +57,7 @@ def nodes_view(
 
 def backend_counts(
     services: list[Service], healthy: Callable[[str, Backend], bool]
-) -> dict[str, int]:
+) -> BackendCounts:
     """Healthy and total backends (of the VIP's address family) over the ports of `services`."""
     up = total = 0
     for service in services:
@@ -59,15 +68,15 @@ def backend_counts(
                 if type(backend.address) is family:
                     total += 1
                     up += healthy(sid, backend)
-    return {"healthy": up, "total": total}
+    return BackendCounts(healthy=up, total=total)
 
 
 def vip_entry(
     state: StateView,
     address: IPAddress,
-    counts: Callable[[list[Service]], dict[str, int] | None],
+    counts: Callable[[list[Service]], BackendCounts | None],
     announced: set[str] | None = None,
-) -> dict[str, Any]:
+) -> VipEntry:
     """One allocated address: pool, mode, owners, services and their ports, its assignment;
     `counts(services)`: how many of its backends answer (None: not checked here)."""
     owners = sorted(state.by_address[address])
@@ -79,40 +88,40 @@ def vip_entry(
         {str(p) for a in allocations for p in a.ports},
         key=lambda text: (text.split("/")[1], int(text.split("/")[0])),
     )
-    return {
-        "address": vip,
-        "pool": allocations[0].pool,
-        "announce": str(pool.announce) if pool else None,
-        "owners": owners,
-        "services": [o for o in owners if o in state.services],
-        "sharing_key": allocations[0].sharing_key,
-        "ports": ports,
-        "node": assignment.node if assignment else None,
-        "epoch": assignment.epoch if assignment else None,
-        "since": assignment.since if assignment else None,
-        "releasing": assignment.releasing if assignment else None,
-        "previous": assignment.previous if assignment else None,
-        "reason": str(assignment.reason) if assignment and assignment.reason else None,
-        "dead_for": assignment.dead_for if assignment else None,
+    return VipEntry(
+        address=vip,
+        pool=allocations[0].pool,
+        announce=str(pool.announce) if pool else None,
+        owners=owners,
+        services=[o for o in owners if o in state.services],
+        sharing_key=allocations[0].sharing_key,
+        ports=ports,
+        node=assignment.node if assignment else None,
+        epoch=assignment.epoch if assignment else None,
+        since=assignment.since if assignment else None,
+        releasing=assignment.releasing if assignment else None,
+        previous=assignment.previous if assignment else None,
+        reason=str(assignment.reason) if assignment and assignment.reason else None,
+        dead_for=assignment.dead_for if assignment else None,
         # bgp VIPs: owned by nobody, announced by every able node; this one or not.
-        "bgp_announced_here": (
+        bgp_announced_here=(
             f"{vip}/{address.max_prefixlen}" in announced
             if announced is not None and pool is not None and pool.announce == "bgp"
             else None
         ),
-        "backends": counts([state.services[o] for o in owners if o in state.services]),
-    }
+        backends=counts([state.services[o] for o in owners if o in state.services]),
+    )
 
 
 def vips_view(
     state: StateView,
     healthy: Callable[[str, Backend], bool] | None = None,
     announced: set[str] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[VipEntry]:
     """One entry per allocated address (`vip_entry`); with `healthy` (this node's health
     checks), how many of its backends answer."""
 
-    def counts(services: list[Service]) -> dict[str, int] | None:
+    def counts(services: list[Service]) -> BackendCounts | None:
         return backend_counts(services, healthy) if healthy is not None else None
 
     order = sorted(state.by_address, key=lambda a: (a.version, int(a)))
@@ -136,7 +145,7 @@ class VipsCache:
         announced: set[str] | None,
         version_of: Callable[[str], int] | None,
     ) -> bytes:
-        def counts(services: list[Service]) -> dict[str, int] | None:
+        def counts(services: list[Service]) -> BackendCounts | None:
             return backend_counts(services, healthy) if healthy is not None else None
 
         with self._lock:
@@ -159,7 +168,7 @@ class VipsCache:
                 cached = self._entries.get(address)
                 if cached is None or not _same(cached[0], key):
                     entry = vip_entry(state, address, counts, announced)
-                    cached = (key, json.dumps(entry).encode())
+                    cached = (key, entry.model_dump_json().encode())
                     self.built += 1
                 entries[address] = cached
                 parts.append(cached[1])
@@ -182,23 +191,32 @@ def status_view(
     version: str,
     now: float,
     lease_ages: Mapping[str, float | None] | None = None,
-) -> dict[str, Any]:
+    *,
+    dataplane: Mapping[str, object] | None = None,
+    bgp: Mapping[str, object] | None = None,
+    l2: Mapping[str, object] | None = None,
+) -> Status:
+    """`GET /v1/status`; `dataplane`, `bgp` and `l2`: the status of this node's parts (None:
+    it has none), checked against their models here so a part that drifts fails loudly."""
     nodes = nodes_view(state, status, peers, now, lease_ages)
     leader_api = next((n.api_url for n in nodes if n.id == status.leader), None)
-    return {
-        "node": status.node_id,
-        "version": version,
-        "raft": status.to_dict(),
-        "leader_api_url": leader_api,
-        "members": len(peers),
-        "members_connected": sum(1 for n in nodes if n.connected),
-        "pools": len(state.pools),
-        "services": len(state.services),
-        "allocations": len(state.allocations),
-        "vips": len(state.by_address),
-        "revision": state.revision,
+    return Status(
+        node=status.node_id,
+        version=version,
+        raft=RaftInfo.model_validate(status.to_dict()),
+        leader_api_url=leader_api,
+        members=len(peers),
+        members_connected=sum(1 for n in nodes if n.connected),
+        pools=len(state.pools),
+        services=len(state.services),
+        allocations=len(state.allocations),
+        vips=len(state.by_address),
+        revision=state.revision,
         # Committed entries not yet applied here: grows when applying cannot keep up.
-        "apply_backlog": max(0, status.commit_index - status.last_applied),
-        "lease_ages": {n.id: n.lease_age for n in nodes},
-        "drained": sorted(state.drained),
-    }
+        apply_backlog=max(0, status.commit_index - status.last_applied),
+        lease_ages={n.id: n.lease_age for n in nodes},
+        drained=sorted(state.drained),
+        dataplane=DataplaneInfo.model_validate(dataplane or {"forward": "none"}),
+        bgp=BgpInfo.model_validate(bgp) if bgp is not None else None,
+        l2=L2Info.model_validate(l2) if l2 is not None else None,
+    )

@@ -18,6 +18,17 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from appliance.bodies import (
+    BackendCounts,
+    BackendHealth,
+    BgpInfo,
+    DataplaneInfo,
+    L2Info,
+    RaftInfo,
+    ServiceHealth,
+    Status,
+    VipEntry,
+)
 from appliance.model import Allocation, IPFamily, NodeInfo, Pool, Service
 
 
@@ -79,97 +90,94 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def status_view(status: dict[str, Any]) -> Table:
+def status_view(status: Status) -> Table:
     """`raftlb status`: this node's view of Raft, the members and the state sizes."""
-    raft = status.get("raft", {})
-    leader = raft.get("leader")
-    if leader is None:
+    raft = status.raft
+    if raft.leader is None:
         leader_text = "none (no quorum, or an election is running)"
-    elif status.get("leader_api_url"):
-        leader_text = f"{leader} ({status['leader_api_url']})"
+    elif status.leader_api_url:
+        leader_text = f"{raft.leader} ({status.leader_api_url})"
     else:
-        leader_text = str(leader)
+        leader_text = raft.leader
     quorum = (
         "yes"
-        if raft.get("has_quorum")
+        if raft.has_quorum
         else "NO: writes fail until a majority of the nodes reach each other"
     )
     return _grid(
         [
-            ("node", f"{status.get('node')} (version {status.get('version')})"),
-            ("role", _text(raft.get("role"))),
+            ("node", f"{status.node} (version {status.version})"),
+            ("role", _text(raft.role)),
             ("leader", leader_text),
-            ("term", _text(raft.get("term"))),
-            ("commit index", _commit(raft, status.get("apply_backlog"))),
+            ("term", _text(raft.term)),
+            ("commit index", _commit(raft, status.apply_backlog)),
             ("quorum", quorum),
-            ("members", f"{status.get('members_connected')}/{status.get('members')} connected"),
-            ("pools", _text(status.get("pools"))),
-            ("services", _text(status.get("services"))),
-            ("allocations", _text(status.get("allocations"))),
-            ("vips", _text(status.get("vips"))),
-            ("data plane", _dataplane(status.get("dataplane"))),
-            ("layer 2", _l2(status.get("l2"))),
-            ("bgp", _bgp(status.get("bgp"))),
+            ("members", f"{status.members_connected}/{status.members} connected"),
+            ("pools", _text(status.pools)),
+            ("services", _text(status.services)),
+            ("allocations", _text(status.allocations)),
+            ("vips", _text(status.vips)),
+            ("data plane", _dataplane(status.dataplane)),
+            ("layer 2", _l2(status.l2)),
+            ("bgp", _bgp(status.bgp)),
         ]
     )
 
 
-def _commit(raft: dict[str, Any], backlog: Any) -> Cell:
-    text = f"{raft.get('commit_index')} (applied here: {raft.get('last_applied')})"
-    if isinstance(backlog, int) and backlog > 0:
+def _commit(raft: RaftInfo, backlog: int) -> Cell:
+    text = f"{raft.commit_index} (applied here: {raft.last_applied})"
+    if backlog > 0:
         return _cell(text, " ", _styled("yellow", f"apply backlog: {backlog} entries"))
     return text
 
 
-def _bgp(bgp: Any) -> Cell:
-    if not isinstance(bgp, dict):
+def _bgp(bgp: BgpInfo | None) -> Cell:
+    if bgp is None:
         return "not announcing by BGP"
-    if not bgp.get("announcing"):
+    if not bgp.announcing:
         return _styled(
             "red",
             "exabgp not running: not announcing"
-            + (f" ({bgp.get('restarts')} restarts)" if bgp.get("restarts") else ""),
+            + (f" ({bgp.restarts} restarts)" if bgp.restarts else ""),
         )
-    peers = ", ".join(f"{p} {s}" for p, s in sorted((bgp.get("peers") or {}).items()))
-    routes = bgp.get("routes") or []
+    peers = ", ".join(f"{p} {s}" for p, s in sorted(bgp.peers.items()))
+    routes = bgp.routes
     return f"peers: {peers or 'none'}; {len(routes)} route(s): {', '.join(routes) or '-'}"
 
 
-def _l2(l2: Any) -> Cell:
+def _l2(l2: L2Info | None) -> Cell:
     """The layer-2 announcer: what it answers for, and what an operator must look at (another
     MAC claiming a VIP held here, frames that could not be sent)."""
-    if not isinstance(l2, dict):
+    if l2 is None:
         return "not announcing by layer 2"
-    conflicts = l2.get("conflicts") or 0
     parts: list[Cell] = [
-        f"{l2.get('interface')}: {l2.get('held', 0)} VIP(s) answered",
-        _styled("red", f"{conflicts} conflict(s): another MAC claims a VIP held here")
-        if conflicts
+        f"{l2.interface}: {l2.held} VIP(s) answered",
+        _styled("red", f"{l2.conflicts} conflict(s): another MAC claims a VIP held here")
+        if l2.conflicts
         else "0 conflicts",
     ]
-    if l2.get("send_errors"):
-        parts.append(_styled("red", f"{l2['send_errors']} send error(s)"))
-    if l2.get("stale_refusals"):
-        parts.append(f"{l2['stale_refusals']} frame(s) held back on a lapsed lease")
+    if l2.send_errors:
+        parts.append(_styled("red", f"{l2.send_errors} send error(s)"))
+    if l2.stale_refusals:
+        parts.append(f"{l2.stale_refusals} frame(s) held back on a lapsed lease")
     return _cell(*parts, sep="; ")
 
 
-def _dataplane(plane: Any) -> Cell:
-    if not isinstance(plane, dict) or plane.get("forward") != "nftables":
+def _dataplane(plane: DataplaneInfo) -> Cell:
+    if plane.forward != "nftables":
         return "not forwarding (forward: none)"
     parts: list[Cell] = [
-        f"nftables, {plane.get('vips', 0)} VIP(s), {plane.get('loads', 0)} full load(s), "
-        f"{plane.get('deltas', 0)} change(s)"
+        f"nftables, {plane.vips} VIP(s), {plane.loads} full load(s), {plane.deltas} change(s)"
     ]
-    timing = plane.get("last_update_ms") or {}
-    if timing:
+    if plane.last_update_ms:
         parts.append(
-            "last " + ", ".join(f"{kind} {ms:g} ms" for kind, ms in sorted(timing.items()))
+            "last "
+            + ", ".join(f"{kind} {ms:g} ms" for kind, ms in sorted(plane.last_update_ms.items()))
         )
-    if plane.get("sysctl_problems"):
-        parts.append(_styled("red", "WRONG sysctls: " + ", ".join(plane["sysctl_problems"])))
-    if plane.get("last_error"):
-        parts.append(_styled("red", f"last load failed: {plane['last_error']}"))
+    if plane.sysctl_problems:
+        parts.append(_styled("red", "WRONG sysctls: " + ", ".join(plane.sysctl_problems)))
+    if plane.last_error:
+        parts.append(_styled("red", f"last load failed: {plane.last_error}"))
     return _cell(*parts, sep="; ")
 
 
@@ -250,7 +258,7 @@ def services_table(services: list[Service], allocations: list[Allocation] | None
 
 
 def service_view(
-    service: Service, allocation: Allocation | None = None, health: dict[str, Any] | None = None
+    service: Service, allocation: Allocation | None = None, health: ServiceHealth | None = None
 ) -> Group:
     """`raftlb services get ID`: the whole spec, then one row per port and backend, with the
     backend's health as the answering node sees it."""
@@ -278,9 +286,7 @@ def service_view(
             ("nodes", ", ".join(spec.nodes) if spec.nodes else "any"),
         ]
     )
-    checked = {
-        (str(b.get("address")), b.get("port")): b for b in (health or {}).get("backends", [])
-    }
+    checked = {(b.address, b.port): b for b in (health.backends if health else [])}
     now = time.time()
     ports = _table("PORT", "NAME", "BACKEND", "WEIGHT", "NODE", "HEALTH")
     for port in spec.ports:
@@ -300,23 +306,23 @@ def service_view(
                 _text(backend.node),
                 _health(checked.get((str(backend.address), backend.port)), now),
             )
-    if health and health.get("node"):
+    if health is not None:
         # Not a str: a Group would read a str as markup, and the node name is the API's.
-        return Group(grid, "", ports, _literal(f"health as seen by {health['node']}"))
+        return Group(grid, "", ports, _literal(f"health as seen by {health.node}"))
     return Group(grid, "", ports)
 
 
-def _health(track: dict[str, Any] | None, now: float) -> Cell:
+def _health(track: BackendHealth | None, now: float) -> Cell:
     if track is None:
         return "-"
-    last = track.get("last_check")
-    when = f", checked {now - last:.1f}s ago" if isinstance(last, int | float) else ""
-    if track.get("healthy"):
-        return f"up ({track.get('reason', '')}{when})"
-    return _styled("red", f"DOWN ({track.get('reason', '')}{when})")
+    last = track.last_check
+    when = f", checked {now - last:.1f}s ago" if last is not None else ""
+    if track.healthy:
+        return f"up ({track.reason}{when})"
+    return _styled("red", f"DOWN ({track.reason}{when})")
 
 
-def vips_table(vips: list[dict[str, Any]]) -> Table:
+def vips_table(vips: list[VipEntry]) -> Table:
     """`raftlb vips`: each allocated address, who holds it, on which ports, owned by which node."""
     table = _table(
         "ADDRESS",
@@ -335,23 +341,23 @@ def vips_table(vips: list[dict[str, Any]]) -> Table:
     for vip in vips:
         _add(
             table,
-            _text(vip.get("address")),
-            _text(vip.get("pool")),
-            _text(vip.get("announce")),
-            ", ".join(vip.get("owners") or []) or "-",
-            ", ".join(vip.get("ports") or []) or "-",
-            _text(vip.get("sharing_key")),
+            vip.address,
+            vip.pool,
+            _text(vip.announce),
+            ", ".join(vip.owners) or "-",
+            ", ".join(vip.ports) or "-",
+            _text(vip.sharing_key),
             _node(vip),
-            _text(vip.get("epoch")),
-            _since(vip.get("since"), now),
+            _text(vip.epoch),
+            _since(vip.since, now),
             _last_change(vip),
-            _backends_up(vip.get("backends")),
+            _backends_up(vip.backends),
         )
     return table
 
 
-def _since(at: Any, now: float) -> str:
-    if not isinstance(at, int | float):
+def _since(at: float | None, now: float) -> str:
+    if at is None:
         return "-"
     ago = max(0.0, now - at)
     return (
@@ -359,33 +365,32 @@ def _since(at: Any, now: float) -> str:
     )
 
 
-def _node(vip: dict[str, Any]) -> str:
+def _node(vip: VipEntry) -> str:
     """The owner; a bgp VIP has none: every able node announces it (and this one, or not)."""
-    if vip.get("announce") == "bgp":
-        here = vip.get("bgp_announced_here")
+    if vip.announce == "bgp":
+        here = vip.bgp_announced_here
         return "ecmp" + ("" if here is None else f" (here: {'yes' if here else 'no'})")
-    return _text(vip.get("node"))
+    return _text(vip.node)
 
 
-def _backends_up(counts: Any) -> Cell:
+def _backends_up(counts: BackendCounts | None) -> Cell:
     """Healthy/total backends as the answering node sees them; none up means it rejects."""
-    if not isinstance(counts, dict) or not counts.get("total"):
+    if counts is None or not counts.total:
         return "-"
-    text = f"{counts.get('healthy')}/{counts['total']}"
-    return text if counts.get("healthy") else _styled("red", f"{text} (rejecting)")
+    text = f"{counts.healthy}/{counts.total}"
+    return text if counts.healthy else _styled("red", f"{text} (rejecting)")
 
 
-def _last_change(vip: dict[str, Any]) -> str:
+def _last_change(vip: VipEntry) -> str:
     """Why the VIP last changed owner; for a failover, how long its old owner was silent."""
-    reason = vip.get("reason")
-    if not reason:
+    if not vip.reason:
         return "-"
-    text = str(reason)
-    if vip.get("previous"):
-        text += f" (from {vip['previous']}"
-        if reason == "dead" and isinstance(vip.get("dead_for"), int | float):
-            text += f", silent {1000 * vip['dead_for']:.0f} ms"
+    text = vip.reason
+    if vip.previous:
+        text += f" (from {vip.previous}"
+        if vip.reason == "dead" and vip.dead_for is not None:
+            text += f", silent {1000 * vip.dead_for:.0f} ms"
         text += ")"
-    if vip.get("releasing"):
-        text += f", releasing on {vip['releasing']}"
+    if vip.releasing:
+        text += f", releasing on {vip.releasing}"
     return text

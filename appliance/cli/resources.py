@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from appliance.cli import render
 from appliance.cli.context import EXIT_BAD_INPUT, CliContext, pass_cli
 from appliance.cli.files import POOLS, SERVICES, FileInvalid, Kind, parse_document, read_document
-from appliance.model import Pool, Service
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -52,7 +51,7 @@ def status(cli_ctx: CliContext) -> None:
     with cli_ctx.api_client() as client:
         data = client.status()
     if cli_ctx.as_json:
-        cli_ctx.print_json(data)
+        cli_ctx.print_json(data.model_dump(mode="json"))
     else:
         cli_ctx.print(render.status_view(data))
 
@@ -109,7 +108,7 @@ def vips(cli_ctx: CliContext) -> None:
     with cli_ctx.api_client() as client:
         data = client.vips()
     if cli_ctx.as_json:
-        cli_ctx.print_json(data)
+        cli_ctx.print_json(_dump(data))
     else:
         cli_ctx.print(render.vips_table(data))
 
@@ -147,7 +146,7 @@ def pools_apply(cli_ctx: CliContext, path: str, dry_run: bool) -> None:
         return
     with cli_ctx.api_client(all_or_nothing=True) as client:
         result = client.apply(pools=items)
-    applied_pools, _ = _applied(result)
+    applied_pools = result.pools()
     if cli_ctx.as_json:
         cli_ctx.print_json({"pools": _dump(applied_pools)})
     else:
@@ -186,7 +185,12 @@ def services_get(cli_ctx: CliContext, service_id: str) -> None:
         service, health = client.service_with_health(service_id)
         allocation = next((a for a in client.allocations() if a.owner == service_id), None)
     if cli_ctx.as_json:
-        cli_ctx.print_json({**service.model_dump(mode="json"), "health": health})
+        cli_ctx.print_json(
+            {
+                **service.model_dump(mode="json"),
+                "health": health.model_dump(mode="json") if health else None,
+            }
+        )
     else:
         cli_ctx.print(render.service_view(service, allocation, health))
 
@@ -205,7 +209,7 @@ def services_apply(cli_ctx: CliContext, path: str, dry_run: bool) -> None:
         result = client.apply(services=items)
     with cli_ctx.api_client() as client:
         allocations = client.allocations()
-    _, applied_services = _applied(result)
+    applied_services = result.services()
     if cli_ctx.as_json:
         cli_ctx.print_json({"services": _dump(applied_services)})
     else:
@@ -232,18 +236,6 @@ def _report_valid(cli_ctx: CliContext, path: str, items: list[M], kind: Kind[M])
     else:
         names = ", ".join(kind.ident(item) for item in items)
         click.echo(f"{path}: valid, {len(items)} {kind.key} ({names}); nothing sent (--dry-run)")
-
-
-def _applied(result: dict[str, Any]) -> tuple[list[Pool], list[Service]]:
-    """The pools and services an apply answer reports, in the order they were applied."""
-    applied_pools: list[Pool] = []
-    applied_services: list[Service] = []
-    for entry in result.get("results", []):
-        if "pool" in entry:
-            applied_pools.append(Pool.model_validate(entry["pool"]))
-        elif "service" in entry:
-            applied_services.append(Service.model_validate(entry["service"]))
-    return applied_pools, applied_services
 
 
 COMMANDS = [status, nodes, vips, pools, services]

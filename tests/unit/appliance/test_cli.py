@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -493,42 +492,6 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     commands = set(re.findall(r"^  (\S+)", result.stdout.split("Commands:")[1], re.M))
     assert {"agent", "config", "status", "nodes", "pools", "services", "vips", "lab"} <= commands
-
-
-def test_vips_table_shows_the_last_change_of_owner() -> None:
-    from rich.console import Console
-
-    from appliance.cli.render import vips_table
-
-    vip = {
-        "address": "192.0.2.200",
-        "node": "n3",
-        "epoch": 4,
-        "since": time.time() - 5,
-        "previous": "n1",
-        "reason": "dead",
-        "dead_for": 0.842,
-    }
-    console = Console(width=250, record=True)
-    console.print(vips_table([vip, {**vip, "reason": "drain", "dead_for": None}]))
-    text = " ".join(console.export_text().split())
-    assert "n3 4 5s ago dead (from n1, silent 842 ms)" in text
-    assert "drain (from n1)" in text
-
-
-def test_tables_never_send_control_characters_to_the_terminal() -> None:
-    """A value stored before the API refused them (ESC, NUL, a right-to-left override) prints
-    escaped: an ESC sequence could clear the operator's screen or fake output."""
-    from rich.console import Console
-
-    from appliance.cli.render import vips_table
-
-    vip = {"address": "192.0.2.200", "node": "n3", "sharing_key": "k\x1b[2J\u202eevil\x00"}
-    console = Console(width=250, record=True, color_system=None)
-    console.print(vips_table([vip]))
-    text = console.export_text()
-    assert "\x1b" not in text and "\u202e" not in text and "\x00" not in text
-    assert "k\\x1b[2J\\u202eevil\\x00" in text
 
 
 def test_lab_is_a_command_loaded_only_when_asked_for() -> None:

@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from appliance.apierror import ApiError
+from appliance.bodies import ServiceDeleted, Status
 from appliance.client import (
     ApiClient,
     ApiUnreachable,
@@ -62,9 +63,9 @@ def client(server: ServedApp) -> Iterator[ApiClient]:
 
 def test_status_and_nodes(client: ApiClient) -> None:
     status = client.status()
-    assert status["node"] == "n1"
-    assert status["version"] == "9.9.9"
-    assert status["raft"]["has_quorum"] is True
+    assert isinstance(status, Status)
+    assert (status.node, status.version, status.raft.has_quorum) == ("n1", "9.9.9", True)
+    assert status.dataplane.forward == "none" and status.bgp is None and status.l2 is None
     nodes = client.nodes()
     assert all(isinstance(n, NodeInfo) for n in nodes)
     assert [(n.id, n.role, n.connected) for n in nodes] == [("n1", "leader", True)]
@@ -135,20 +136,19 @@ def test_vips(client: ApiClient) -> None:
     client.put_service(spec("a/http", 80, sharing_key="k"))
     client.put_service(spec("a/https", 443, sharing_key="k"))
     vips = client.vips()
-    assert [(v["address"], v["owners"], v["ports"]) for v in vips] == [
+    assert [(v.address, v.owners, v.ports) for v in vips] == [
         ("192.0.2.10", ["a/http", "a/https"], ["80/tcp", "443/tcp"])
     ]
 
 
 def test_apply_in_one_request(client: ApiClient, cluster: InMemoryCluster) -> None:
     result = client.apply(pools=[POOL], services=[spec("a/one", 80), spec("a/two", 80)])
-    assert [r.get("service", {}).get("address") for r in result["results"]] == [
-        None,
-        "192.0.2.10",
-        "192.0.2.11",
-    ]
+    assert result.pools() == [POOL]
+    assert [str(s.address) for s in result.services()] == ["192.0.2.10", "192.0.2.11"]
     assert [c["type"] for c in cluster.applied] == ["batch"]
-    assert client.apply(delete_services=["a/one"]) == {"results": [{"deleted": "a/one"}]}
+    assert client.apply(delete_services=["a/one"]).results == [ServiceDeleted(deleted="a/one")]
+    again = client.apply(delete_services=["a/one"]).results
+    assert again == [ServiceDeleted(deleted="a/one", existed=False)]
 
 
 def test_apply_is_all_or_nothing(client: ApiClient) -> None:

@@ -35,7 +35,8 @@ def test_cached_vips_are_the_plain_view_and_only_changes_are_made_again() -> Non
 
     def check() -> None:
         body = cache.body(state.snapshot(), healthy, None, lambda sid: versions.get(sid, 0))
-        assert json.loads(body) == vips_view(state.snapshot(), healthy)
+        plain = [v.model_dump(mode="json") for v in vips_view(state.snapshot(), healthy)]
+        assert json.loads(body) == plain
 
     check()
     assert cache.built == 200

@@ -6,9 +6,9 @@ from __future__ import annotations
 import ipaddress
 import threading
 from dataclasses import replace
-from typing import Any
 
 from appliance.apierror import ApiError
+from appliance.bodies import ApplyAnswer
 from appliance.limits import APPLY_MAX_BYTES, APPLY_MAX_ITEMS
 from appliance.model import Service, ServiceSpec
 from k8s_sync.plan import Plan
@@ -52,12 +52,13 @@ class FakeAppliance:
     def _service(self, s: ServiceSpec, n: int) -> Service:
         return Service(spec=s, address=ipaddress.ip_address(f"192.0.2.{n}"))
 
-    def apply(self, services: list[ServiceSpec], delete_services: list[str]) -> dict[str, Any]:
+    def apply(self, services: list[ServiceSpec], delete_services: list[str]) -> ApplyAnswer:
         self.calls.append(("apply", len(services) + len(delete_services)))
         if any(s.id.startswith("prod/ns/s13:") for s in services):
             raise ApiError(409, "exhausted", "item 3: pool 'lan' has no free ipv4 address")
         results = [{"service": self._service(s, 10).model_dump(mode="json")} for s in services]
-        return {"results": results + [{"deleted": d} for d in delete_services]}
+        deleted = [{"deleted": d} for d in delete_services]
+        return ApplyAnswer.model_validate({"results": results + deleted})
 
     def put_service(self, s: ServiceSpec) -> Service:
         self.calls.append(("put", 1))
