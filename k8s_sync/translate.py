@@ -6,14 +6,20 @@ no class) becomes one ServiceSpec per IP family (`ipFamilies`; dual-stack gives 
 touches its own cluster's ids.
 
 Backends (`backends="nodes"`, the default): for `externalTrafficPolicy: Cluster` every Ready node
-not labelled `node.kubernetes.io/exclude-from-external-load-balancers`, at the port's nodePort;
-for `Local` only the Ready, not excluded nodes with a ready endpoint of the Service, and the
-appliance probes `spec.healthCheckNodePort`. With `backends="pods"` (pods routable from the
-appliance) the ready endpoints themselves, at the EndpointSlice's port of the same name.
+not labelled `node.kubernetes.io/exclude-from-external-load-balancers` and not tainted
+`ToBeDeletedByClusterAutoscaler` (being drained away, as the cloud service controller leaves
+them out), at the port's nodePort; for `Local` only those nodes with an endpoint of the Service,
+and the appliance probes `spec.healthCheckNodePort`. With `backends="pods"` (pods routable from
+the appliance) the endpoints themselves, at the EndpointSlice's port of the same name. The
+endpoints are the ready ones; when none is ready, the ones still serving while they terminate,
+as kube-proxy falls back to them during a rollout.
 
 Annotations: `raftlb.io/pool`, `raftlb.io/addresses` (comma-separated, one per family; also
-`spec.loadBalancerIP`), `raftlb.io/sharing-key`. A bad one raises `TranslationError` naming the
-field and the value, and nothing of the Service is applied.
+`spec.loadBalancerIP`), `raftlb.io/sharing-key`, and MetalLB's for the same things
+(`metallb.io/address-pool`, `metallb.io/loadBalancerIPs`, `metallb.io/allow-shared-ip`, also
+spelled `metallb.universe.tf/...`), so Services written for MetalLB move unchanged. A bad one
+(or two spellings that disagree, or an address of a family the Service does not have) raises
+`TranslationError` naming the field and the value, and nothing of the Service is applied.
 """
 
 from __future__ import annotations
@@ -30,7 +36,27 @@ from appliance.model import ServiceSpec, field_errors, not_unicast, parse_addres
 ANNOTATION_POOL = "raftlb.io/pool"
 ANNOTATION_ADDRESSES = "raftlb.io/addresses"
 ANNOTATION_SHARING = "raftlb.io/sharing-key"
+# Each of ours and MetalLB's spellings of it, in the order they are read.
+SPELLINGS = {
+    ANNOTATION_POOL: (
+        ANNOTATION_POOL,
+        "metallb.io/address-pool",
+        "metallb.universe.tf/address-pool",
+    ),
+    ANNOTATION_ADDRESSES: (
+        ANNOTATION_ADDRESSES,
+        "metallb.io/loadBalancerIPs",
+        "metallb.universe.tf/loadBalancerIPs",
+    ),
+    ANNOTATION_SHARING: (
+        ANNOTATION_SHARING,
+        "metallb.io/allow-shared-ip",
+        "metallb.universe.tf/allow-shared-ip",
+    ),
+}
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+# The cluster autoscaler's taint on a node it is draining to delete.
+TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 FAMILIES = {"IPv4": "ipv4", "IPv6": "ipv6"}
 
@@ -98,13 +124,16 @@ def node_address(node: Mapping[str, Any], family: str) -> str | None:
 
 
 def usable_nodes(nodes: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """Ready nodes not excluded from external load balancers, by name."""
+    """Ready nodes not excluded from external load balancers nor being deleted, by name."""
     out = {}
     for node in nodes:
         meta = node.get("metadata") or {}
         if EXCLUDE_LABEL in (meta.get("labels") or {}):
             continue
         if not _ready((node.get("status") or {}).get("conditions")):
+            continue
+        taints = (node.get("spec") or {}).get("taints") or []
+        if any(isinstance(t, Mapping) and t.get("key") == TO_BE_DELETED_TAINT for t in taints):
             continue
         out[str(meta.get("name"))] = node
     return out
@@ -113,15 +142,19 @@ def usable_nodes(nodes: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, A
 def ready_endpoints(
     slices: Iterable[Mapping[str, Any]],
 ) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
-    """(slice, endpoint) pairs of ready endpoints (a missing `ready` counts as ready, as in
-    the API's definition)."""
-    out = []
+    """(slice, endpoint) pairs of the endpoints to send to: the ready ones (a missing `ready`
+    counts as ready, as the API defines it) or, when none is ready, those still serving while
+    they terminate (kube-proxy's fallback: a rollout's last old pods keep their traffic)."""
+    ready, terminating = [], []
     for piece in slices:
         for endpoint in piece.get("endpoints") or []:
-            ready = (endpoint.get("conditions") or {}).get("ready")
-            if ready is None or ready:
-                out.append((piece, endpoint))
-    return out
+            conditions = endpoint.get("conditions") or {}
+            is_ready = conditions.get("ready")
+            if is_ready is None or is_ready:
+                ready.append((piece, endpoint))
+            elif conditions.get("serving") and conditions.get("terminating"):
+                terminating.append((piece, endpoint))
+    return ready or terminating
 
 
 def _families(spec: Mapping[str, Any]) -> list[str]:
@@ -129,11 +162,30 @@ def _families(spec: Mapping[str, Any]) -> list[str]:
     return [FAMILIES[f] for f in found if f in FAMILIES]
 
 
-def _requested(service: Mapping[str, Any], errors: list[dict[str, Any]]) -> dict[str, str]:
+def _annotation(
+    annotations: Mapping[str, Any], name: str, errors: list[dict[str, Any]]
+) -> tuple[str, str | None]:
+    """(field, value) of annotation `name` under whichever of its spellings is set (ours or
+    MetalLB's); spellings that disagree are an error naming both."""
+    found = [(key, annotations[key]) for key in SPELLINGS[name] if key in annotations]
+    if not found:
+        return f"metadata.annotations[{name}]", None
+    key, value = found[0]
+    field = f"metadata.annotations[{key}]"
+    for other, other_value in found[1:]:
+        if other_value != value:
+            errors.append(
+                _err(field, value, f"disagrees with metadata.annotations[{other}]={other_value!r}")
+            )
+    return field, value if isinstance(value, str) else str(value)
+
+
+def _requested(
+    service: Mapping[str, Any], families: list[str], errors: list[dict[str, Any]]
+) -> dict[str, str]:
     """Requested VIP per family, from the annotation or spec.loadBalancerIP."""
     annotations = (service.get("metadata") or {}).get("annotations") or {}
-    field = f"metadata.annotations[{ANNOTATION_ADDRESSES}]"
-    text = annotations.get(ANNOTATION_ADDRESSES)
+    field, text = _annotation(annotations, ANNOTATION_ADDRESSES, errors)
     if text is None and (service.get("spec") or {}).get("loadBalancerIP"):
         field, text = "spec.loadBalancerIP", service["spec"]["loadBalancerIP"]
     out: dict[str, str] = {}
@@ -150,6 +202,17 @@ def _requested(service: Mapping[str, Any], errors: list[dict[str, Any]]) -> dict
             errors.append(_err(field, text, f"{address} is {kind}, not a VIP"))
             continue
         family = FAMILIES[f"IPv{address.version}"]
+        if family not in families:
+            # Quietly giving an address of the other family would not be what was asked.
+            errors.append(
+                _err(
+                    field,
+                    text,
+                    f"{address} is {family}, and spec.ipFamilies has only "
+                    f"{', '.join(families) or 'none'}",
+                )
+            )
+            continue
         if family in out:
             errors.append(_err(field, text, f"two {family} addresses"))
         out[family] = str(address)
@@ -167,7 +230,10 @@ def translate(
     spec = service.get("spec") or {}
     annotations = meta.get("annotations") or {}
     errors: list[dict[str, Any]] = []
-    requested = _requested(service, errors)
+    families = _families(spec)
+    requested = _requested(service, families, errors)
+    pool_field, pool = _annotation(annotations, ANNOTATION_POOL, errors)
+    sharing_field, sharing = _annotation(annotations, ANNOTATION_SHARING, errors)
     local = spec.get("externalTrafficPolicy") == "Local"
     usable = usable_nodes(nodes)
     endpoints = ready_endpoints(slices)
@@ -189,7 +255,7 @@ def translate(
     if errors:
         raise TranslationError(errors)
     out = []
-    for family in _families(spec):
+    for family in families:
         ports = []
         for port in spec.get("ports") or []:
             backends = _backends(port, family, backend_nodes, endpoints, options)
@@ -212,28 +278,26 @@ def translate(
         }
         if family in requested:
             body["vip"] = requested[family]
-        if annotations.get(ANNOTATION_POOL):
-            body["pool"] = annotations[ANNOTATION_POOL]
-        if annotations.get(ANNOTATION_SHARING):
-            body["sharing_key"] = f"{options.cluster}/{annotations[ANNOTATION_SHARING]}"
+        if pool:
+            body["pool"] = pool
+        if sharing:
+            body["sharing_key"] = f"{options.cluster}/{sharing}"
         if local and spec.get("healthCheckNodePort") and options.backends == "nodes":
             body["health_check_node_port"] = spec["healthCheckNodePort"]
         try:
             out.append(ServiceSpec.model_validate(body))
         except ValidationError as exc:
-            raise TranslationError(
-                [_annotated(e, annotations) for e in field_errors(exc)]
-            ) from None
+            sources = {
+                "pool": pool_field,
+                "sharing_key": sharing_field,
+                "vip": _annotation(annotations, ANNOTATION_ADDRESSES, [])[0],
+            }
+            raise TranslationError([_annotated(e, sources) for e in field_errors(exc)]) from None
     return out
 
 
-def _annotated(error: dict[str, Any], annotations: Mapping[str, Any]) -> dict[str, Any]:
+def _annotated(error: dict[str, Any], source: Mapping[str, str]) -> dict[str, Any]:
     """A ServiceSpec field error, named by the Kubernetes field it came from."""
-    source = {
-        "pool": f"metadata.annotations[{ANNOTATION_POOL}]",
-        "sharing_key": f"metadata.annotations[{ANNOTATION_SHARING}]",
-        "vip": f"metadata.annotations[{ANNOTATION_ADDRESSES}]",
-    }
     head = str(error.get("field", "")).split(".")[0]
     if head in source:
         return {**error, "field": source[head]}

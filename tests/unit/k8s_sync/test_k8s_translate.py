@@ -191,6 +191,28 @@ def test_annotations_pool_addresses_and_sharing_key() -> None:
             "metadata.annotations[raftlb.io/addresses]",
             "127.0.0.1",
         ),
+        # An IPv6 address asked for an IPv4-only Service: not quietly an IPv4 one.
+        (
+            {"annotations": {"raftlb.io/addresses": "2001:db8::10"}},
+            "metadata.annotations[raftlb.io/addresses]",
+            "2001:db8::10",
+        ),
+        (
+            {"annotations": {"metallb.io/loadBalancerIPs": "2001:db8::10"}},
+            "metadata.annotations[metallb.io/loadBalancerIPs]",
+            "2001:db8::10",
+        ),
+        (
+            {"annotations": {"metallb.universe.tf/address-pool": "Not A Pool"}},
+            "metadata.annotations[metallb.universe.tf/address-pool]",
+            "Not A Pool",
+        ),
+        # Two spellings that disagree: neither is guessed.
+        (
+            {"annotations": {"raftlb.io/pool": "a", "metallb.io/address-pool": "b"}},
+            "metadata.annotations[raftlb.io/pool]",
+            "a",
+        ),
     ],
 )
 def test_bad_input_names_the_field_and_applies_nothing(
@@ -215,3 +237,75 @@ def test_pod_backends_use_ready_endpoints_at_the_slice_port() -> None:
     slices = [endpoint_slice("IPv4", [("10.0.0.1", "k1", True), ("10.0.0.2", "k2", False)])]
     (spec,) = translate(service(), slices, NODES, Options(cluster="prod", backends="pods"))
     assert backends(spec) == [("10.0.0.1", 8080, "k1")]
+
+
+def endpoint(address: str, node_name: str, **conditions: bool) -> dict[str, Any]:
+    return {"addresses": [address], "nodeName": node_name, "conditions": conditions}
+
+
+def with_endpoints(*endpoints: dict[str, Any]) -> list[dict[str, Any]]:
+    piece = endpoint_slice("IPv4", [])
+    piece["endpoints"] = list(endpoints)
+    return [piece]
+
+
+def test_a_node_the_autoscaler_is_deleting_is_no_backend() -> None:
+    leaving = node("k5", 5)
+    leaving["spec"] = {
+        "taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]
+    }
+    cordoned = node("k6", 6)
+    cordoned["spec"] = {"unschedulable": True, "taints": [{"key": "other", "effect": "NoSchedule"}]}
+    (spec,) = translate(service(), [], [*NODES, leaving, cordoned], OPTS)
+    # k6 is only cordoned: it still forwards to pods elsewhere, as the cloud controllers keep it.
+    assert [b[2] for b in backends(spec)] == ["k1", "k2", "k6"]
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "expected"),
+    [
+        # None ready: the ones serving while they terminate keep the traffic (a rollout).
+        (
+            [
+                endpoint("10.0.0.1", "k1", ready=False, serving=True, terminating=True),
+                endpoint("10.0.0.2", "k2", ready=False, serving=False, terminating=True),
+            ],
+            [("10.0.0.1", 8080, "k1")],
+        ),
+        # One ready: the terminating ones are left, as kube-proxy does.
+        (
+            [
+                endpoint("10.0.0.1", "k1", ready=False, serving=True, terminating=True),
+                endpoint("10.0.0.3", "k2", ready=True, serving=True, terminating=False),
+            ],
+            [("10.0.0.3", 8080, "k2")],
+        ),
+        # Not ready and not terminating (starting, failing its probe): never a backend.
+        ([endpoint("10.0.0.1", "k1", ready=False, serving=True)], []),
+    ],
+)
+def test_terminating_endpoints_serve_only_when_none_is_ready(
+    endpoints: list[dict[str, Any]], expected: list[tuple[str, int, str]]
+) -> None:
+    pods = Options(cluster="prod", backends="pods")
+    (spec,) = translate(service(), with_endpoints(*endpoints), NODES, pods)
+    assert backends(spec) == expected
+    (local,) = translate(service(policy="Local"), with_endpoints(*endpoints), NODES, OPTS)
+    assert [b[2] for b in backends(local)] == [node for _, _, node in expected]
+
+
+@pytest.mark.parametrize("prefix", ["metallb.io", "metallb.universe.tf"])
+def test_metallb_annotations_move_unchanged(prefix: str) -> None:
+    annotations = {
+        f"{prefix}/address-pool": "public",
+        f"{prefix}/loadBalancerIPs": "192.0.2.10,2001:db8::10",
+        f"{prefix}/allow-shared-ip": "dns",
+    }
+    specs = translate(service(families=["IPv4", "IPv6"], annotations=annotations), [], NODES, OPTS)
+    assert [(s.pool, str(s.vip), s.sharing_key) for s in specs] == [
+        ("public", "192.0.2.10", "prod/dns"),
+        ("public", "2001:db8::10", "prod/dns"),
+    ]
+    # Ours and MetalLB's saying the same thing is no conflict.
+    both = {**annotations, "raftlb.io/pool": "public"}
+    assert translate(service(families=["IPv4", "IPv6"], annotations=both), [], NODES, OPTS)
