@@ -247,6 +247,16 @@ def parse_address_block(text: str) -> tuple[IPAddress, IPAddress]:
     return start, end
 
 
+def _vip_block(text: str) -> tuple[IPAddress, IPAddress]:
+    """The addresses of a pool block that may be VIPs: an IPv6 CIDR shorter than /127 without
+    its all-zeros address, which routers answer as the subnet-router anycast address (a VIP
+    there is unreachable or reaches a router); /127 and /128 are point-to-point or single."""
+    first, last = parse_address_block(text)
+    if first.version == 6 and "/" in text and int(text.rsplit("/", 1)[1]) < 127:
+        return address_from_int(6)(int(first) + 1), last
+    return first, last
+
+
 def _check_block(text: str) -> str:
     if "%" in text:
         raise ValueError(f"{text!r}: an address with a zone id (addr%zone) is not accepted")
@@ -279,7 +289,10 @@ class Pool(_Frozen):
 
     name: Name
     addresses: list[AddressBlock] = Field(
-        min_length=1, description="CIDRs, ranges A-B, or addresses"
+        min_length=1,
+        description="CIDRs, ranges A-B, or addresses. An IPv6 CIDR shorter than /127 never "
+        "hands out its all-zeros address (the subnet-router anycast address, RFC 4291); a "
+        "range is taken as written",
     )
     announce: AnnounceMode = AnnounceMode.L2
     default: bool = Field(
@@ -308,7 +321,7 @@ class Pool(_Frozen):
     # on every Raft apply, and re-parsing hundreds of block strings there grows with the pool.
     @cached_property
     def _parsed(self) -> tuple[tuple[IPAddress, IPAddress], ...]:
-        return tuple(parse_address_block(text) for text in self.addresses)
+        return tuple(_vip_block(text) for text in self.addresses)
 
     @cached_property
     def _by_version(self) -> dict[int, tuple[list[int], list[int]]]:

@@ -144,7 +144,14 @@ V4 = put_pool("v4", "192.0.2.0/29")
             {},
             ["192.0.2.10", "192.0.2.11", "198.51.100.7"],
         ),
-        (["2001:db8::/64"], {}, ["2001:db8::", "2001:db8::1", "2001:db8::2"]),
+        # An IPv6 CIDR skips its subnet-router anycast address; a range or a /127 does not.
+        (["2001:db8::/64"], {}, ["2001:db8::1", "2001:db8::2", "2001:db8::3"]),
+        (["2001:db8::-2001:db8::ff"], {}, ["2001:db8::", "2001:db8::1", "2001:db8::2"]),
+        (
+            ["2001:db8::/127", "2001:db8:1::/126"],
+            {},
+            ["2001:db8::", "2001:db8::1", "2001:db8:1::1"],
+        ),
     ],
 )
 def test_lowest_free_address_in_order(
@@ -190,7 +197,7 @@ def test_released_hole_is_filled_first() -> None:
         (["192.0.2.0/30"], {}, "ipv4", 4),
         (["192.0.2.7"], {}, "ipv4", 1),
         (["192.0.2.254-192.0.2.255", "198.51.100.0"], {"avoid_buggy_ips": True}, "ipv4", 1),
-        (["2001:db8::/126"], {}, "ipv6", 4),
+        (["2001:db8::/126"], {}, "ipv6", 3),  # without its subnet-router anycast address
         (["192.0.2.0/30", "2001:db8::/127"], {}, "ipv6", 2),
     ],
 )
@@ -378,7 +385,7 @@ def test_sharing_key_does_not_cross_pools_or_families() -> None:
     x = address_of(state, allocate("x", pool="a", sharing_key="k", ports=ports(80)))
     y = address_of(state, allocate("y", pool="b", sharing_key="k", ports=ports(443)))
     z = address_of(state, allocate("z", pool="six", ip_family="ipv6", sharing_key="k"))
-    assert (x, y, z) == ("192.0.2.0", "198.51.100.0", "2001:db8::")
+    assert (x, y, z) == ("192.0.2.0", "198.51.100.0", "2001:db8::1")
 
 
 def test_shared_owner_changing_to_clashing_ports_moves() -> None:
@@ -431,8 +438,8 @@ def test_ipv6_slash_64_is_fast() -> None:
     start = time.perf_counter()
     got = [address_of(state, allocate(f"o{i}", ip_family="ipv6")) for i in range(200)]
     elapsed = time.perf_counter() - start
-    assert got[0] == "2001:db8:0:1::"
-    assert got[-1] == str(ip("2001:db8:0:1::") + 199)
+    assert got[0] == "2001:db8:0:1::1"
+    assert got[-1] == str(ip("2001:db8:0:1::") + 200)
     assert len(set(got)) == 200
     assert elapsed < 5
     # A specific address deep inside the /64.
@@ -443,8 +450,8 @@ def test_ipv6_slash_64_is_fast() -> None:
 def test_ipv6_family_defaults_to_ipv4_when_not_asked() -> None:
     state = state_with(put_pool("dual", "192.0.2.0/30", "2001:db8::/126"))
     assert address_of(state, allocate("a")) == "192.0.2.0"
-    assert address_of(state, allocate("b", ip_family="ipv6")) == "2001:db8::"
-    assert address_of(state, put_service("s6", ip_family="ipv6")) == "2001:db8::1"
+    assert address_of(state, allocate("b", ip_family="ipv6")) == "2001:db8::1"
+    assert address_of(state, put_service("s6", ip_family="ipv6")) == "2001:db8::2"
     assert address_of(state, put_service("s4")) == "192.0.2.1"
 
 
@@ -456,7 +463,7 @@ def test_ipv6_family_defaults_to_ipv4_when_not_asked() -> None:
     [
         # The only pool of the family, default or not.
         ([put_pool("a", "192.0.2.0/30")], "ipv4", "192.0.2.0"),
-        ([put_pool("a", "192.0.2.0/30"), put_pool("b", "2001:db8::/126")], "ipv6", "2001:db8::"),
+        ([put_pool("a", "192.0.2.0/30"), put_pool("b", "2001:db8::/126")], "ipv6", "2001:db8::1"),
         # The default pool wins over others of the family.
         (
             [put_pool("a", "192.0.2.0/30"), put_pool("b", "198.51.100.0/30", default=True)],
@@ -470,13 +477,13 @@ def test_ipv6_family_defaults_to_ipv4_when_not_asked() -> None:
                 put_pool("c", "192.0.2.0/30", default=True),
             ],
             "ipv6",
-            "2001:db8::",
+            "2001:db8::1",
         ),
         # A default of the other family does not count.
         (
             [put_pool("a", "192.0.2.0/30", default=True), put_pool("b", "2001:db8::/126")],
             "ipv6",
-            "2001:db8::",
+            "2001:db8::1",
         ),
     ],
 )

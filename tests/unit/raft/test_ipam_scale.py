@@ -136,7 +136,7 @@ def test_a_renewal_costs_the_same_whatever_the_state() -> None:
 def test_ipv6_slash_64_fills_holes_lowest_first() -> None:
     state = ClusterState()
     applied(state, pool("v6", "2001:db8:0:1::/64", default=True))
-    base = ipaddress.IPv6Address("2001:db8:0:1::")
+    base = ipaddress.IPv6Address("2001:db8:0:1::1")  # its ::0 is the subnet-router anycast
     for i in range(1000):
         value = applied(state, allocate(f"o{i}", ip_family="ipv6"))
         assert value["allocation"]["address"] == str(base + i)

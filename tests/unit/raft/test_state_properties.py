@@ -334,7 +334,7 @@ def test_independent_requests_commute(
             family = request["request"].get("ip_family", "ipv4")
             assert allocation.address.version == (6 if family == "ipv6" else 4)
     # Lowest free first: the addresses used are the lowest of each family, without gaps.
-    for version, base in ((4, "192.0.2.0"), (6, "2001:db8::")):
+    for version, base in ((4, "192.0.2.0"), (6, "2001:db8::1")):
         used = sorted(int(a) for a in addresses if a.version == version)
         start = int(ipaddress.ip_address(base))
         assert used == list(range(start, start + len(used)))
