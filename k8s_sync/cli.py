@@ -121,7 +121,11 @@ def serve_health(syncer: Syncer, listen: str) -> ThreadingHTTPServer:
     help="Prefix of this cluster's service ids.",
 )
 @click.option("--class", "klass", envvar="RAFTLB_CLASS", default="raftlb.io/lb", show_default=True)
-@click.option("--include-unclassed", is_flag=True, help="Also Services with no class.")
+@click.option(
+    "--include-unclassed",
+    is_flag=True,
+    help="Also Services with no class, as MetalLB takes them by default (the migration mode).",
+)
 @click.option(
     "--backends",
     envvar="RAFTLB_BACKENDS",
@@ -137,6 +141,14 @@ def serve_health(syncer: Syncer, listen: str) -> ThreadingHTTPServer:
     help="/healthz and /metrics",
 )
 @click.option("--resync", default=300.0, show_default=True, help="Seconds between full resyncs.")
+@click.option(
+    "--finalizer/--no-finalizer",
+    envvar="RAFTLB_FINALIZER",
+    default=True,
+    show_default=True,
+    help="Hold a Service's deletion (service.kubernetes.io/load-balancer-cleanup) until its VIP "
+    "is released, as cloud controllers do; needs 'patch' on services.",
+)
 def k8s_sync(
     kubeconfig: Path | None,
     in_cluster: bool,
@@ -149,6 +161,7 @@ def k8s_sync(
     backends: str,
     listen: str,
     resync: float,
+    finalizer: bool,
 ) -> None:
     """Import Services of type LoadBalancer (and their EndpointSlices and Nodes) into the
     appliance, and write the VIPs back into their status."""
@@ -187,6 +200,7 @@ def k8s_sync(
         load_balancer_class=klass,
         include_unclassed=include_unclassed,
         backends="pods" if backends == "pods" else "nodes",
+        finalizer=finalizer,
     )
     syncer = Syncer(client.CoreV1Api(kube), client.DiscoveryV1Api(kube), appliance, options, resync)
     stop = threading.Event()

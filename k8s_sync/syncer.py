@@ -10,12 +10,18 @@ cold start with thousands of Services costs seconds, not a request round trip pe
 A key that fails is retried with backoff without holding up the others. At start and every
 `resync` seconds every key is reconciled again, including this cluster's ids that exist only in
 the appliance (Services deleted while the sync was down).
+
+A Service stops being ours when it is deleted (its deletionTimestamp is set), its type or class
+changes: its addresses are taken out of its status first, then released in the appliance. With
+`finalizer` (the default, as cloud controllers do) a Service given an address carries the
+finalizer `service.kubernetes.io/load-balancer-cleanup`, removed only after the release: a
+Service deleted while the sync was down stays Terminating until the sync has released its VIP,
+so no VIP outlives its Service.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import logging
 import threading
 import time
@@ -26,6 +32,7 @@ from appliance.apierror import ApiError
 from appliance.backoff import Backoff
 from appliance.client import ApiClient, ApiUnreachable
 from appliance.model import Service
+from k8s_sync.events import EventRecorder
 from k8s_sync.informer import Informer, object_key
 from k8s_sync.plan import Plan, Stored, ingress_patch, owned, plan
 from k8s_sync.translate import (
@@ -43,6 +50,8 @@ COMPONENT = "raftlb-k8s-sync"
 RETRY = Backoff(first=0.5, cap=30.0)  # the wait before reconciling a failed Service again
 # Status patches and Events in flight at once (and the Kubernetes client's connection pool).
 CONCURRENCY = 16
+# The finalizer the cloud service controllers use for the same guarantee.
+FINALIZER = "service.kubernetes.io/load-balancer-cleanup"
 
 
 class WorkQueue:
@@ -152,6 +161,7 @@ class Syncer:
         workers: int = 2,
         batch: int = 1000,
         concurrency: int = CONCURRENCY,
+        event_interval: float = 300.0,
     ) -> None:
         self.core = core
         self.appliance = appliance
@@ -172,6 +182,7 @@ class Syncer:
         self.known = Known()
         # Status patches and Events, concurrently (the kubernetes client is thread-safe).
         self.pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="k8s")
+        self.events = EventRecorder(core, COMPONENT, interval=event_interval)
         self.reconciled = 0
         self.failures = 0
         self._deleted: dict[str, dict[str, Any]] = {}
@@ -228,7 +239,7 @@ class Syncer:
         for key in keys:
             service = self.services.get(key)
             desired = {}
-            if service is not None and wanted(service, self.options):
+            if service is not None and self._ours(service):
                 try:
                     specs = translate(service, self.slices.indexed(key), nodes, self.options)
                 except TranslationError as exc:
@@ -236,6 +247,10 @@ class Syncer:
                     log.warning("%s: not applied: %s", key, exc)
                     continue  # nothing applied: the previous state stays
                 desired = {s.id: s for s in specs}
+            elif service is not None and existing[key]:
+                # No longer ours: its status gives the addresses up before they are released,
+                # so no Service shows an address the appliance may give to another.
+                self._clear_status(service, {str(s.address) for s in existing[key].values()})
             work.append(
                 (key, service, existing[key], plan(self.options.cluster, desired, existing[key]))
             )
@@ -316,8 +331,62 @@ class Syncer:
             if subject is not None:
                 self._event(subject, "Normal", "IPReleased", f"{existing[sid].address} ({sid})")
             log.info("%s: released %s", key, existing[sid].address)
-        if service is not None and wanted(service, self.options):
+        if service is None:
+            return
+        if self._ours(service):
             self._patch_status(service, list(applied.values()))
+            if applied:
+                self._affinity_note(service)
+                self._set_finalizer(service, True)
+        elif not any(sid not in outcome.deleted for sid in existing):
+            self._set_finalizer(service, False)  # nothing of it left in the appliance
+
+    def _ours(self, service: dict[str, Any]) -> bool:
+        """Handled by this sync and not being deleted."""
+        meta = service.get("metadata") or {}
+        return wanted(service, self.options) and not meta.get("deletionTimestamp")
+
+    def _set_finalizer(self, service: dict[str, Any], present: bool) -> None:
+        """Add or remove our finalizer (strategic merge patches: neither depends on the list's
+        other entries, so no read-modify-write race with other controllers)."""
+        meta = service.get("metadata") or {}
+        has = FINALIZER in (meta.get("finalizers") or [])
+        if has == present or (present and not self.options.finalizer):
+            return
+        if present:
+            patch: dict[str, Any] = {"metadata": {"finalizers": [FINALIZER]}}
+        else:
+            patch = {"metadata": {"$deleteFromPrimitiveList/finalizers": [FINALIZER]}}
+        self.core.patch_namespaced_service(meta["name"], meta["namespace"], patch)
+        verb = "added" if present else "removed"
+        log.info("%s/%s: finalizer %s %s", meta["namespace"], meta["name"], FINALIZER, verb)
+
+    def _clear_status(self, service: dict[str, Any], addresses: set[str]) -> None:
+        """Take `addresses` (ours) out of the Service's ingress; another controller's stay."""
+        current = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        kept = [i for i in current if i.get("ip") not in addresses]
+        if len(kept) == len(current):
+            return
+        meta = service["metadata"]
+        body = {"status": {"loadBalancer": {"ingress": kept or None}}}
+        self.core.patch_namespaced_service_status(meta["name"], meta["namespace"], body)
+
+    def _affinity_note(self, service: dict[str, Any]) -> None:
+        """ClientIP affinity is kept by hashing the source address: as long as the backends
+        stay the same, with no timeout. Said once (the recorder aggregates)."""
+        spec = service.get("spec") or {}
+        if spec.get("sessionAffinity") != "ClientIP":
+            return
+        config = (spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}
+        timeout = config.get("timeoutSeconds", 10800)
+        self._event(
+            service,
+            "Normal",
+            "SessionAffinity",
+            "sessionAffinity ClientIP is kept by source-address hashing: a client stays with "
+            f"its backend while the backends stay the same; timeoutSeconds ({timeout}) is not "
+            "applied",
+        )
 
     def _patch_status(self, service: dict[str, Any], applied: list[Stored | Service]) -> None:
         body = ingress_patch(applied)
@@ -329,32 +398,7 @@ class Syncer:
         self.core.patch_namespaced_service_status(meta["name"], meta["namespace"], body)
 
     def _event(self, service: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        meta = service.get("metadata") or {}
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "metadata": {
-                "generateName": f"{meta.get('name')}.",
-                "namespace": meta.get("namespace"),
-            },
-            "involvedObject": {
-                "kind": "Service",
-                "apiVersion": "v1",
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-            },
-            "type": kind,
-            "reason": reason,
-            "message": message[:1000],
-            "source": {"component": COMPONENT},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            self.core.create_namespaced_event(meta.get("namespace"), body)
-        except Exception as exc:  # an event is best effort: never fail a reconcile for it
-            log.debug("event %s for %s not recorded: %s", reason, meta.get("name"), exc)
+        self.events.record(service, kind, reason, message)
 
     # --- running -----------------------------------------------------------------------------
 

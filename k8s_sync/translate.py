@@ -67,6 +67,8 @@ class Options:
     load_balancer_class: str = "raftlb.io/lb"
     include_unclassed: bool = False
     backends: Literal["nodes", "pods"] = "nodes"
+    # Hold a Service's deletion until its VIP is released (see k8s_sync.syncer).
+    finalizer: bool = True
 
 
 class TranslationError(Exception):

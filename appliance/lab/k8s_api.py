@@ -3,8 +3,11 @@ its tests and benchmarks.
 
 Lists (`resourceVersion` in the list metadata), watch streams (`?watch=true`: chunked JSON
 lines of ADDED/MODIFIED/DELETED events after the given resourceVersion, BOOKMARK events when
-asked, an ERROR event with code 410 when the version is older than the kept history), merge
-patch of a Service's status, and Events. One global resourceVersion counter, as in etcd.
+asked, an ERROR event with code 410 when the version is older than the kept history), PATCH of
+a Service and of its status by the patch type its Content-Type names (`k8s_patch`), DELETE of a
+Service with finalizers as the real server does it (deletionTimestamp first, gone when the last
+finalizer is removed, no new finalizer meanwhile), and Events (created with generateName,
+patched). One global resourceVersion counter, as in etcd.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import asyncio
 import contextlib
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from aiohttp import web
+
+from appliance.lab.k8s_patch import PatchError, apply_patch
 
 KINDS = {
     "services": ("/api/v1/services", "ServiceList", "v1"),
@@ -61,7 +67,9 @@ class FakeApiServer:
         self.history: list[tuple[int, str, str, dict[str, Any]]] = []  # rv, kind, type, obj
         self.oldest = self.rv  # watches from before this get 410 Gone
         self.events: list[dict[str, Any]] = []
-        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.event_patches: list[tuple[str, dict[str, Any]]] = []
+        self.patches: list[tuple[str, dict[str, Any]]] = []  # status patches, by Service key
+        self.service_patches: list[tuple[str, Any]] = []
         self.watches = 0
         self._changed: asyncio.Condition | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -92,7 +100,16 @@ class FakeApiServer:
         self._record(kind, event, obj)
 
     def delete(self, kind: str, k: str) -> None:
-        obj = self.objects[kind].pop(k)
+        """Delete as the real server does: an object with finalizers only gets its
+        deletionTimestamp, and goes once its last finalizer is removed."""
+        obj = self.objects[kind][k]
+        if obj["metadata"].get("finalizers"):
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj["metadata"]["deletionTimestamp"] = _now()
+                obj["metadata"]["deletionGracePeriodSeconds"] = 0
+                self._record(kind, "MODIFIED", obj)
+            return
+        del self.objects[kind][k]
         self._record(kind, "DELETED", obj)
 
     def compact(self) -> None:
@@ -115,10 +132,12 @@ class FakeApiServer:
         app = web.Application()
         for kind, (path, _, _) in KINDS.items():
             app.router.add_get(path, self._handler(kind))
-        app.router.add_patch(
-            "/api/v1/namespaces/{namespace}/services/{name}/status", self._patch_status
-        )
+        service = "/api/v1/namespaces/{namespace}/services/{name}"
+        app.router.add_patch(f"{service}/status", self._patch_status)
+        app.router.add_patch(service, self._patch_service)
+        app.router.add_delete(service, self._delete_service)
         app.router.add_post("/api/v1/namespaces/{namespace}/events", self._post_event)
+        app.router.add_patch("/api/v1/namespaces/{namespace}/events/{name}", self._patch_event)
         app.on_startup.append(self._startup)
         return app
 
@@ -203,29 +222,93 @@ class FakeApiServer:
         await response.write_eof()
         return response
 
-    async def _patch_status(self, request: web.Request) -> web.Response:
+    async def _patched(self, request: web.Request, obj: dict[str, Any]) -> dict[str, Any]:
+        body = await request.json()
+        return apply_patch(obj, request.headers.get("Content-Type", ""), body)
+
+    def _service(self, request: web.Request) -> tuple[str, dict[str, Any]]:
         k = f"{request.match_info['namespace']}/{request.match_info['name']}"
-        if k not in self.objects["services"]:
-            return web.json_response({"kind": "Status", "code": 404}, status=404)
-        patch = await request.json()
-        self.patches.append((k, patch))
-        obj = self.objects["services"][k]
-        _merge(obj, patch)
+        obj = self.objects["services"].get(k)
+        if obj is None:
+            raise PatchError(404, "NotFound", f'services "{request.match_info["name"]}" not found')
+        return k, obj
+
+    async def _patch_status(self, request: web.Request) -> web.Response:
+        """The status subresource: only `status` changes, whatever else the patch holds."""
+        try:
+            k, obj = self._service(request)
+            patched = await self._patched(request, obj)
+        except PatchError as exc:
+            return web.json_response(exc.status(), status=exc.code)
+        self.patches.append((k, {"status": patched.get("status")}))
+        obj["status"] = patched.get("status") or {}
         self._record("services", "MODIFIED", obj)
+        return web.json_response(obj)
+
+    async def _patch_service(self, request: web.Request) -> web.Response:
+        """The object: metadata (labels, annotations, finalizers) and spec; never status, and
+        never a new finalizer once its deletion has started."""
+        try:
+            k, obj = self._service(request)
+            patched = await self._patched(request, obj)
+            before = obj["metadata"].get("finalizers") or []
+            after = patched["metadata"].get("finalizers") or []
+            if obj["metadata"].get("deletionTimestamp") and set(after) - set(before):
+                raise PatchError(
+                    422,
+                    "Invalid",
+                    "metadata.finalizers: Forbidden: no new finalizers can be added if the "
+                    "object is being deleted",
+                )
+        except PatchError as exc:
+            return web.json_response(exc.status(), status=exc.code)
+        self.service_patches.append((k, await request.json()))
+        kept = {f: obj["metadata"][f] for f in _SERVER_OWNED if f in obj["metadata"]}
+        obj["metadata"] = {**patched["metadata"], **kept}
+        obj["spec"] = patched.get("spec") or {}
+        if obj["metadata"].get("deletionTimestamp") and not after:
+            del self.objects["services"][k]
+            self._record("services", "DELETED", obj)
+        else:
+            self._record("services", "MODIFIED", obj)
+        return web.json_response(obj)
+
+    async def _delete_service(self, request: web.Request) -> web.Response:
+        try:
+            k, obj = self._service(request)
+        except PatchError as exc:
+            return web.json_response(exc.status(), status=exc.code)
+        self.delete("services", k)
         return web.json_response(obj)
 
     async def _post_event(self, request: web.Request) -> web.Response:
         event = await request.json()
+        meta = event.setdefault("metadata", {})
+        if not meta.get("name"):
+            self.rv += 1  # a name the real server would make up: generateName + a suffix
+            meta["name"] = f"{meta.get('generateName', 'event.')}{self.rv:x}"
+        meta["namespace"] = request.match_info["namespace"]
         self.events.append(event)
         return web.json_response(event, status=201)
 
+    async def _patch_event(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        found = [i for i, e in enumerate(self.events) if e["metadata"].get("name") == name]
+        if not found:
+            status = PatchError(404, "NotFound", f'events "{name}" not found').status()
+            return web.json_response(status, status=404)
+        try:
+            patched = await self._patched(request, self.events[found[0]])
+        except PatchError as exc:
+            return web.json_response(exc.status(), status=exc.code)
+        self.event_patches.append((name, await request.json()))
+        self.events[found[0]] = patched
+        return web.json_response(patched)
 
-def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
-    """JSON merge patch (RFC 7386)."""
-    for k, v in patch.items():
-        if v is None:
-            target.pop(k, None)
-        elif isinstance(v, dict) and isinstance(target.get(k), dict):
-            _merge(target[k], v)
-        else:
-            target[k] = copy.deepcopy(v)
+
+# Set by the server only: a patch cannot change them.
+_SERVER_OWNED = ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -18,8 +18,9 @@ def test_rbac_is_least_privilege_and_the_deployment_probes_healthz() -> None:
     assert rules == {
         (("",), ("services", "nodes")): {"list", "watch"},
         (("",), ("services/status",)): {"patch"},
+        (("",), ("services",)): {"patch"},  # the finalizer
         (("discovery.k8s.io",), ("endpointslices",)): {"list", "watch"},
-        (("",), ("events",)): {"create"},
+        (("",), ("events",)): {"create", "patch"},  # patch: a repeated Event's count
     }
     container = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0] == "k8s-sync" and "--in-cluster" in container["args"]

@@ -76,8 +76,16 @@ class World:
     appliance: ApiClient
     k8s: ServedApp
 
-    def syncer(self, cluster: str = "prod") -> tuple[Syncer, threading.Event, threading.Thread]:
-        syncer = Syncer.for_url(self.k8s_url, self.appliance, Options(cluster=cluster), resync=2.0)
+    def syncer(
+        self, cluster: str = "prod", event_interval: float = 300.0, **options: Any
+    ) -> tuple[Syncer, threading.Event, threading.Thread]:
+        syncer = Syncer.for_url(
+            self.k8s_url,
+            self.appliance,
+            Options(cluster=cluster, **options),
+            resync=2.0,
+            event_interval=event_interval,
+        )
         stop = threading.Event()
         thread = threading.Thread(target=syncer.run, args=(stop,), daemon=True)
         thread.start()
