@@ -14,9 +14,12 @@ Every refusal is a `DocumentError` whose message says where.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 MAX_DEPTH = 64
 MAX_BYTES = 16 * 1024 * 1024
@@ -80,8 +83,17 @@ class _StrictLoader(yaml.SafeLoader):
 
 def load_yaml(text: str) -> Any:
     """One YAML document, strictly (see the module doc). Raises DocumentError."""
+    return _yaml(lambda: yaml.load(text, Loader=_StrictLoader))
+
+
+def load_yaml_all(text: str) -> list[Any]:
+    """Every document of a YAML stream (`---`: manifests), each as strictly. DocumentError."""
+    return _yaml(lambda: list(yaml.load_all(text, Loader=_StrictLoader)))
+
+
+def _yaml(load: Callable[[], T]) -> T:
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        return load()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -9,13 +9,14 @@ sent until the whole file is valid.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from appliance.documents import DocumentError, decode, load_json, load_yaml
+from appliance.documents import DocumentError, decode, load_json, load_yaml, load_yaml_all
 from appliance.model import Pool, ServiceSpec, field_errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,13 +50,24 @@ _KEYS = {"pools": "raftlb pools apply", "services": "raftlb services apply"}
 
 def read_document(path: str) -> Any:
     """Parse the file at `path` ("-" for stdin): JSON if it ends in .json, YAML otherwise."""
+    return _read(path, load_yaml)
+
+
+def read_documents(path: str) -> list[Any]:
+    """Every document of the file at `path` ("-": stdin): a YAML stream (`---`), or one JSON."""
+    return _read(path, load_yaml_all, many=True)  # type: ignore[no-any-return]
+
+
+def _read(path: str, yaml_loader: Callable[[str], Any], many: bool = False) -> Any:
     try:
         raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise FileInvalid(f"cannot read the file: {exc.strerror or exc}") from None
     try:
         text = decode(raw)
-        return load_json(text) if path.endswith(".json") else load_yaml(text)
+        if path.endswith(".json"):
+            return [load_json(text)] if many else load_json(text)
+        return yaml_loader(text)
     except DocumentError as exc:
         raise FileInvalid(str(exc)) from None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from appliance.cli.context import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliContext, pass_cli
+from appliance.cli.migrate import migrate_group
 from appliance.cli.resources import COMMANDS
 from appliance.cli.seed import seed_command
 from appliance.config import ConfigError, check_host, load_config, summary
@@ -166,6 +167,7 @@ def config_check(cli_ctx: CliContext, path: Path) -> None:
 for command in COMMANDS:
     cli.add_command(command)
 cli.add_command(seed_command)
+cli.add_command(migrate_group)
 cli.add_command(k8s_sync)
 
 
