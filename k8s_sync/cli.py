@@ -149,6 +149,15 @@ def serve_health(syncer: Syncer, listen: str) -> ThreadingHTTPServer:
     help="Hold a Service's deletion (service.kubernetes.io/load-balancer-cleanup) until its VIP "
     "is released, as cloud controllers do; needs 'patch' on services.",
 )
+@click.option(
+    "--owner-interval",
+    envvar="RAFTLB_OWNER_INTERVAL",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between reads of where the VIPs are answered (the raftlb.io/vip-node "
+    "annotation and the VIPFailover/VIPMoved Events); 0: off.",
+)
 def k8s_sync(
     kubeconfig: Path | None,
     in_cluster: bool,
@@ -162,6 +171,7 @@ def k8s_sync(
     listen: str,
     resync: float,
     finalizer: bool,
+    owner_interval: float,
 ) -> None:
     """Import Services of type LoadBalancer (and their EndpointSlices and Nodes) into the
     appliance, and write the VIPs back into their status."""
@@ -202,7 +212,14 @@ def k8s_sync(
         backends="pods" if backends == "pods" else "nodes",
         finalizer=finalizer,
     )
-    syncer = Syncer(client.CoreV1Api(kube), client.DiscoveryV1Api(kube), appliance, options, resync)
+    syncer = Syncer(
+        client.CoreV1Api(kube),
+        client.DiscoveryV1Api(kube),
+        appliance,
+        options,
+        resync,
+        owner_interval=owner_interval,
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -34,6 +34,7 @@ from appliance.client import ApiClient, ApiUnreachable
 from appliance.model import Service
 from k8s_sync.events import EventRecorder
 from k8s_sync.informer import Informer, object_key
+from k8s_sync.owners import ANNOTATION, Move, OwnerTracker
 from k8s_sync.plan import Plan, Stored, ingress_patch, owned, plan
 from k8s_sync.translate import (
     SERVICE_NAME_LABEL,
@@ -162,6 +163,7 @@ class Syncer:
         batch: int = 1000,
         concurrency: int = CONCURRENCY,
         event_interval: float = 300.0,
+        owner_interval: float = 5.0,
     ) -> None:
         self.core = core
         self.appliance = appliance
@@ -183,6 +185,8 @@ class Syncer:
         # Status patches and Events, concurrently (the kubernetes client is thread-safe).
         self.pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="k8s")
         self.events = EventRecorder(core, COMPONENT, interval=event_interval)
+        self.owner_interval = owner_interval
+        self.owners = OwnerTracker(self._annotate, self._moved)
         self.reconciled = 0
         self.failures = 0
         self._deleted: dict[str, dict[str, Any]] = {}
@@ -208,8 +212,7 @@ class Syncer:
         """Every Service known, and every id of this cluster in the appliance."""
         keys = {object_key(s) for s in self.services.snapshot()}
         for sid in self._list_owned():
-            namespace, name = sid.split("/", 1)[1].rsplit(":", 1)[0].split("/", 1)
-            keys.add(f"{namespace}/{name}")
+            keys.add(_key_of(sid))
         for key in keys:
             self.queue.add(key)
 
@@ -400,6 +403,37 @@ class Syncer:
     def _event(self, service: dict[str, Any], kind: str, reason: str, message: str) -> None:
         self.events.record(service, kind, reason, message)
 
+    # --- where the VIPs are answered -----------------------------------------------------------
+
+    def track_owners(self) -> None:
+        """One poll of the appliance's VIPs for the annotation and the move Events."""
+        vips = self.appliance.vips()
+        addresses: dict[str, list[str]] = {}
+        for sid, stored in self.known.services().items():
+            addresses.setdefault(_key_of(sid), []).append(str(stored.address))
+        ours: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        for key, found in addresses.items():
+            service = self.services.get(key)
+            if service is not None and self._ours(service):
+                ours[key] = (service, found)
+        self.owners.poll(vips, ours)
+
+    def _annotate(self, service: Any, value: str) -> None:
+        meta = service["metadata"]
+        patch = {"metadata": {"annotations": {ANNOTATION: value}}}
+        self.core.patch_namespaced_service(meta["name"], meta["namespace"], patch)
+
+    def _moved(self, move: Move, service: Any) -> None:
+        self._event(service, move.kind, move.reason, move.message)
+
+    def _track(self, stop: threading.Event) -> None:
+        while not stop.wait(self.owner_interval):
+            try:
+                self.track_owners()
+            except (ApiError, ApiUnreachable, OSError) as exc:
+                log.debug("VIP owners not read (%s); trying again in %.0f s", exc,
+                          self.owner_interval)  # fmt: skip
+
     # --- running -----------------------------------------------------------------------------
 
     def _work(self, stop: threading.Event) -> None:
@@ -449,6 +483,10 @@ class Syncer:
             threading.Thread(target=self._work, args=(stop,), name=f"sync-{n}", daemon=True)
             for n in range(self.workers)
         ]
+        if self.owner_interval > 0:
+            workers.append(
+                threading.Thread(target=self._track, args=(stop,), name="owners", daemon=True)
+            )
         for worker in workers:
             worker.start()
         ready()
@@ -459,6 +497,12 @@ class Syncer:
         for thread in [*threads, *workers]:
             thread.join(5)
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _key_of(sid: str) -> str:
+    """The Service key (namespace/name) of an id `cluster/namespace/name:family`."""
+    namespace, name = sid.split("/", 1)[1].rsplit(":", 1)[0].split("/", 1)
+    return f"{namespace}/{name}"
 
 
 def _slice_service(obj: dict[str, Any]) -> str | None:

@@ -75,9 +75,14 @@ class World:
     k8s_url: str
     appliance: ApiClient
     k8s: ServedApp
+    cluster: InMemoryCluster
 
     def syncer(
-        self, cluster: str = "prod", event_interval: float = 300.0, **options: Any
+        self,
+        cluster: str = "prod",
+        event_interval: float = 300.0,
+        owner_interval: float = 5.0,
+        **options: Any,
     ) -> tuple[Syncer, threading.Event, threading.Thread]:
         syncer = Syncer.for_url(
             self.k8s_url,
@@ -85,6 +90,7 @@ class World:
             Options(cluster=cluster, **options),
             resync=2.0,
             event_interval=event_interval,
+            owner_interval=owner_interval,
         )
         stop = threading.Event()
         thread = threading.Thread(target=syncer.run, args=(stop,), daemon=True)
@@ -114,7 +120,7 @@ def world() -> Iterator[World]:
         appliance.put_pool(Pool(name="lan", addresses=["192.0.2.10-192.0.2.12"], default=True))
         api.call(api.put, "nodes", k8s_node("k1", 1))
         api.call(api.put, "nodes", k8s_node("k2", 2))
-        yield World(api, k8s.url, appliance, k8s)
+        yield World(api, k8s.url, appliance, k8s, cluster)
         appliance.close()
 
 

@@ -6,11 +6,15 @@ rollout, and a misconfigured Service getting one Event with a count, not a flood
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
 
+from appliance.model import ChangeReason
+from k8s_sync.owners import ANNOTATION
 from k8s_sync.syncer import FINALIZER, Syncer
+from raft.commands import AssignVips, Placement, encode
 from tests.k8s.test_sync import World, k8s_service, until, world
 
 pytestmark = pytest.mark.timeout(90)
@@ -169,5 +173,38 @@ def test_a_misconfigured_service_gets_one_event_with_a_count(world: World, inter
         # Another problem is news: a second Event at once.
         api.call(api.put, "services", k8s_service("web", **{"raftlb.io/pool": "Other Bad"}))
         until(lambda: len(invalid()) == 2, "an event for the new problem")
+    finally:
+        stopped(run)
+
+
+def test_the_service_shows_where_its_vip_is_answered_and_a_failover_is_an_event(
+    world: World,
+) -> None:
+    api = world.api
+    run = world.syncer(owner_interval=0.2)
+
+    def assign(address: str, node: str, reason: ChangeReason, dead_for: float | None) -> None:
+        placement = Placement(node=node, reason=reason, dead_for=dead_for)
+        command = AssignVips(placements={address: placement}, at=time.time())
+        assert world.cluster.state.apply(encode(command))["ok"]
+
+    def shown() -> str | None:
+        obj = service_object(world) or {}
+        return (obj.get("metadata", {}).get("annotations") or {}).get(ANNOTATION)
+
+    try:
+        api.call(api.put, "services", k8s_service("web"))
+        address = str(until(lambda: world.spec(SID), "the service").address)
+        assign(address, "n1", ChangeReason.NEW, None)
+        until(lambda: shown() == f"{address}=n1", "the owner on the Service")
+        assign(address, "n2", ChangeReason.DEAD, 0.84)
+        until(lambda: shown() == f"{address}=n2", "the new owner on the Service")
+        moved = until(
+            lambda: [e for e in api.events if e["reason"] == "VIPFailover"], "a failover Event"
+        )
+        assert moved[0]["type"] == "Warning"
+        assert moved[0]["message"] == (
+            f"VIP {address} moved n1 -> n2: n1 stopped renewing, n1 silent for 0.84 s"
+        )
     finally:
         stopped(run)
