@@ -22,6 +22,7 @@ so no VIP outlives its Service.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import threading
 import time
@@ -109,6 +110,11 @@ class WorkQueue:
         with self._cond:
             return len(self._pending)
 
+    def idle(self) -> bool:
+        """Nothing waiting and nothing being worked on."""
+        with self._cond:
+            return not self._pending and not self._busy
+
 
 class Known:
     """This cluster's services in the appliance as the sync last saw them: listed at every full
@@ -190,13 +196,24 @@ class Syncer:
         self.reconciled = 0
         self.failures = 0
         self._deleted: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, str] = {}  # key -> what of the Service a reconcile depends on
 
     # --- events in ---------------------------------------------------------------------------
 
     def _on_service(self, kind: str, obj: dict[str, Any]) -> None:
+        key = object_key(obj)
         if kind == "DELETED":  # kept to hang the "released" event on
-            self._deleted[object_key(obj)] = obj
-        self.queue.add(object_key(obj))
+            self._deleted[key] = obj
+            self._seen.pop(key, None)
+        else:
+            # Our own annotation and finalizer patches come back as MODIFIED: they change
+            # nothing a reconcile reads, and reconciling every Service again for them doubled
+            # a cold start's work.
+            seen = _relevant(obj)
+            if kind == "MODIFIED" and self._seen.get(key) == seen:
+                return
+            self._seen[key] = seen
+        self.queue.add(key)
 
     def _on_slice(self, kind: str, obj: dict[str, Any]) -> None:
         key = _slice_service(obj)
@@ -427,6 +444,10 @@ class Syncer:
         self._event(service, move.kind, move.reason, move.message)
 
     def _track(self, stop: threading.Event) -> None:
+        # Addresses into statuses first: at a cold start the annotations wait until the
+        # queue has drained once (they were thousands of patches beside the status patches).
+        while not self.queue.idle() and not stop.wait(0.5):
+            pass
         while not stop.wait(self.owner_interval):
             try:
                 self.track_owners()
@@ -497,6 +518,18 @@ class Syncer:
         for thread in [*threads, *workers]:
             thread.join(5)
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _relevant(service: dict[str, Any]) -> str:
+    """What of a Service its reconcile reads: spec, status, deletion and every annotation but
+    the one this sync writes (labels, finalizers, managedFields... are not read)."""
+    meta = service.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != ANNOTATION}
+    return json.dumps(
+        [service.get("spec"), service.get("status"), meta.get("deletionTimestamp"), annotations],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _key_of(sid: str) -> str:
