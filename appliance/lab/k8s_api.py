@@ -72,6 +72,7 @@ class FakeApiServer:
         self.patches: list[tuple[str, dict[str, Any]]] = []  # status patches, by Service key
         self.service_patches: list[tuple[str, Any]] = []
         self.watches = 0
+        self.compactions = 0
         self._changed: asyncio.Condition | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[None]] = set()
@@ -114,9 +115,15 @@ class FakeApiServer:
         self._record(kind, "DELETED", obj)
 
     def compact(self) -> None:
-        """Forget the history: every watch from an older version now gets 410 Gone."""
+        """Forget the history: every watch from an older version now gets 410 Gone, and so
+        does every open watch (it may not have seen the forgotten events yet)."""
         self.history.clear()
         self.oldest = self.rv
+        self.compactions += 1
+        if self._changed is not None:
+            task = asyncio.ensure_future(self._notify())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run fn(*args) on the server's loop (from the test's thread) and return its result."""
@@ -180,25 +187,14 @@ class FakeApiServer:
         async def send(event: dict[str, Any]) -> None:
             await response.write((json.dumps(event) + "\n").encode())
 
+        compactions = self.compactions
         if since < self.oldest:
-            await send(
-                {
-                    "type": "ERROR",
-                    "object": {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "status": "Failure",
-                        "message": f"too old resource version: {since} ({self.oldest})",
-                        "reason": "Expired",
-                        "code": 410,
-                    },
-                }
-            )
-            await response.write_eof()
-            return response
+            return await self._gone(response, send, since)
         deadline = asyncio.get_running_loop().time() + timeout
         assert self._changed is not None
         while True:
+            if self.compactions != compactions:
+                return await self._gone(response, send, since)
             # The history is in rv order: start after `since` (a scan from the start made
             # every change cost the whole history, quadratic in a benchmark's thousands).
             start = bisect.bisect_right(self.history, since, key=lambda entry: entry[0])
@@ -223,6 +219,25 @@ class FakeApiServer:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+        await response.write_eof()
+        return response
+
+    async def _gone(
+        self, response: web.StreamResponse, send: Any, since: int
+    ) -> web.StreamResponse:
+        await send(
+            {
+                "type": "ERROR",
+                "object": {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "message": f"too old resource version: {since} ({self.oldest})",
+                    "reason": "Expired",
+                    "code": 410,
+                },
+            }
+        )
         await response.write_eof()
         return response
 
