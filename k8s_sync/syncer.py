@@ -22,6 +22,7 @@ so no VIP outlives its Service.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import logging
 import threading
@@ -197,6 +198,10 @@ class Syncer:
         self.failures = 0
         self._deleted: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, str] = {}  # key -> what of the Service a reconcile depends on
+        # Services given a VIP that still lack the finalizer (added once a cold start drained).
+        self._unfinalized: set[str] = set()
+        self._lock = threading.Lock()
+        self._cold = True
 
     # --- events in ---------------------------------------------------------------------------
 
@@ -357,7 +362,7 @@ class Syncer:
             self._patch_status(service, list(applied.values()))
             if applied:
                 self._affinity_note(service)
-                self._set_finalizer(service, True)
+                self._finalize_later(key)
         elif not any(sid not in outcome.deleted for sid in existing):
             self._set_finalizer(service, False)  # nothing of it left in the appliance
 
@@ -443,11 +448,38 @@ class Syncer:
     def _moved(self, move: Move, service: Any) -> None:
         self._event(service, move.kind, move.reason, move.message)
 
-    def _track(self, stop: threading.Event) -> None:
-        # Addresses into statuses first: at a cold start the annotations wait until the
-        # queue has drained once (they were thousands of patches beside the status patches).
-        while not self.queue.idle() and not stop.wait(0.5):
-            pass
+    def _finalize_later(self, key: str) -> None:
+        """Our finalizer for `key`: at once, except during a cold start, when addresses go
+        into statuses first (a patch per Service beside them made 1,000 Services' cold sync
+        take 2-3 s longer); the background loop adds it as soon as the queue has drained.
+        Meanwhile a deletion is still seen and released, as without the finalizer."""
+        with self._lock:
+            if self._cold:
+                self._unfinalized.add(key)
+                return
+        self._add_finalizer(key)
+
+    def _add_finalizer(self, key: str) -> None:
+        service = self.services.get(key)
+        if service is not None and self._ours(service):
+            self._set_finalizer(service, True)
+
+    def _background(self, stop: threading.Event) -> None:
+        """After the cold start: the finalizers it deferred, then the VIP owners' annotations
+        and move Events every `owner_interval` seconds."""
+        while not self.queue.idle():
+            if stop.wait(0.2):
+                return
+        with self._lock:  # from now on finalizers are added at once (_finalize_later)
+            self._cold = False
+            deferred, self._unfinalized = self._unfinalized, set()
+        for key in sorted(deferred):
+            try:
+                self._add_finalizer(key)
+            except Exception as exc:  # the next reconcile of the key adds it
+                log.warning("%s: finalizer not added (%s); added at its next reconcile", key, exc)
+        if self.owner_interval <= 0:
+            return
         while not stop.wait(self.owner_interval):
             try:
                 self.track_owners()
@@ -504,10 +536,9 @@ class Syncer:
             threading.Thread(target=self._work, args=(stop,), name=f"sync-{n}", daemon=True)
             for n in range(self.workers)
         ]
-        if self.owner_interval > 0:
-            workers.append(
-                threading.Thread(target=self._track, args=(stop,), name="owners", daemon=True)
-            )
+        workers.append(
+            threading.Thread(target=self._background, args=(stop,), name="after-cold", daemon=True)
+        )
         for worker in workers:
             worker.start()
         ready()
@@ -525,11 +556,12 @@ def _relevant(service: dict[str, Any]) -> str:
     the one this sync writes (labels, finalizers, managedFields... are not read)."""
     meta = service.get("metadata") or {}
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != ANNOTATION}
-    return json.dumps(
+    text = json.dumps(
         [service.get("spec"), service.get("status"), meta.get("deletionTimestamp"), annotations],
         sort_keys=True,
         default=str,
     )
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()  # thousands are kept
 
 
 def _key_of(sid: str) -> str:

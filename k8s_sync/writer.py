@@ -116,7 +116,9 @@ class Writer:
         for item, result in zip([*puts, *deletes], results, strict=True):
             outcome = outcomes[item.key]
             if item.spec is not None and isinstance(result, ServiceApplied):
-                outcome.applied[item.spec.id] = result.service
+                # The spec sent is the spec stored: keep that one, not a second parsed copy.
+                address = result.service.address
+                outcome.applied[item.spec.id] = Service(spec=item.spec, address=address)
             elif item.delete is not None and isinstance(result, ServiceDeleted):
                 outcome.deleted.append(item.delete)
             else:
