@@ -94,8 +94,8 @@ class OwnerTracker:
                     self.patch(service, value)
                     self.patched += 1
                 except Exception as exc:  # the next poll tries again
-                    log.warning("%s: %s not updated (%s); retrying at the next poll", key,
-                                ANNOTATION, exc)  # fmt: skip
+                    what = f"{key}: {ANNOTATION}"
+                    log.warning("%s not updated (%s); retrying at the next poll", what, exc)
             for entry in entries:
                 old = last.get(entry.address) if last is not None else None
                 held_by = self._held.get(entry.address)

@@ -484,8 +484,8 @@ class Syncer:
             try:
                 self.track_owners()
             except (ApiError, ApiUnreachable, OSError) as exc:
-                log.debug("VIP owners not read (%s); trying again in %.0f s", exc,
-                          self.owner_interval)  # fmt: skip
+                wait = self.owner_interval
+                log.debug("VIP owners not read (%s); trying again in %.0f s", exc, wait)
 
     # --- running -----------------------------------------------------------------------------
 

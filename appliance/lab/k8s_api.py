@@ -241,9 +241,12 @@ class FakeApiServer:
         await response.write_eof()
         return response
 
-    async def _patched(self, request: web.Request, obj: dict[str, Any]) -> dict[str, Any]:
+    async def _patched(
+        self, request: web.Request, obj: dict[str, Any]
+    ) -> tuple[dict[str, Any], Any]:
+        """`obj` patched by the request, and the patch as sent (recorded by the callers)."""
         body = await request.json()
-        return apply_patch(obj, request.headers.get("Content-Type", ""), body)
+        return apply_patch(obj, request.headers.get("Content-Type", ""), body), body
 
     def _service(self, request: web.Request) -> tuple[str, dict[str, Any]]:
         k = f"{request.match_info['namespace']}/{request.match_info['name']}"
@@ -256,7 +259,7 @@ class FakeApiServer:
         """The status subresource: only `status` changes, whatever else the patch holds."""
         try:
             k, obj = self._service(request)
-            patched = await self._patched(request, obj)
+            patched, _ = await self._patched(request, obj)
         except PatchError as exc:
             return web.json_response(exc.status(), status=exc.code)
         self.patches.append((k, {"status": patched.get("status")}))
@@ -269,7 +272,7 @@ class FakeApiServer:
         never a new finalizer once its deletion has started."""
         try:
             k, obj = self._service(request)
-            patched = await self._patched(request, obj)
+            patched, body = await self._patched(request, obj)
             before = obj["metadata"].get("finalizers") or []
             after = patched["metadata"].get("finalizers") or []
             if obj["metadata"].get("deletionTimestamp") and set(after) - set(before):
@@ -281,7 +284,7 @@ class FakeApiServer:
                 )
         except PatchError as exc:
             return web.json_response(exc.status(), status=exc.code)
-        self.service_patches.append((k, await request.json()))
+        self.service_patches.append((k, body))
         kept = {f: obj["metadata"][f] for f in _SERVER_OWNED if f in obj["metadata"]}
         obj["metadata"] = {**patched["metadata"], **kept}
         obj["spec"] = patched.get("spec") or {}
@@ -317,10 +320,10 @@ class FakeApiServer:
             status = PatchError(404, "NotFound", f'events "{name}" not found').status()
             return web.json_response(status, status=404)
         try:
-            patched = await self._patched(request, self.events[found[0]])
+            patched, body = await self._patched(request, self.events[found[0]])
         except PatchError as exc:
             return web.json_response(exc.status(), status=exc.code)
-        self.event_patches.append((name, await request.json()))
+        self.event_patches.append((name, body))
         self.events[found[0]] = patched
         return web.json_response(patched)
 
