@@ -466,6 +466,11 @@ class ServiceSpec(_Frozen):
 
     id: ObjectId
     vip: VipIP | None = Field(default=None, description="A specific address; else allocated")
+    prefer_vip: VipIP | None = Field(
+        default=None,
+        description="An address to take when it is free in the pool, else one is allocated "
+        "(a move from another load balancer keeps its addresses without pinning them)",
+    )
     pool: Name | None = Field(default=None, description="Pool to allocate from; else the default")
     ip_family: IPFamily | None = Field(
         default=None, description="Family to allocate when no vip is given (default ipv4)"
@@ -496,6 +501,10 @@ class ServiceSpec(_Frozen):
     def _family_matches_vip(self) -> ServiceSpec:
         if self.vip is not None and self.ip_family not in (None, family_of(self.vip)):
             raise ValueError(f"ip_family {self.ip_family} does not match vip {self.vip}")
+        if self.prefer_vip is not None and family_of(self.prefer_vip) != self.family():
+            raise ValueError(
+                f"prefer_vip {self.prefer_vip} is not of the service's family {self.family()}"
+            )
         return self
 
     def family(self) -> IPFamily:
@@ -513,6 +522,8 @@ class AllocationRequest(_Frozen):
     owner: ObjectId
     pool: Name | None = None
     address: VipIP | None = None
+    # Taken when free in the pool, else the lowest free address: never an error.
+    prefer: VipIP | None = None
     ip_family: IPFamily | None = None
     sharing_key: SharingKey | None = None
     ports: list[PortKey] = Field(default_factory=list)
@@ -521,6 +532,8 @@ class AllocationRequest(_Frozen):
     def _family_matches_address(self) -> AllocationRequest:
         if self.address is not None and self.ip_family not in (None, family_of(self.address)):
             raise ValueError(f"ip_family {self.ip_family} does not match address {self.address}")
+        if self.prefer is not None and family_of(self.prefer) != self.family():
+            raise ValueError(f"prefer {self.prefer} is not of the family {self.family()}")
         return self
 
     def family(self) -> IPFamily:
@@ -534,6 +547,7 @@ class AllocationRequest(_Frozen):
             owner=spec.id,
             pool=spec.pool,
             address=spec.vip,
+            prefer=spec.prefer_vip,
             ip_family=spec.family(),
             sharing_key=spec.sharing_key,
             ports=spec.port_keys(),

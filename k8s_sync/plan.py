@@ -18,8 +18,11 @@ from appliance.model import IPAddress, Service, ServiceSpec
 
 
 def fingerprint(spec: ServiceSpec) -> bytes:
-    """A spec's identity as 16 bytes: two specs are equal exactly when their JSON is."""
-    text = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """A spec's identity as 16 bytes: two specs are equal exactly when their JSON is, but for
+    `prefer_vip`, which only matters to a first allocation: the status the sync writes after it
+    must not make every Service be PUT again."""
+    body = spec.model_dump(mode="json", exclude={"prefer_vip"})
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 

@@ -20,6 +20,10 @@ Annotations: `raftlb.io/pool`, `raftlb.io/addresses` (comma-separated, one per f
 spelled `metallb.universe.tf/...`), so Services written for MetalLB move unchanged. A bad one
 (or two spellings that disagree, or an address of a family the Service does not have) raises
 `TranslationError` naming the field and the value, and nothing of the Service is applied.
+
+An address already in `status.loadBalancer.ingress` (written by MetalLB before a move, or by an
+earlier appliance) is sent as `prefer_vip`: the appliance keeps it when it is free in the pool,
+so a move keeps every Service's address without pinning any (see `raft.ipam`).
 """
 
 from __future__ import annotations
@@ -221,6 +225,24 @@ def _requested(
     return out
 
 
+def _shown(service: Mapping[str, Any]) -> dict[str, str]:
+    """The addresses the Service's status shows, by family (the first of each). Whatever wrote
+    them, a status is no input of the user's: what is no unicast address is passed over."""
+    status = service.get("status") or {}
+    found: dict[str, str] = {}
+    for entry in (status.get("loadBalancer") or {}).get("ingress") or []:
+        text = entry.get("ip") if isinstance(entry, Mapping) else None
+        if not isinstance(text, str):
+            continue  # a hostname (a cloud load balancer's), or nothing
+        try:
+            address = parse_address(text)
+        except ValueError:
+            continue
+        if not_unicast(address) is None:
+            found.setdefault(FAMILIES[f"IPv{address.version}"], str(address))
+    return found
+
+
 def translate(
     service: Mapping[str, Any],
     slices: Iterable[Mapping[str, Any]],
@@ -257,6 +279,7 @@ def translate(
     if errors:
         raise TranslationError(errors)
     out = []
+    shown = _shown(service)
     for family in families:
         ports = []
         for port in spec.get("ports") or []:
@@ -280,6 +303,8 @@ def translate(
         }
         if family in requested:
             body["vip"] = requested[family]
+        elif family in shown:
+            body["prefer_vip"] = shown[family]
         if pool:
             body["pool"] = pool
         if sharing:
@@ -329,7 +354,8 @@ def _backends(
             (
                 p.get("port")
                 for p in piece.get("ports") or []
-                if p.get("name", "") == port.get("name", "")
+                # An unnamed port: no name in the Service, "" (or null) in the slice.
+                if (p.get("name") or "") == (port.get("name") or "")
             ),
             None,
         )

@@ -10,6 +10,9 @@ Rules:
 - A specific address must lie in a pool (the named one, if a pool is named too).
 - Without an address, the named pool is used, else the default pool of the family, else the only
   pool of that family; the lowest free address wins, so allocation is deterministic.
+- A preferred address (`prefer`) is taken instead when it is usable in that pool and free (or
+  shareable under the request's key); otherwise it is ignored, never an error. An allocation the
+  owner already holds is kept: a preference never moves a VIP.
 - With a sharing key and no address, an address already shared under that key is reused when the
   ports do not clash.
 
@@ -21,6 +24,7 @@ state keeps up to date.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 from collections.abc import Mapping, Set
 
 from appliance.model import (
@@ -175,6 +179,15 @@ def allocate(
             raise CommandError("conflict", problem, field="address", value=str(request.address))
         return build(request.address)
 
+    prefer = request.prefer
+    if (
+        prefer is not None
+        and family_of(prefer) == family
+        and pool.usable(prefer)
+        and _sharing_problem(prefer, request, allocations, by_address) is None
+    ):
+        return build(prefer)
+
     make = address_from_int(version)
     if request.sharing_key is not None:
         for value in index.shared_addresses(pool.name, request.sharing_key, version):
@@ -215,7 +228,7 @@ def _choose_pool(
         if holder is None or not holder.usable(request.address):
             raise CommandError(
                 "invalid",
-                f"address {request.address} is outside every pool",
+                _unusable(request.address, holder, pools),
                 field="address",
                 value=str(request.address),
             )
@@ -260,6 +273,26 @@ def _choose_pool(
         "name a pool or mark one `default: true`",
         field="pool",
     )
+
+
+def _unusable(address: IPAddress, holder: Pool | None, pools: Mapping[str, Pool]) -> str:
+    """Why `address` cannot be asked for. Only on an error: scanning the pools is fine here."""
+    if holder is not None:  # inside a block, so avoid_buggy_ips left it out
+        return (
+            f"address {address} is in pool {holder.name!r}, whose avoid_buggy_ips keeps the .0 "
+            "and .255 addresses out (some clients drop them); ask for another address or set "
+            "avoid_buggy_ips: false"
+        )
+    if address.version == 6:
+        for pool in pools.values():
+            for text in pool.addresses:
+                if "/" in text and ipaddress.ip_network(text, strict=False)[0] == address:
+                    return (
+                        f"address {address} is the all-zeros address of {text} in pool "
+                        f"{pool.name!r}, which routers answer as the subnet-router anycast "
+                        "address: it is never a VIP; ask for another address"
+                    )
+    return f"address {address} is outside every pool"
 
 
 def _sharing_problem(

@@ -208,3 +208,54 @@ def test_the_service_shows_where_its_vip_is_answered_and_a_failover_is_an_event(
         )
     finally:
         stopped(run)
+
+
+def test_services_moving_from_metallb_keep_their_addresses_unpinned(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MetalLB's Services (no class, their address in the status, no annotation): the sync in
+    migration mode keeps each address that is free in the pool, gives the lowest free one to
+    the Service whose address is not in it, and writes the statuses without a second PUT."""
+    api = world.api
+    shown = {"a": "192.0.2.12", "b": "192.0.2.11", "c": "203.0.113.5"}
+    for name, address in shown.items():
+        obj = k8s_service(name)
+        del obj["spec"]["loadBalancerClass"]
+        obj["status"] = {"loadBalancer": {"ingress": [{"ip": address, "ipMode": "VIP"}]}}
+        api.call(api.put, "services", obj)
+    applied: list[str] = []
+    apply, put = world.appliance.apply, world.appliance.put_service
+
+    def counted_apply(**kwargs: Any) -> Any:
+        applied.extend(spec.id for spec in kwargs.get("services", ()))
+        return apply(**kwargs)
+
+    def counted_put(spec: Any) -> Any:
+        applied.append(spec.id)
+        return put(spec)
+
+    monkeypatch.setattr(world.appliance, "apply", counted_apply)
+    monkeypatch.setattr(world.appliance, "put_service", counted_put)
+    run = world.syncer(include_unclassed=True)
+    try:
+
+        def addresses() -> dict[str, str] | None:
+            found = {n: world.spec(f"prod/shop/{n}:ipv4") for n in shown}
+            if not all(found.values()):
+                return None
+            return {n: str(s.address) for n, s in found.items()}
+
+        got = until(addresses, "the three Services in the appliance")
+        assert got == {"a": "192.0.2.12", "b": "192.0.2.11", "c": "192.0.2.10"}
+        assert all(world.spec(f"prod/shop/{n}:ipv4").spec.vip is None for n in shown)  # unpinned
+
+        def status_of(name: str) -> list[str]:
+            obj = api.objects["services"][f"shop/{name}"]
+            return [i["ip"] for i in obj["status"]["loadBalancer"]["ingress"]]
+
+        until(lambda: status_of("c") == ["192.0.2.10"], "c's status replaced")
+        assert [status_of(n) for n in ("a", "b")] == [["192.0.2.12"], ["192.0.2.11"]]
+        time.sleep(5)  # two full resyncs
+        assert sorted(applied) == [f"prod/shop/{n}:ipv4" for n in sorted(shown)], applied
+    finally:
+        stopped(run)

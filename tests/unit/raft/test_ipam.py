@@ -907,3 +907,59 @@ def test_member_report_replaces_previous() -> None:
     ok(state, newer)
     assert state.members["lb1"].reported_at == 9.0
     assert len(state.members) == 1
+
+
+# -- a preferred address (a move from another load balancer) -------------------------------------
+
+
+def test_a_preferred_address_is_taken_when_free_and_ignored_otherwise() -> None:
+    state = state_with(put_pool("p", "192.0.2.0/28", avoid_buggy_ips=True))
+    assert address_of(state, put_service("a", prefer_vip="192.0.2.9")) == "192.0.2.9"
+    # Taken already, outside the pool, avoided: the lowest free address instead, no error.
+    assert address_of(state, put_service("b", prefer_vip="192.0.2.9")) == "192.0.2.1"
+    assert address_of(state, put_service("c", prefer_vip="203.0.113.9")) == "192.0.2.2"
+    assert address_of(state, put_service("d", prefer_vip="192.0.2.0")) == "192.0.2.3"
+    # Under one sharing key with disjoint ports, the preferred address is shared.
+    ok(state, put_service("e", 80, prefer_vip="192.0.2.12", sharing_key="k"))
+    assert address_of(state, put_service("f", 443, prefer_vip="192.0.2.12", sharing_key="k")) == (
+        "192.0.2.12"
+    )
+    check_index(state)
+
+
+def test_a_preference_never_moves_a_vip_its_owner_holds() -> None:
+    state = state_with(put_pool("p", "192.0.2.0/28"))
+    assert address_of(state, put_service("a")) == "192.0.2.0"
+    assert address_of(state, put_service("a", prefer_vip="192.0.2.7")) == "192.0.2.0"
+    # A preference in another pool than the one named is no reason to fail either.
+    ok(state, put_pool("q", "198.51.100.0/30"))
+    assert address_of(state, put_service("b", pool="q", prefer_vip="192.0.2.7")) == "198.51.100.0"
+    check_index(state)
+
+
+def test_a_preference_of_the_other_family_is_refused_by_name() -> None:
+    state = state_with(put_pool("p", "192.0.2.0/28"))
+    error = refused(state, put_service("a", prefer_vip="2001:db8::5"), "invalid")
+    (detail,) = error["details"]
+    assert "prefer_vip 2001:db8::5 is not of the service's family ipv4" in detail["message"]
+
+
+@pytest.mark.parametrize(
+    ("pool", "asked", "says"),
+    [
+        ({"addresses": ["2001:db8::/64"]}, "2001:db8::", "all-zeros address of 2001:db8::/64"),
+        (
+            {"addresses": ["192.0.2.0/24"], "avoid_buggy_ips": True},
+            "192.0.2.255",
+            "avoid_buggy_ips",
+        ),
+        ({"addresses": ["192.0.2.0/24"]}, "198.51.100.1", "outside every pool"),
+    ],
+)
+def test_asking_for_an_address_no_pool_hands_out_says_why(
+    pool: dict[str, Any], asked: str, says: str
+) -> None:
+    state = state_with(put_pool("p", *pool.pop("addresses"), **pool))
+    error = refused(state, put_service("a", vip=asked), "invalid")
+    assert says in error["message"], error
+    assert (error["field"], error["value"]) == ("address", asked)
