@@ -4,12 +4,16 @@ The lab's backends play Kubernetes nodes (their HTTP server is both the NodePort
 health check node port). The test API server and the sync run inside the client namespace, so
 the sync reaches the appliance's API like an operator's sidecar would. A Service created in the
 API server becomes a VIP the client reaches; under the Local policy, a node whose pods go away
-leaves the backends.
+leaves the backends. The Service names the node that answers for its VIP, and a kill -9 of that
+node is a failover Event on the Service and a new name there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,8 +22,10 @@ from appliance.client import ApiClient
 from appliance.lab import topology
 from appliance.lab.bench_k8s import k8s_node
 from appliance.lab.k8s_api import FakeApiServer
+from appliance.lab.netlab import NetLab
 from appliance.lab.outage import backends_seen, outages, summary_line
 from appliance.lab.served import ServedApp
+from k8s_sync.owners import ANNOTATION
 from k8s_sync.syncer import Syncer
 from k8s_sync.translate import Options
 from tests.lab.labkit import MakeLab, wait_for
@@ -63,33 +69,55 @@ SERVICE = {
 }
 
 
-def test_a_service_becomes_a_vip_and_local_policy_follows_the_pods(make_lab: MakeLab) -> None:
-    lab = make_lab()
-    leader = lab.wait_leader()
+@contextlib.contextmanager
+def synced_lab(
+    lab: NetLab, via: str, **kwargs: Any
+) -> Iterator[tuple[FakeApiServer, list[topology.Host]]]:
+    """A test API server with the lab's backends as Nodes and a slice for `web` on both, and a
+    sync talking to the appliance through node `via`; all of it in the client namespace."""
     pool = {"addresses": [topology.L2_VIPS4], "default": True}
-    assert lab.api(leader, "PUT", "/v1/pools/lan", pool) is not None
-    b1, b2 = lab.plan.of_kind("backend")
+    assert lab.api(via, "PUT", "/v1/pools/lan", pool) is not None
+    backends = lab.plan.of_kind("backend")
     api = FakeApiServer()
-    for host in (b1, b2):
+    for host in backends:
         api.put("nodes", k8s_node(host.name, str(host.ipv4)))
-    api.put("endpointslices", endpoints([b1.name, b2.name]))
+    api.put("endpointslices", endpoints([h.name for h in backends]))
 
     inside = lab.in_ns("client")  # the API server and the sync live in the client namespace
     served = ServedApp(api.app())
     inside.run(served.__enter__)
     stop = threading.Event()
-    appliance = ApiClient(lab.api_url(leader), lab.token())
-    syncer = Syncer.for_url(served.url, appliance, Options("lab"), resync=5)
+    appliance = ApiClient(lab.api_url(via), lab.token())
+    syncer = Syncer.for_url(served.url, appliance, Options("lab"), resync=5, **kwargs)
     running = inside.submit(syncer.run, stop)
     try:
+        yield api, backends
+    finally:
+        stop.set()
+        syncer.services.stop()
+        running.result(timeout=30)
+        inside.run(served.__exit__, None, None, None)
+        inside.close()
+        appliance.close()
+
+
+def ingress(api: FakeApiServer) -> str | None:
+    status = api.objects["services"]["shop/web"].get("status") or {}
+    found = (status.get("loadBalancer") or {}).get("ingress") or []
+    return str(found[0]["ip"]) if found else None
+
+
+def shown_owner(api: FakeApiServer) -> str | None:
+    metadata = api.objects["services"]["shop/web"].get("metadata") or {}
+    return (metadata.get("annotations") or {}).get(ANNOTATION)
+
+
+def test_a_service_becomes_a_vip_and_local_policy_follows_the_pods(make_lab: MakeLab) -> None:
+    lab = make_lab()
+    leader = lab.wait_leader()
+    with synced_lab(lab, leader) as (api, (b1, b2)):
         api.call(api.put, "services", SERVICE)
-
-        def ingress() -> str | None:
-            status = api.objects["services"]["shop/web"].get("status") or {}
-            found = (status.get("loadBalancer") or {}).get("ingress") or []
-            return str(found[0]["ip"]) if found else None
-
-        vip = wait_for(ingress, 30.0, "the VIP in the Service's status")
+        vip = wait_for(lambda: ingress(api), 30.0, "the VIP in the Service's status")
         samples = probe(lab, vip, 2.0, "k8s-both")
         assert not outages(samples), summary_line(samples)
         assert set(backends_seen(samples)) == {b1.name, b2.name}
@@ -106,10 +134,39 @@ def test_a_service_becomes_a_vip_and_local_policy_follows_the_pods(make_lab: Mak
         after = probe(lab, vip, 1.5, "k8s-b1")
         assert not outages(after), summary_line(after)
         assert set(backends_seen(after)) == {b1.name}
-    finally:
-        stop.set()
-        syncer.services.stop()
-        running.result(timeout=30)
-        inside.run(served.__exit__, None, None, None)
-        inside.close()
-        appliance.close()
+
+
+def test_the_service_names_its_vips_node_and_a_killed_owner_is_a_failover_event(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab()
+    lab.wait_leader()
+    # The sync talks to n1, drained so that the VIP lives elsewhere: the owner's kill -9 must
+    # not take the sync's appliance away with it.
+    via, *others = lab.node_names()
+    assert lab.api(via, "POST", f"/v1/nodes/{via}/drain", {}) is not None
+    with synced_lab(lab, via, owner_interval=0.5) as (api, _):
+        api.call(api.put, "services", SERVICE)
+        vip = wait_for(lambda: ingress(api), 30.0, "the VIP in the Service's status")
+        shown = wait_for(lambda: shown_owner(api), 30.0, f"{ANNOTATION} on the Service")
+        address, owner = shown.split("=")
+        assert address == vip and owner in others, shown
+        (heir,) = set(others) - {owner}
+        assert not outages(probe(lab, vip, 1.0, "k8s-owner"))
+
+        lab.crash(owner, "kill")
+        wait_for(
+            lambda: shown_owner(api) == f"{vip}={heir}" or None, 30.0, f"{heir} on the Service"
+        )
+        events = wait_for(
+            lambda: [e for e in api.events if e["reason"] == "VIPFailover"] or None,
+            30.0,
+            "a VIPFailover Event",
+        )
+        (event,) = events
+        assert event["type"] == "Warning"
+        assert event["involvedObject"]["name"] == "web", event
+        assert event["message"].startswith(f"VIP {vip} moved {owner} -> {heir}: "), event
+        assert re.search(rf"{owner} silent for \d+\.\d\d s", event["message"]), event
+        assert not [e for e in api.events if e["reason"] == "VIPMoved"], api.events
+        assert not outages(probe(lab, vip, 1.0, "k8s-heir"))
