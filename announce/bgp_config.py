@@ -4,6 +4,12 @@ One exabgp per agent; its only API process is the relay `announce.exabgp_relay`,
 exabgp's stdin/stdout to the agent's unix socket. Each VIP is a /32 or /128 route with this
 node's address of the same family as next hop (one IPv4 session carries IPv6 routes too, so the
 next hop is always explicit), and the attributes of its pool.
+
+Route refresh is advertised (and answered from exabgp's adj-rib-out): a router that restarted
+and met the nodes before its policy was bound, or whose policy changed, asks for the routes
+again instead of keeping the verdict it gave first (FRR denies everything until its route-maps
+exist). Graceful restart is not: a router helping a restarting speaker keeps its paths for the
+restart time, and a node whose agent died must lose its paths at once.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ Address = IPv4Address | IPv6Address
 class Peer:
     address: Address
     asn: int
+    local_address: Address  # of the peer's family: exabgp refuses its whole config otherwise
     hold_time: int = 3
     passive: bool = False
 
@@ -29,7 +36,6 @@ class Session:
 
     asn: int
     router_id: IPv4Address
-    local_address: Address
     peers: tuple[Peer, ...]
 
 
@@ -63,11 +69,14 @@ def render_config(session: Session, relay: Sequence[str]) -> str:
         lines += [
             f"neighbor {peer.address} {{",
             f"    router-id {session.router_id};",
-            f"    local-address {session.local_address};",
+            f"    local-address {peer.local_address};",
             f"    local-as {session.asn};",
             f"    peer-as {peer.asn};",
             f"    hold-time {peer.hold_time};",
             *(["    passive;"] if peer.passive else []),
+            "    capability {",
+            "        route-refresh;",
+            "    }",
             "    family {",
             "        ipv4 unicast;",
             "        ipv6 unicast;",

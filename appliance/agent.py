@@ -236,14 +236,34 @@ class BgpRoutes:
     def __init__(self, bgp: BgpConfig, raft_address: str, data_dir: Path) -> None:
         host, _ = split_host_port(raft_address)
         router_id = bgp.router_id or ipaddress.IPv4Address(host)
-        local = bgp.local_address or router_id
-        self.next_hop4 = bgp.next_hop4 or (local if local.version == 4 else None)
-        self.next_hop6 = bgp.next_hop6 or (local if local.version == 6 else None)
-        peers = tuple(Peer(p.address, p.asn, p.hold_time, p.passive) for p in bgp.peers)
-        session = Session(bgp.asn, router_id, local, peers)
+        # Without a next hop of a family, its VIPs are not announced: an IPv6-only speaker
+        # does not make its router id (possibly no address of its own) a next hop.
+        v6_only = isinstance(bgp.local_address, ipaddress.IPv6Address)
+        self.next_hop4 = bgp.next_hop4 or (None if v6_only else bgp.local4(router_id))
+        self.next_hop6 = bgp.next_hop6 or bgp.local6()
+        peers = []
+        for p in bgp.peers:
+            local = bgp.peer_local(p, router_id)
+            assert local is not None  # config.cross_checks refused a peer without a source
+            peers.append(Peer(p.address, p.asn, local, p.hold_time, p.passive))
+        session = Session(bgp.asn, router_id, tuple(peers))
         self.announcer = BgpAnnouncer(session, data_dir / "exabgp")
+        # LOCAL_PREF is an iBGP attribute: an eBGP router never sees it (RFC 4271 5.1.5).
+        self.ibgp = bgp.ibgp()
+        self._warned_local_pref: set[str] = set()
 
     def set(self, routed: Mapping[str, Pool]) -> None:
+        if not self.ibgp:
+            for pool in {p.name: p for p in routed.values()}.values():
+                local_pref = pool.bgp.local_pref if pool.bgp is not None else None
+                if local_pref is not None and pool.name not in self._warned_local_pref:
+                    self._warned_local_pref.add(pool.name)
+                    log.warning(
+                        "pool %r sets bgp.local_pref, but every BGP peer of this node is eBGP, "
+                        "which never carries it; use med (or communities the router maps to a "
+                        "preference) instead",
+                        pool.name,
+                    )
         self.announcer.set(routes(routed, self.next_hop4, self.next_hop6))
 
 

@@ -13,12 +13,20 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from announce.interfaces import InterfaceError, interface_networks
 from appliance.dataplane.render import Firewall
 from appliance.documents import DocumentError, decode, load_yaml
-from appliance.model import AnnounceMode, Name, Pool, ServiceSpec, field_errors
+from appliance.model import AnnounceMode, IPAddress, Name, Pool, ServiceSpec, field_errors
 from appliance.secretfile import SecretError, read_secret
 from raft.timing import PROFILES, TimingProfile
 
@@ -136,7 +144,14 @@ class BgpPeerConfig(_Strict):
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     asn: int = Field(ge=1, le=4294967295)
     hold_time: int = Field(default=3, description="seconds: 0 (no keepalives) or 3 and more")
-    passive: bool = False
+    passive: bool = Field(
+        default=False, description="refused: the agent's exabgp listens on no port"
+    )
+    local_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = Field(
+        default=None,
+        description="source of this session; default: bgp.local_address or "
+        "bgp.local_address6, whichever is of the peer's family",
+    )
 
     @field_validator("hold_time")
     @classmethod
@@ -144,6 +159,27 @@ class BgpPeerConfig(_Strict):
         if value != 0 and not 3 <= value <= 65535:
             raise ValueError(f"hold_time must be 0 or between 3 and 65535, got {value}")
         return value
+
+    @field_validator("passive")
+    @classmethod
+    def _active(cls, value: bool) -> bool:
+        # exabgp would wait for the router to connect on a port it was never told to open:
+        # the session could never establish, and nothing would say why.
+        if value:
+            raise ValueError(
+                "passive sessions are not supported (exabgp listens on no port here): let "
+                "the agent connect, and set the router's side passive if it must wait"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _same_family(self) -> BgpPeerConfig:
+        if self.local_address is not None and self.local_address.version != self.address.version:
+            raise ValueError(
+                f"local_address {self.local_address} is not of the family of address "
+                f"{self.address}: a session's two ends are of one family"
+            )
+        return self
 
 
 class BgpConfig(_Strict):
@@ -157,12 +193,39 @@ class BgpConfig(_Strict):
     local_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = Field(
         default=None, description="source of the sessions; default: the router id"
     )
+    local_address6: ipaddress.IPv6Address | None = Field(
+        default=None,
+        description="source of the sessions with IPv6 peers (when local_address is IPv4)",
+    )
     next_hop4: ipaddress.IPv4Address | None = Field(
         default=None, description="next hop of IPv4 VIPs; default: the local address"
     )
     next_hop6: ipaddress.IPv6Address | None = Field(
-        default=None, description="next hop of IPv6 VIPs; without it IPv6 VIPs are not announced"
+        default=None,
+        description="next hop of IPv6 VIPs; default: the IPv6 local address; without either, "
+        "IPv6 VIPs are not announced",
     )
+
+    def local4(self, router_id: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+        """The default source of sessions with IPv4 peers."""
+        if isinstance(self.local_address, ipaddress.IPv4Address):
+            return self.local_address
+        return router_id
+
+    def local6(self) -> ipaddress.IPv6Address | None:
+        """The default source of sessions with IPv6 peers (None: there is none)."""
+        if isinstance(self.local_address, ipaddress.IPv6Address):
+            return self.local_address
+        return self.local_address6
+
+    def peer_local(self, peer: BgpPeerConfig, router_id: ipaddress.IPv4Address) -> IPAddress | None:
+        if peer.local_address is not None:
+            return peer.local_address
+        return self.local4(router_id) if peer.address.version == 4 else self.local6()
+
+    def ibgp(self) -> bool:
+        """Whether some session is iBGP (the only kind that carries LOCAL_PREF)."""
+        return any(p.asn == self.asn for p in self.peers)
 
 
 class AgentConfig(_Strict):
@@ -280,12 +343,36 @@ def cross_checks(config: AgentConfig) -> list[dict[str, Any]]:
             errors.append(
                 _err("bgp.router_id", None, "set it: raft.address is not an IPv4 address")
             )
+    if config.bgp is not None:
+        errors += _bgp_checks(config.bgp, config.raft.address)
     if config.announces_l2 and config.data_interface is None:
         errors.append(
             _err("data_interface", None, "announce: l2 needs the data interface to answer on")
         )
     for problem in config.timing_profile().problems():
         errors.append(_err("timing", config.timing, problem))
+    return errors
+
+
+def _bgp_checks(bgp: BgpConfig, raft_address: str) -> list[dict[str, Any]]:
+    """What exabgp would refuse at start (and then restart in a loop, announcing nothing for
+    any peer): a session whose source is not of its peer's family."""
+    errors: list[dict[str, Any]] = []
+    host, _ = split_host_port(raft_address)
+    try:
+        router_id = bgp.router_id or ipaddress.IPv4Address(host)
+    except ValueError:
+        return errors  # said above: no router id
+    for i, peer in enumerate(bgp.peers):
+        if bgp.peer_local(peer, router_id) is None:
+            errors.append(
+                _err(
+                    f"bgp.peers.{i}.address",
+                    str(peer.address),
+                    "an IPv6 peer needs an IPv6 source: set bgp.local_address6 or this "
+                    "peer's local_address",
+                )
+            )
     return errors
 
 

@@ -13,6 +13,8 @@ need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v bird >/dev/null 2>&1 || need_apt+=(bird2)
+# FRR: the lab router can be FRR as well as BIRD, and its bfdd gives BGP mode sub-second BFD.
+[ -x /usr/lib/frr/bgpd ] || need_apt+=(frr)
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)

@@ -141,16 +141,23 @@ def _base(base: Path | None) -> Path:
 @lab_group.command("up")
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 9))
 @click.option("--backends", default=2, show_default=True, type=click.IntRange(0, 40))
-@click.option("--router", is_flag=True, help="Add a router (BIRD 2); the client sits behind it.")
+@click.option(
+    "--router",
+    type=click.Choice(["bird", "frr"]),
+    is_flag=False,
+    flag_value="bird",
+    default=None,
+    help="Add a BGP router, BIRD 2 (--router alone) or FRR; the client sits behind it.",
+)
 @click.option("--timing", default="fast", show_default=True, type=click.Choice(["fast", "safe"]))
 @_BASE
-def lab_up(nodes: int, backends: int, router: bool, timing: str, base: Path | None) -> None:
+def lab_up(nodes: int, backends: int, router: str | None, timing: str, base: Path | None) -> None:
     """Build a lab in network namespaces and start the agents in it (root)."""
     from appliance.lab.netlab import NetLab
 
     try:
         lab = NetLab.up(
-            nodes, backends, router, base=_base(base), progress=_progress, timing=timing
+            nodes, backends, router or False, base=_base(base), progress=_progress, timing=timing
         )
     except LabError as exc:
         _fail(str(exc))
@@ -192,7 +199,7 @@ def lab_status(run: str | None, base: Path | None) -> None:
             return
         click.echo(
             f"lab {lab.run_id}: {lab.nodes} node(s), {lab.backends} backend(s)"
-            f"{', router' if lab.router else ''}; run dir {lab.dir}"
+            f"{f', router {lab.router_kind}' if lab.router else ''}; run dir {lab.dir}"
         )
         for key in sorted(lab.pids):
             state = "running" if lab.alive(key) else "stopped"

@@ -32,6 +32,8 @@ import yaml
 
 from appliance.lab import LabError, netns, procs
 from appliance.lab.configgen import NodeAddresses, cluster_config_data, write_secrets
+from appliance.lab.routers import FRR_RUN, NODES_ASN, ROUTER_ASN, LabRouter
+from appliance.lab.routers import router as make_router
 from appliance.lab.topology import (
     API_PORT,
     BACKEND_HTTP_PORT,
@@ -58,25 +60,6 @@ def require_root() -> None:
         raise LabError("the namespace lab needs root (network namespaces, veth, raw sockets)")
 
 
-ROUTER_ASN = 64500
-NODES_ASN = 64512
-
-
-def bird_peer(name: str, local: str, neighbor: str, hold: int = 3) -> str:
-    """The router's session with one node: it learns VIP routes, and sends nothing back."""
-    return f"""protocol bgp {name} {{
-    local {local} as {ROUTER_ASN};
-    neighbor {neighbor} as {NODES_ASN};
-    hold time {hold};
-    keepalive time {max(1, hold // 3)};
-    connect retry time 1;
-    error wait time 1, 5;
-    ipv4 {{ import all; export none; }};
-    ipv6 {{ import all; export none; }};
-}}
-"""
-
-
 @dataclass
 class NetLab:
     run_id: str
@@ -86,6 +69,11 @@ class NetLab:
     router: bool
     # "agent-n1", "backend-b1", "bird" -> [pid, start time] (start time guards against reuse)
     pids: dict[str, list[int | None]] = field(default_factory=dict)
+    router_kind: str = "bird"  # appliance.lab.routers.ROUTERS
+
+    @property
+    def lab_router(self) -> LabRouter:
+        return make_router(self.router_kind)
 
     @property
     def plan(self) -> LabPlan:
@@ -115,6 +103,7 @@ class NetLab:
             "nodes": self.nodes,
             "backends": self.backends,
             "router": self.router,
+            "router_kind": self.router_kind,
             "pids": self.pids,
         }
         tmp = self.dir / (STATE_FILE + ".tmp")
@@ -134,6 +123,7 @@ class NetLab:
             backends=data["backends"],
             router=data["router"],
             pids=data["pids"],
+            router_kind=data.get("router_kind", "bird"),
         )
 
     @classmethod
@@ -157,7 +147,7 @@ class NetLab:
         cls,
         nodes: int = 3,
         backends: int = 2,
-        router: bool = False,
+        router: bool | str = False,
         base: Path = DEFAULT_BASE,
         progress: Progress = print,
         timing: str = "fast",
@@ -171,19 +161,28 @@ class NetLab:
         run_dir.mkdir(parents=True)
         _register(run_id, run_dir)
         (run_dir / "logs").mkdir()
-        lab = cls(run_id=run_id, dir=run_dir, nodes=nodes, backends=backends, router=router)
+        kind = router if isinstance(router, str) else "bird"
+        make_router(kind)  # an unknown kind fails before anything is built
+        lab = cls(
+            run_id=run_id,
+            dir=run_dir,
+            nodes=nodes,
+            backends=backends,
+            router=bool(router),
+            router_kind=kind,
+        )
         try:
             lab.save()
             progress(
                 f"lab {run_id}: building {nodes} node(s), {backends} backend(s)"
-                f"{', a router' if router else ''} in namespaces {NS_PREFIX}{run_id}-*"
+                f"{f', a router ({kind})' if router else ''} in namespaces {NS_PREFIX}{run_id}-*"
             )
             netns.build(lab.plan, progress)
             lab._write_configs(timing)
             for host in lab.plan.of_kind("backend"):
                 lab.start_backend(host.name)
             if router:
-                lab._start_bird()
+                lab.lab_router.start(lab)
             if start_agents:
                 for node in lab.node_names():
                     lab.start_agent(node)
@@ -291,39 +290,6 @@ class NetLab:
                         f"{self.log_path(f'backend-{host.name}')}"
                     )
                 time.sleep(0.02)
-
-    def _start_bird(self) -> None:
-        if shutil.which("bird") is None:
-            raise LabError("--router needs BIRD 2 (apt-get install bird2)")
-        router = self.plan.host("router")
-        conf = self.dir / "router" / "bird.conf"
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(
-            f"router id {router.ipv4};\n"
-            "protocol device {}\nprotocol direct { ipv4; ipv6; }\n"
-            "protocol kernel k4 { ipv4 { export all; }; merge paths yes; }\n"
-            "protocol kernel k6 { ipv6 { export all; }; merge paths yes; }\n"
-            'include "peers*.conf";\n'
-        )
-        (conf.parent / "peers.conf").write_text(
-            "".join(
-                bird_peer(h.name, str(router.ipv4), str(h.ipv4)) for h in self.plan.of_kind("node")
-            )
-        )
-        self.spawn(
-            "bird",
-            "router",
-            [
-                "bird",
-                "-f",
-                "-c",
-                str(conf),
-                "-s",
-                str(conf.parent / "bird.ctl"),
-                "-P",
-                str(conf.parent / "bird.pid"),
-            ],
-        )
 
     # -- looking at it --------------------------------------------------------------------------
 
@@ -492,6 +458,8 @@ class NetLab:
                 os.kill(pid, signal.SIGCONT)
             procs.reap(pid)
         netns.destroy(self.plan.namespaces())
+        if self.router:
+            self.lab_router.cleanup(self)
         (REGISTRY / self.run_id).unlink(missing_ok=True)
         if keep_logs:
             progress(f"lab {self.run_id} removed; logs kept in {self.dir}/logs")
@@ -550,5 +518,9 @@ def down_all(base: Path = DEFAULT_BASE, progress: Progress = print) -> int:
     if base.is_dir():
         for path in base.iterdir():
             if path.is_dir() and RUN_ID.fullmatch(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+    if FRR_RUN.is_dir():  # FRR's runtime dirs of labs that are gone
+        for path in FRR_RUN.iterdir():
+            if not (REGISTRY / path.name).exists():
                 shutil.rmtree(path, ignore_errors=True)
     return count

@@ -22,7 +22,7 @@ import yaml
 from click.testing import CliRunner
 
 from appliance.cli.main import cli
-from appliance.lab.netlab import NODES_ASN, ROUTER_ASN, bird_peer
+from appliance.lab.routers import NODES_ASN, ROUTER_ASN, bird_peer
 from tests.image.conftest import BuiltImage
 from tests.image.vmkit import GATEWAY4, Vm, VmNet, leftovers, sh, ssh_command, wait_until_active
 
@@ -531,7 +531,9 @@ def start_bird(net: VmNet, folder: Path, peers: list[str]) -> subprocess.Popen[b
         f"router id {GATEWAY4};\n"
         "protocol device {}\n"
         "protocol kernel k4 { ipv4 { export all; }; merge paths yes; }\n"
-        + "".join(bird_peer(f"vm{i}", GATEWAY4, peer, BGP_HOLD) for i, peer in enumerate(peers))
+        + "".join(
+            bird_peer(f"vm{i}", GATEWAY4, peer, BGP_HOLD, "all") for i, peer in enumerate(peers)
+        )
     )
     command = ["ip", "netns", "exec", net.name, "bird", "-f", "-c", str(conf)]
     command += ["-s", str(folder / "bird.ctl"), "-P", str(folder / "bird.pid")]

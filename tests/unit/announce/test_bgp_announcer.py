@@ -26,8 +26,10 @@ HOP = IPv4Address("192.0.2.1")
 SESSION = Session(
     asn=65001,
     router_id=HOP,
-    local_address=HOP,
-    peers=(Peer(IPv4Address("192.0.2.254"), 65000), Peer(IPv4Address("192.0.2.253"), 65000)),
+    peers=(
+        Peer(IPv4Address("192.0.2.254"), 65000, HOP),
+        Peer(IPv4Address("192.0.2.253"), 65000, HOP),
+    ),
 )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
+from announce.bgp import exabgp_binary
 from announce.bgp_config import (
     Peer,
     Route,
@@ -22,7 +24,7 @@ HOP6 = IPv6Address("2001:db8:1::b")
 
 
 def test_config_has_both_families_the_relay_and_neighbour_changes() -> None:
-    session = Session(64512, HOP4, HOP4, (Peer(IPv4Address("192.0.2.1"), 64500, 3),))
+    session = Session(64512, HOP4, (Peer(IPv4Address("192.0.2.1"), 64500, HOP4, 3),))
     text = render_config(session, ["/venv/bin/python", "-m", "announce.exabgp_relay", "/x.sock"])
     assert "run /venv/bin/python -m announce.exabgp_relay /x.sock;" in text
     for line in (
@@ -35,8 +37,21 @@ def test_config_has_both_families_the_relay_and_neighbour_changes() -> None:
         "processes [ raftlb ];",
         "neighbor-changes;",
         "encoder json;",
+        "route-refresh;",  # a router can ask for the routes again (its policy changed)
     ):
         assert line in text, line
+    assert "graceful-restart" not in text  # a dead node's paths must go at once
+
+
+def test_each_peer_has_a_source_of_its_own_family() -> None:
+    peers = (
+        Peer(IPv4Address("192.0.2.1"), 64500, HOP4),
+        Peer(IPv6Address("2001:db8:1::1"), 64500, HOP6),
+    )
+    text = render_config(Session(64512, HOP4, peers), ["relay"])
+    v4, v6 = text.split("neighbor ")[1:]
+    assert v4.startswith("192.0.2.1 {") and "local-address 192.0.2.11;" in v4
+    assert v6.startswith("2001:db8:1::1 {") and "local-address 2001:db8:1::b;" in v6
 
 
 def test_commands_carry_next_hop_and_attributes() -> None:
@@ -111,9 +126,32 @@ def test_a_command_with_a_line_break_never_reaches_exabgp(tmp_path: Path) -> Non
         def write(self, data: bytes) -> None:
             self.data += data
 
-    session = Session(64512, HOP4, HOP4, (Peer(IPv4Address("192.0.2.1"), 64500, 3),))
+    session = Session(64512, HOP4, (Peer(IPv4Address("192.0.2.1"), 64500, HOP4, 3),))
     announcer = BgpAnnouncer(session, tmp_path)
     writer = Writer()
     announcer._writer = writer  # type: ignore[assignment]
     announcer._send(["announce route 192.0.2.5/32 next-hop 192.0.2.11", "a\nannounce route x"])
     assert writer.data == b"announce route 192.0.2.5/32 next-hop 192.0.2.11\n"
+
+
+def test_exabgp_itself_accepts_the_rendered_config_of_both_families(tmp_path: Path) -> None:
+    """exabgp's own parser on what the agent renders: route refresh and a session per family
+    parse; one session whose ends differ in family is refused whole (what the config check
+    keeps from ever reaching exabgp)."""
+    peers = (
+        Peer(IPv4Address("192.0.2.1"), 64500, HOP4),
+        Peer(IPv6Address("2001:db8:1::1"), 64500, HOP6),
+    )
+
+    def validate(session: Session) -> subprocess.CompletedProcess[str]:
+        conf = tmp_path / "exabgp.conf"
+        conf.write_text(render_config(session, ["/bin/cat"]))
+        argv = [exabgp_binary(), "validate", str(conf)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+    good = validate(Session(64512, HOP4, peers))
+    assert good.returncode == 0, good.stdout + good.stderr
+    mixed = (Peer(IPv6Address("2001:db8:1::1"), 64500, HOP4),)
+    bad = validate(Session(64512, HOP4, mixed))
+    assert bad.returncode != 0
+    assert "same family" in bad.stdout + bad.stderr

@@ -256,6 +256,41 @@ def test_split_host_port(address: str, host: str, port: int) -> None:
             "bgp.peers.0.hold_time",
             2,
         ),
+        # exabgp listens on no port: a passive session could never establish.
+        (
+            lambda d: d.update(
+                bgp={"asn": 64512, "peers": [{"address": "192.0.2.1", "asn": 1, "passive": True}]}
+            ),
+            "bgp.peers.0.passive",
+            True,
+        ),
+        # exabgp refuses its whole config for one session whose ends differ in family.
+        (
+            lambda d: d.update(
+                bgp={
+                    "asn": 64512,
+                    "peers": [
+                        {"address": "192.0.2.1", "asn": 1},
+                        {"address": "2001:db8::1", "asn": 1, "local_address": "192.0.2.11"},
+                    ],
+                }
+            ),
+            "bgp.peers.1",
+            {"address": "2001:db8::1", "asn": 1, "local_address": "192.0.2.11"},
+        ),
+        (
+            lambda d: d.update(
+                bgp={
+                    "asn": 64512,
+                    "peers": [
+                        {"address": "192.0.2.1", "asn": 1},
+                        {"address": "2001:db8::1", "asn": 1},
+                    ],
+                }
+            ),
+            "bgp.peers.1.address",
+            "2001:db8::1",
+        ),
         (lambda d: d.update(log_level="trace"), "log_level", "trace"),
         (lambda d: d.update(announce="l2"), "data_interface", None),
         (lambda d: d.update(l2={"burst": 0}), "l2.burst", 0),
