@@ -63,6 +63,8 @@ class BgpAnnouncer:
         self.desired: frozenset[Route] = frozenset()
         self.sent: frozenset[Route] = frozenset()
         self.peers: dict[str, str] = {str(p.address): "down" for p in session.peers}
+        self.up_since: dict[str, float] = {}  # peer -> monotonic time its session came up
+        self.refreshes: dict[str, int] = {str(p.address): 0 for p in session.peers}
         self.restarts = 0
         self.errors = 0
         self.proc: asyncio.subprocess.Process | None = None
@@ -91,10 +93,24 @@ class BgpAnnouncer:
         return self._writer is not None
 
     def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        sent = len(self.sent)
         return {
             "running": self.proc is not None and self.proc.returncode is None,
             "announcing": self.announcing(),
             "peers": dict(self.peers),
+            "sessions": {
+                peer: {
+                    "state": state,
+                    "up_for": round(now - self.up_since[peer], 1)
+                    if peer in self.up_since
+                    else None,
+                    # exabgp sends every route to every established peer.
+                    "routes_sent": sent if state == "up" else 0,
+                    "refreshes": self.refreshes.get(peer, 0),
+                }
+                for peer, state in sorted(self.peers.items())
+            },
             "routes": sorted(r.prefix for r in self.sent),
             "restarts": self.restarts,
             "errors": self.errors,
@@ -192,6 +208,7 @@ class BgpAnnouncer:
         self.sent = frozenset()
         for peer in self.peers:
             self.peers[peer] = "down"
+        self.up_since.clear()
 
     def _on_message(self, line: str) -> None:
         if not line or line == "done":
@@ -204,13 +221,24 @@ class BgpAnnouncer:
             message = json.loads(line)
         except ValueError:
             return
+        neighbor = message.get("neighbor") or {}
+        peer = str((neighbor.get("address") or {}).get("peer"))
+        if peer not in self.peers:
+            return
         if message.get("type") == "state":
-            neighbor = message.get("neighbor", {})
-            peer = str(neighbor.get("address", {}).get("peer"))
             state = str(neighbor.get("state"))
-            if peer in self.peers and self.peers[peer] != state:
+            if self.peers[peer] != state:
                 log.info("BGP session with %s is %s", peer, state)
                 self.peers[peer] = state
+                if state == "up":
+                    self.up_since[peer] = time.monotonic()
+                else:
+                    self.up_since.pop(peer, None)
+        elif message.get("type") == "refresh" and neighbor.get("direction") == "receive":
+            # exabgp answers it from its adj-rib-out; counted, so an operator sees that the
+            # router re-read this node's routes (after a restart or a policy change).
+            self.refreshes[peer] += 1
+            log.info("BGP peer %s asked for the routes again (route refresh)", peer)
 
     def _flush(self) -> None:
         # Once closing, nothing is announced again (the reconciler still runs meanwhile).

@@ -84,6 +84,11 @@ def render_config(session: Session, relay: Sequence[str]) -> str:
             "    api {",
             "        processes [ raftlb ];",
             "        neighbor-changes;",
+            # A router's route refresh requests, counted: the sign it re-read its policy.
+            "        receive {",
+            "            parsed;",
+            "            refresh;",
+            "        }",
             "    }",
             "}",
             "",

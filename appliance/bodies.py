@@ -51,12 +51,28 @@ class DataplaneInfo(_Answer):
     )
 
 
+class BgpSession(_Answer):
+    """One BGP session as this node's exabgp sees it."""
+
+    state: str = Field(description="up, down, connected...")
+    up_for: float | None = Field(description="seconds since it came up; null while not up")
+    routes_sent: int = Field(ge=0, description="routes announced on it now")
+    refreshes: int = Field(
+        ge=0,
+        description="route refresh requests the router sent (it re-read the routes: after "
+        "its restart or a policy change); BGP never says what a router accepted",
+    )
+
+
 class BgpInfo(_Answer):
     """exabgp, its sessions and the routes it was given."""
 
     running: bool
     announcing: bool = Field(description="exabgp's API is connected: routes reach it")
     peers: dict[str, str] = Field(description="session state by peer address")
+    sessions: dict[str, BgpSession] = Field(
+        default_factory=dict, description="each session's details, by peer address"
+    )
     routes: list[str]
     restarts: int = _Count
     errors: int = Field(ge=0, description="commands exabgp refused")

@@ -167,6 +167,14 @@ class _BgpCollector(Collector):
             "Route commands exabgp refused",
             value=status.get("errors", 0),
         )
+        refreshes = CounterMetricFamily(
+            "raftlb_bgp_route_refreshes",
+            "Route refresh requests from the peer (it re-read this node's routes)",
+            labels=["peer"],
+        )
+        for peer, session in sorted(status.get("sessions", {}).items()):
+            refreshes.add_metric([peer], session.get("refreshes", 0))
+        yield refreshes
 
 
 class _L2Collector(Collector):

@@ -22,6 +22,7 @@ from appliance.bodies import (
     BackendCounts,
     BackendHealth,
     BgpInfo,
+    BgpSession,
     DataplaneInfo,
     L2Info,
     RaftInfo,
@@ -140,9 +141,20 @@ def _bgp(bgp: BgpInfo | None) -> Cell:
             "exabgp not running: not announcing"
             + (f" ({bgp.restarts} restarts)" if bgp.restarts else ""),
         )
-    peers = ", ".join(f"{p} {s}" for p, s in sorted(bgp.peers.items()))
+    peers = ", ".join(_session(p, s, bgp.sessions.get(p)) for p, s in sorted(bgp.peers.items()))
     routes = bgp.routes
     return f"peers: {peers or 'none'}; {len(routes)} route(s): {', '.join(routes) or '-'}"
+
+
+def _session(peer: str, state: str, session: BgpSession | None) -> str:
+    """`192.0.2.1 up 5m, 2 sent, 1 refresh`: what this side can know (BGP never says what the
+    router accepted; a refresh says it re-read the routes)."""
+    if session is None or session.up_for is None:
+        return f"{peer} {state}"
+    extra = f", {session.refreshes} refresh(es)" if session.refreshes else ""
+    up = session.up_for
+    for_ = f"{up:.0f}s" if up < 120 else f"{up / 60:.0f}m" if up < 7200 else f"{up / 3600:.0f}h"
+    return f"{peer} {state} {for_}, {session.routes_sent} sent{extra}"
 
 
 def _l2(l2: L2Info | None) -> Cell:

@@ -1,5 +1,6 @@
 """`raftlb lab bench failover --mode bgp`: what a client behind the router sees when one of the
-nodes announcing a VIP (ECMP) drains, loses its agent (kill -9) or goes silent (link cut).
+nodes announcing a VIP (ECMP) drains, loses its agent (kill -9) or goes silent (link cut,
+freeze), behind each router (BIRD and FRR, one lab each, one after the other).
 
 The client's requests are hashed over all announcing nodes, so only the flows that land on the
 failed node suffer, and only until the router drops that node's route: the figure is the
@@ -18,8 +19,9 @@ from appliance.lab.bench import run_prober
 from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.outage import percentile
 from appliance.lab.prober import read_samples
+from appliance.lab.routers import ROUTERS
 
-CASES = ("drain", "kill", "link")
+CASES = ("drain", "kill", "link", "freeze")
 PROBE_SECONDS = 6.0  # the silent node needs the hold time (3 s) and some
 
 
@@ -87,35 +89,52 @@ def one_run(lab: NetLab, vip: str, case: str, n: int) -> dict[str, Any]:
     }
 
 
-def bench_bgp(base: Path, runs: int, progress: Progress) -> dict[str, Any]:
-    lab = NetLab.up(nodes=3, backends=2, router=True, base=base, progress=lambda _: None)
-    cases: dict[str, list[dict[str, Any]]] = {}
+def bench_bgp(
+    base: Path,
+    runs: int,
+    progress: Progress,
+    routers: tuple[str, ...] = ROUTERS,
+    cases: tuple[str, ...] = CASES,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"mode": "bgp", "routers": {}}
+    for kind in routers:
+        progress(f"router {kind}: building the lab")
+        out["routers"][kind] = _bench_router(base, runs, progress, kind, cases)
+    return out
+
+
+def _bench_router(
+    base: Path, runs: int, progress: Progress, kind: str, cases: tuple[str, ...]
+) -> dict[str, Any]:
+    lab = NetLab.up(nodes=3, backends=2, router=kind, base=base, progress=lambda _: None)
+    found: dict[str, list[dict[str, Any]]] = {}
     try:
         vip = setup(lab)
         for n in range(runs):
-            for case in CASES:
+            for case in cases:
                 run = one_run(lab, vip, case, n)
-                cases.setdefault(case, []).append(run)
+                found.setdefault(case, []).append(run)
                 progress(
-                    f"[{n + 1}/{runs}] {case} of {run['victim']}: {run['failed']} failed "
+                    f"{kind} [{n + 1}/{runs}] {case} of {run['victim']}: {run['failed']} failed "
                     f"requests over {1000 * run['window_s']:.0f} ms; route gone "
                     f"{1000 * run['withdrawn_s']:.0f} ms after the act"
                 )
     finally:
         lab.down(progress=lambda _: None)
     summary = {}
-    for case, found in cases.items():
-        windows = [r["window_s"] for r in found]
-        gone = [r["withdrawn_s"] for r in found]
+    for case, results in found.items():
+        windows = [r["window_s"] for r in results]
+        gone = [r["withdrawn_s"] for r in results]
         summary[case] = {
-            "runs": len(found),
-            "failed_p50": percentile([float(r["failed"]) for r in found], 50),
+            "runs": len(results),
+            "runs_with_failures": sum(1 for r in results if r["failed"]),
+            "failed_p50": percentile([float(r["failed"]) for r in results], 50),
             "window_p50_ms": round(1000 * percentile(windows, 50), 1),
             "window_max_ms": round(1000 * max(windows), 1),
             "withdrawn_p50_ms": round(1000 * percentile(gone, 50), 1),
             "withdrawn_max_ms": round(1000 * max(gone), 1),
         }
-    return {"mode": "bgp", "summary": summary, "runs": cases}
+    return {"summary": summary, "runs": found}
 
 
 def render_bgp(result: dict[str, Any]) -> str:
@@ -123,14 +142,15 @@ def render_bgp(result: dict[str, Any]) -> str:
         "BGP mode (ECMP over 3 nodes): client behind the router, HTTP request every 10 ms;",
         "disruption = first to last failed request; route gone = act to the route leaving the",
         "router's kernel table:",
-        f"  {'case':<8} {'runs':>4} {'failed p50':>10} {'disruption p50':>15} {'max':>7}  "
-        f"{'route gone p50':>14} {'max':>7}",
+        f"  {'router':<6} {'case':<7} {'runs':>4} {'with fails':>10} {'failed p50':>10} "
+        f"{'disruption p50':>15} {'max':>7}  {'route gone p50':>14} {'max':>7}",
     ]
-    for case, s in result["summary"].items():
-        lines.append(
-            f"  {case:<8} {s['runs']:>4} {s['failed_p50']:>10.0f} {s['window_p50_ms']:>15.0f} "
-            f"{s['window_max_ms']:>7.0f}  {s['withdrawn_p50_ms']:>14.0f} "
-            f"{s['withdrawn_max_ms']:>7.0f}"
-        )
+    for kind, found in result["routers"].items():
+        for case, s in found["summary"].items():
+            lines.append(
+                f"  {kind:<6} {case:<7} {s['runs']:>4} {s['runs_with_failures']:>10} "
+                f"{s['failed_p50']:>10.0f} {s['window_p50_ms']:>15.0f} {s['window_max_ms']:>7.0f}"
+                f"  {s['withdrawn_p50_ms']:>14.0f} {s['withdrawn_max_ms']:>7.0f}"
+            )
     lines.append("  (ms; a silent node's route goes when the router's hold timer (3 s) expires)")
     return "\n".join(lines)

@@ -315,11 +315,31 @@ def bench_lab(seconds: float, as_json: bool, base: Path | None) -> None:
     type=click.Choice(["l2", "bgp"]),
     default="l2",
     show_default=True,
-    help="l2: one owner per VIP; bgp: every node announces, behind a BIRD router.",
+    help="l2: one owner per VIP; bgp: every node announces, behind a router (BIRD, FRR).",
+)
+@click.option(
+    "--router",
+    "routers",
+    type=click.Choice(["bird", "frr"]),
+    multiple=True,
+    help="Mode bgp: the router(s) to run behind, one lab each (default: both).",
+)
+@click.option(
+    "--case",
+    "cases",
+    type=click.Choice(["drain", "kill", "link", "freeze"]),
+    multiple=True,
+    help="Mode bgp: only these cases (default: all), e.g. --case drain --runs 20.",
 )
 @_BASE
 def bench_failover(
-    runs: int, as_json: bool, compare: str | None, mode: str, base: Path | None
+    runs: int,
+    as_json: bool,
+    compare: str | None,
+    mode: str,
+    routers: tuple[str, ...],
+    cases: tuple[str, ...],
+    base: Path | None,
 ) -> None:
     """Client-seen outage when a VIP's owner is killed, cut off or frozen, and on a drain."""
     from appliance.lab.bench_failover import main_failover
@@ -328,9 +348,10 @@ def bench_failover(
         if mode == "bgp":
             import json
 
-            from appliance.lab.bench_bgp import bench_bgp, render_bgp
+            from appliance.lab.bench_bgp import CASES, bench_bgp, render_bgp
+            from appliance.lab.routers import ROUTERS
 
-            result = bench_bgp(_base(base), runs, _progress)
+            result = bench_bgp(_base(base), runs, _progress, routers or ROUTERS, cases or CASES)
             click.echo(json.dumps(result, indent=2) if as_json else render_bgp(result))
             return
         click.echo(main_failover(_base(base), runs, as_json, _progress, compare == "keepalived"))

@@ -247,6 +247,11 @@ def test_a_policy_change_on_the_router_applies_to_the_paths_it_has(
     lab.lab_router.set_policy(lab, accept=True)
     took = wait_hops(lab, vip4, nodes)
     print(f"{lab.router_kind}: paths back {took:.2f}s after the policy permitted them again")
+    # The nodes saw the router ask: what `raftlb status` shows of the re-read.
+    router = str(lab.plan.host("router").ipv4)
+    for node in nodes:
+        session = lab.api(node, "GET", "/v1/status")["bgp"]["sessions"][router]
+        assert session["refreshes"] >= 1 and session["routes_sent"] == 2, (node, session)
 
 
 @pytest.mark.parametrize("router", ROUTERS)

@@ -4,8 +4,10 @@
 the `run` line and the neighbours of CONFIG, starts the API process there the way exabgp does
 (its stdin gets exabgp's messages, its stdout carries commands), reports every neighbour `up`
 in exabgp's JSON, and answers each command `done`, or `error` when the command does not parse
-(or holds $FAKE_EXABGP_REFUSE). Every start and command is appended to $FAKE_EXABGP_LOG as one
-JSON line, so a test asserts exactly what a router would have been told, in order.
+(or holds $FAKE_EXABGP_REFUSE). With $FAKE_EXABGP_REFRESH set, the first neighbour also asks
+for a route refresh, as exabgp reports one it received. Every start and command is appended
+to $FAKE_EXABGP_LOG as one JSON line, so a test asserts exactly what a router would have been
+told, in order.
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ def state_message(peer: str, state: str) -> str:
     )
 
 
+def refresh_message(peer: str) -> str:
+    """A route refresh request received from `peer`, in the shape exabgp 5 writes it."""
+    return json.dumps(
+        {
+            "exabgp": "5.0.0",
+            "time": time.time(),
+            "type": "refresh",
+            "neighbor": {
+                "address": {"local": "0.0.0.0", "peer": peer},
+                "asn": {"local": 65001, "peer": 65000},
+                "direction": "receive",
+                "route-refresh": {"afi": "ipv4", "safi": "unicast", "subtype": "0"},
+            },
+        }
+    )
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "server":
         print("usage: fake_exabgp server CONFIG", file=sys.stderr)
@@ -79,6 +98,8 @@ def main(argv: list[str]) -> int:
     assert api.stdin is not None and api.stdout is not None
     for peer in peers:
         api.stdin.write(state_message(peer, "up") + "\n")
+    if os.environ.get("FAKE_EXABGP_REFRESH") and peers:
+        api.stdin.write(refresh_message(peers[0]) + "\n")
     refuse = os.environ.get("FAKE_EXABGP_REFUSE")
     for raw in api.stdout:
         line = raw.rstrip("\n")

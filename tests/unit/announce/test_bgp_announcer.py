@@ -182,6 +182,25 @@ async def test_a_refused_command_is_counted_and_logged(
         await announcer.close(withdraw_wait=0.1)
 
 
+async def test_each_session_says_how_long_it_is_up_what_it_sent_and_the_refreshes_asked(
+    exabgp: FakeExabgp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_EXABGP_REFRESH", "1")
+    announcer = await started(exabgp, tmp_path)
+    try:
+        announcer.set([route(1), route(2)])
+        await until(lambda: len(exabgp.commands()) == 2, "the routes sent")
+        first, second = (str(p.address) for p in SESSION.peers)
+        await until(lambda: announcer.status()["sessions"][first]["refreshes"] == 1, "refresh")
+        sessions = announcer.status()["sessions"]
+        assert sessions[second]["refreshes"] == 0
+        assert all(s["state"] == "up" and s["routes_sent"] == 2 for s in sessions.values())
+        assert all(s["up_for"] is not None and s["up_for"] >= 0 for s in sessions.values())
+    finally:
+        await announcer.close(withdraw_wait=0.1)
+    assert all(s["up_for"] is None for s in announcer.status()["sessions"].values())
+
+
 async def test_a_route_holding_a_line_break_is_never_sent(
     exabgp: FakeExabgp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
