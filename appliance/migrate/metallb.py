@@ -7,6 +7,9 @@ ConfigMap of MetalLB before 0.13 (`data.config`: peers, bgp-communities, address
 bfd-profiles). Pools are selected by advertisements as MetalLB selects them (names, label
 selectors, none of either: every pool). Each setting maps onto raftlb's or is a `Finding` of the
 report; what MetalLB would refuse, or what cannot be translated, raises `MigrationError`.
+
+This module reads the objects and translates the pools and advertisements; the peers, which
+become per-agent settings rather than pools, are `metallb_peers.Peers`' to translate.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from appliance.config import BgpConfig, BgpPeerConfig
+from appliance.config import BgpConfig
 from appliance.documents import DocumentError, load_yaml
 from appliance.migrate import (
     Fields,
@@ -28,9 +31,9 @@ from appliance.migrate import (
     Objects,
     Problems,
     Ref,
-    duration_seconds,
     label_selector,
 )
+from appliance.migrate.metallb_peers import NO_BFD, Peers
 from appliance.model import AnnounceMode, BgpAttributes, IPFamily, Pool, field_errors
 
 GROUP = "metallb.io"
@@ -64,28 +67,6 @@ LEGACY_KEYS = {
     "nodeSelectors": "node-selectors",
     "bfdProfile": "bfd-profile",
     "ebgpMultiHop": "ebgp-multihop",
-}
-NO_BFD = "raftlb has no BFD: a dead session is noticed after its hold time (3 s by default)"
-NO_PASSWORD = "raftlb's BGP sessions have no TCP MD5 password: the router must accept them without"
-_PEER_IGNORED = {
-    "nodeSelectors": "every appliance node peers with the peers of its own agent.yaml: leave "
-    "this peer out of the agent.yaml of the nodes that must not reach it",
-    "passwordSecret": NO_PASSWORD,
-    "bfdProfile": NO_BFD,
-    "ebgpMultiHop": "raftlb has no ebgp-multihop setting: check that a router more than one "
-    "hop away accepts exabgp's session",
-    "vrf": "raftlb's sessions use the appliance's main routing table",
-    "enableGracefulRestart": "raftlb has no BGP graceful restart",
-    "connectTime": "raftlb has no such setting: exabgp retries on its own schedule",
-    "localASN": "raftlb has no local-AS override: its sessions speak as bgp.asn",
-    "disableMP": "raftlb has no such setting",
-    "dualStackAddressFamily": "raftlb has no such setting",
-}
-_PEER_CHANGED = {
-    "sourceAddress": "raftlb picks the source per agent, not per peer: set bgp.local_address "
-    "in each node's agent.yaml",
-    "routerID": "raftlb sets the router id per agent (bgp.router_id, by default the IPv4 "
-    "address of raft.address): set it in each node's agent.yaml if the router expects it",
 }
 _NUMBER = re.compile(r"[0-9]{1,10}")
 
@@ -141,13 +122,6 @@ class _Advertisement:
     local_pref: int | None
 
 
-@dataclass
-class _PeerIn:
-    fields: Fields
-    my_asn: int
-    peer: BgpPeerConfig
-
-
 def translate(files: Iterable[tuple[str, list[Any]]]) -> Migration:
     """Translate the documents of each file (name, parsed YAML documents); raise
     MigrationError naming every problem's file, object and field."""
@@ -173,7 +147,7 @@ class _Translation:
         self.problems = Problems()
         self.pools: list[_PoolIn] = []
         self.ads: list[_Advertisement] = []
-        self.peers: list[_PeerIn] = []
+        self.peers = Peers()
         self.aliases: dict[str, str] = {}
         self.objects = Objects(self.problems, self._accept)
 
@@ -186,7 +160,7 @@ class _Translation:
             ("IPAddressPool", self._ipaddresspool),
             ("L2Advertisement", lambda r, o: self._advertisement(r, o, AnnounceMode.L2)),
             ("BGPAdvertisement", lambda r, o: self._advertisement(r, o, AnnounceMode.BGP)),
-            ("BGPPeer", lambda r, o: self._peer(self._spec(r, o))),
+            ("BGPPeer", lambda r, o: self.peers.add(self._spec(r, o))),
             ("BFDProfile", self._bfd_profile),
         ]
         for kind, step in steps:
@@ -195,7 +169,7 @@ class _Translation:
                     step(ref, obj)
         self.problems.raise_if_any()
         pools = self._pools()
-        agent_bgp = self._agent_bgp()
+        agent_bgp = self.peers.agent_bgp()
         self.problems.raise_if_any()
         # In the order of the input, whichever step found them.
         order = {ref: i for i, (ref, _) in enumerate(objects)}
@@ -271,7 +245,7 @@ class _Translation:
         for entry in f.entries("address-pools", LEGACY_KEYS):
             self._legacy_pool(entry)
         for entry in f.entries("peers", LEGACY_KEYS):
-            self._peer(entry)
+            self.peers.add(entry)
         f.finish()
 
     def _legacy_pool(self, f: Fields) -> None:
@@ -431,56 +405,6 @@ class _Translation:
             )
         )
 
-    def _peer(self, f: Fields) -> None:
-        my_asn, asn, address = f.number("myASN"), f.number("peerASN"), f.text("peerAddress")
-        dynamic = f.unsupported("dynamicASN", "raftlb needs the peer's AS number: peer left out")
-        unnumbered = f.unsupported("interface", "raftlb has no unnumbered BGP: peer left out")
-        left_out = bool(dynamic or unnumbered)
-        if my_asn is None or not 1 <= my_asn <= 0xFFFFFFFF:
-            f.error("myASN", my_asn, "missing or not an AS number (1-4294967295)")
-        if asn is None and not left_out:
-            f.error("peerASN", asn, "missing")
-        if address is None and not left_out:
-            f.error("peerAddress", address, "missing")
-        f.unsupported("peerPort", "raftlb's sessions dial port 179", default=179)
-        hold = self._hold_time(f)
-        if f.raw("password"):
-            f.report("password", "(hidden)", "ignored", NO_PASSWORD)
-        for key, message in _PEER_IGNORED.items():
-            f.unsupported(key, message)
-        for key, message in _PEER_CHANGED.items():
-            f.unsupported(key, message, "changed")
-        f.finish()
-        if left_out or my_asn is None or asn is None or address is None:
-            return
-        try:
-            peer = BgpPeerConfig.model_validate(
-                {"address": address, "asn": asn, **({} if hold is None else {"hold_time": hold})}
-            )
-        except ValidationError as exc:
-            for err in field_errors(exc):
-                name = {"address": "peerAddress", "asn": "peerASN"}.get(err["field"], "holdTime")
-                f.error(name, err["value"], err["message"])
-            return
-        self.peers.append(_PeerIn(f, my_asn, peer))
-
-    def _hold_time(self, f: Fields) -> int | None:
-        text, keepalive = f.text("holdTime"), f.text("keepaliveTime")
-        hold = duration_seconds(text) if text is not None else None
-        if text is not None and hold is None:
-            f.error("holdTime", text, "not a duration such as 90s or 1m30s")
-        elif text is None:
-            f.report(
-                "holdTime",
-                None,
-                "changed",
-                "not set: MetalLB used its BGP daemon's default (90 s, FRR 180 s), raftlb's is "
-                "3 s: set bgp.peers.hold_time if the router needs the former",
-            )
-        if keepalive is not None and (hold is None or duration_seconds(keepalive) != hold // 3):
-            f.report("keepaliveTime", keepalive, "ignored", "exabgp keeps alive every hold/3")
-        return hold
-
     # -- the answer -----------------------------------------------------------------------------
 
     def _pool_report(self, p: _PoolIn, value: Any, message: str) -> None:
@@ -593,23 +517,3 @@ class _Translation:
                 )
         p.fields.report("autoAssign", p.auto_assign, "changed", p.label + message)
         return False
-
-    def _agent_bgp(self) -> BgpConfig | None:
-        if not self.peers:
-            return None
-        asn = Counter(p.my_asn for p in self.peers).most_common(1)[0][0]
-        kept: dict[str, _PeerIn] = {}
-        for p in self.peers:
-            address = str(p.peer.address)
-            if p.my_asn != asn:
-                message = (
-                    f"raftlb has one AS number per agent: {asn}, that of most peers, is kept "
-                    "and this peer left out: write it in the agent.yaml of the nodes of its AS"
-                )
-                p.fields.report("myASN", p.my_asn, "ignored", message)
-            elif address in kept:
-                message = f"also {kept[address].fields.ref}: one session per peer address"
-                p.fields.report("peerAddress", address, "ignored", message)
-            else:
-                kept[address] = p
-        return BgpConfig(asn=asn, peers=[p.peer for p in kept.values()])
