@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
-import os
-import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -27,11 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from announce.bgp_config import Route, Session, changes, render_config
-from appliance.backoff import Backoff
+from announce.child import Supervised
 
 log = logging.getLogger("raftlb.bgp")
-RESTART = Backoff(first=0.5, cap=30.0)  # the wait before starting an exabgp that exited
-PR_SET_PDEATHSIG = 1
 ENV = {
     "exabgp_daemon_daemonize": "false",
     "exabgp_daemon_user": "root",
@@ -39,11 +34,6 @@ ENV = {
     "exabgp_log_destination": "stdout",
     "exabgp_api_cli": "false",
 }
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def exabgp_binary() -> str:
@@ -65,9 +55,8 @@ class BgpAnnouncer:
         self.peers: dict[str, str] = {str(p.address): "down" for p in session.peers}
         self.up_since: dict[str, float] = {}  # peer -> monotonic time its session came up
         self.refreshes: dict[str, int] = {str(p.address): 0 for p in session.peers}
-        self.restarts = 0
         self.errors = 0
-        self.proc: asyncio.subprocess.Process | None = None
+        self.child: Supervised | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._server: asyncio.base_events.Server | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -81,13 +70,24 @@ class BgpAnnouncer:
         self._server = await asyncio.start_unix_server(self._on_relay, path=str(self.socket_path))
         relay = [sys.executable, "-m", "announce.exabgp_relay", str(self.socket_path)]
         self.config_path.write_text(render_config(self.session, relay))
-        self._supervisor = asyncio.create_task(self._supervise(), name="exabgp")
+        self.child = Supervised(
+            "exabgp",
+            [self.exabgp, "server", str(self.config_path)],
+            log,
+            env=ENV,
+            on_exit=self._lost_relay,
+        )
+        self._supervisor = asyncio.create_task(self.child.run(), name="exabgp")
 
     # --- what the agent calls ----------------------------------------------------------------
 
     def set(self, routes: Iterable[Route]) -> None:
         self.desired = frozenset(routes)
         self._flush()
+
+    @property
+    def restarts(self) -> int:
+        return self.child.restarts if self.child is not None else 0
 
     def announcing(self) -> bool:
         return self._writer is not None
@@ -96,7 +96,7 @@ class BgpAnnouncer:
         now = time.monotonic()
         sent = len(self.sent)
         return {
-            "running": self.proc is not None and self.proc.returncode is None,
+            "running": self.child is not None and self.child.running(),
             "announcing": self.announcing(),
             "peers": dict(self.peers),
             "sessions": {
@@ -125,11 +125,12 @@ class BgpAnnouncer:
             with contextlib.suppress(ConnectionError):
                 await self._writer.drain()
             await asyncio.sleep(withdraw_wait)  # let the UPDATE leave before the session ends
+        if self.child is not None:
+            await self.child.stop()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        await self._stop_exabgp()
         if self._server is not None:
             self._server.close()
         for task in list(self._readers):
@@ -138,51 +139,6 @@ class BgpAnnouncer:
             self.socket_path.unlink()
 
     # --- exabgp and its relay ----------------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        failures = 0  # exits in a row of an exabgp that ran less than 30 s
-        while not self._closing:
-            started = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(
-                self.exabgp,
-                "server",
-                str(self.config_path),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, **ENV},
-                preexec_fn=_die_with_parent,
-            )
-            log.info("exabgp started (pid %d)", self.proc.pid)
-            assert self.proc.stdout is not None
-            async for line in self.proc.stdout:
-                log.debug("exabgp: %s", line.decode(errors="replace").rstrip())
-            code = await self.proc.wait()
-            self._lost_relay()
-            if self._closing:
-                return
-            failures = 1 if time.monotonic() - started > 30 else failures + 1
-            delay = RESTART.delay(failures)
-            self.restarts += 1
-            log.error(
-                "exabgp exited with %s; not announcing; restarting in %.1fs (restart %d). "
-                "See the agent log at debug level for its output",
-                code,
-                delay,
-                self.restarts,
-            )
-            await asyncio.sleep(delay)
-
-    async def _stop_exabgp(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5.0)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
     async def _on_relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._writer is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import math
@@ -26,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from announce.bfd import BfdDaemon, BfdPeer
 from announce.bgp import BgpAnnouncer
 from announce.bgp_config import Peer, Session
 from announce.l2 import L2Announcer
@@ -54,6 +56,7 @@ from raft.cluster import RaftCluster, RaftSettings, SubmitError
 from raft.commands import Batch, ReportMember, batch
 
 log = logging.getLogger("raftlb.agent")
+BFD_RUN = Path("/run/raftlb-bfd")  # per node: bfdd's sockets and config
 
 
 def package_version() -> str:
@@ -233,7 +236,7 @@ async def _apply_static(
 class BgpRoutes:
     """Turns the reconciler's routed VIPs into routes with this node's next hops."""
 
-    def __init__(self, bgp: BgpConfig, raft_address: str, data_dir: Path) -> None:
+    def __init__(self, bgp: BgpConfig, raft_address: str, data_dir: Path, node_id: str) -> None:
         host, _ = split_host_port(raft_address)
         router_id = bgp.router_id or ipaddress.IPv4Address(host)
         # Without a next hop of a family, its VIPs are not announced: an IPv6-only speaker
@@ -248,9 +251,37 @@ class BgpRoutes:
             peers.append(Peer(p.address, p.asn, local, p.hold_time, p.passive))
         session = Session(bgp.asn, router_id, tuple(peers))
         self.announcer = BgpAnnouncer(session, data_dir / "exabgp")
+        self.bfd: BfdDaemon | None = None
+        if bgp.bfd is not None:
+            sessions = [
+                BfdPeer(p.address, p.local_address, bgp.bfd.interval_ms, bgp.bfd.multiplier)
+                for p, wanted in zip(peers, bgp.peers, strict=True)
+                if wanted.bfd
+            ]
+            # /run: user frr (bfdd drops to it) cannot enter a private data_dir; one dir per
+            # data_dir, as two labs' n1 share a host.
+            tag = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=4).hexdigest()
+            self.bfd = BfdDaemon(sessions, BFD_RUN / f"{node_id}-{tag}") if sessions else None
         # LOCAL_PREF is an iBGP attribute: an eBGP router never sees it (RFC 4271 5.1.5).
         self.ibgp = bgp.ibgp()
         self._warned_local_pref: set[str] = set()
+
+    async def start(self) -> None:
+        await self.announcer.start()
+        if self.bfd is not None:
+            await self.bfd.start()
+
+    async def close(self) -> None:
+        """Withdraw (exabgp) first; BFD goes last, so the router never sees a node silent
+        while its withdrawals are on their way."""
+        await self.announcer.close()
+        if self.bfd is not None:
+            await self.bfd.close()
+
+    def status(self) -> dict[str, Any]:
+        out = self.announcer.status()
+        out["bfd"] = self.bfd.status() if self.bfd is not None else None
+        return out
 
     def set(self, routed: Mapping[str, Pool]) -> None:
         if not self.ibgp:
@@ -317,10 +348,10 @@ async def serve(
         )
     bgp = None
     if config.announces_bgp and config.bgp:
-        bgp = BgpRoutes(config.bgp, config.raft.address, config.data_dir)
+        bgp = BgpRoutes(config.bgp, config.raft.address, config.data_dir, config.node_id)
     if bgp is not None:
-        await bgp.announcer.start()
-        metrics.watch_bgp(bgp.announcer.status)
+        await bgp.start()
+        metrics.watch_bgp(bgp.status)
     announcer = build_announcer(config.data_interface, config.l2 if config.announces_l2 else None)
     l2 = announcer if isinstance(announcer, L2Announcer) else None
     if l2 is not None:
@@ -353,7 +384,7 @@ async def serve(
         backend_healthy=health.healthy if health is not None else None,
         health_version=health.version_of if health is not None else None,
         dataplane_status=dataplane.status if dataplane is not None else None,
-        bgp_status=bgp.announcer.status if bgp is not None else None,
+        bgp_status=bgp.status if bgp is not None else None,
         l2_status=l2.status if l2 is not None else None,
     )
     # A stop waits at most 2 s for requests in progress (aiohttp's default is 60 s); an idle
@@ -435,7 +466,7 @@ async def _shut_down(
     """Withdraw BGP routes first (routers move traffic away), then stop every loop, within
     bounded time: a stop never waits on a quorum or a peer."""
     if bgp is not None:
-        await bgp.announcer.close()
+        await bgp.close()
     for task in tasks:
         task.cancel()
     # In-flight renewals and acknowledgements go too.

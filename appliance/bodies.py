@@ -64,6 +64,22 @@ class BgpSession(_Answer):
     )
 
 
+class BfdSession(_Answer):
+    status: str = Field(description="up, down, init or unknown (bfdd not read yet)")
+    up_for: float | None = None
+    down_for: float | None = None
+    diagnostic: str | None = None
+    remote_diagnostic: str | None = None
+
+
+class BfdInfo(_Answer):
+    """bfdd beside exabgp (bgp.bfd): its sessions with the BGP peers."""
+
+    running: bool
+    restarts: int = Field(ge=0)
+    peers: dict[str, BfdSession]
+
+
 class BgpInfo(_Answer):
     """exabgp, its sessions and the routes it was given."""
 
@@ -76,6 +92,7 @@ class BgpInfo(_Answer):
     routes: list[str]
     restarts: int = _Count
     errors: int = Field(ge=0, description="commands exabgp refused")
+    bfd: BfdInfo | None = Field(default=None, description="null: no BFD (bgp.bfd unset)")
 
 
 class L2Info(_Answer):

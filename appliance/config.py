@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from announce.bfd import BFDD
 from announce.interfaces import InterfaceError, interface_networks
 from appliance.dataplane.render import Firewall
 from appliance.documents import DocumentError, decode, load_yaml
@@ -140,6 +141,14 @@ class L2Config(_Strict):
         return value
 
 
+class BfdConfig(_Strict):
+    """BFD with the BGP peers (FRR's bfdd beside exabgp): a silent node loses its paths after
+    interval x multiplier instead of the hold time. The router must run BFD too."""
+
+    interval_ms: int = Field(default=100, ge=10, le=60000, description="both ways, ms")
+    multiplier: int = Field(default=3, ge=2, le=255, description="missed packets: down")
+
+
 class BgpPeerConfig(_Strict):
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     asn: int = Field(ge=1, le=4294967295)
@@ -147,6 +156,7 @@ class BgpPeerConfig(_Strict):
     passive: bool = Field(
         default=False, description="refused: the agent's exabgp listens on no port"
     )
+    bfd: bool = Field(default=True, description="with bgp.bfd: a BFD session with this peer")
     local_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = Field(
         default=None,
         description="source of this session; default: bgp.local_address or "
@@ -200,6 +210,7 @@ class BgpConfig(_Strict):
     next_hop4: ipaddress.IPv4Address | None = Field(
         default=None, description="next hop of IPv4 VIPs; default: the local address"
     )
+    bfd: BfdConfig | None = Field(default=None, description="null: no BFD (the hold time)")
     next_hop6: ipaddress.IPv6Address | None = Field(
         default=None,
         description="next hop of IPv6 VIPs; default: the IPv6 local address; without either, "
@@ -363,6 +374,10 @@ def _bgp_checks(bgp: BgpConfig, raft_address: str) -> list[dict[str, Any]]:
         router_id = bgp.router_id or ipaddress.IPv4Address(host)
     except ValueError:
         return errors  # said above: no router id
+    if bgp.bfd is not None and not BFDD.exists():
+        errors.append(
+            _err("bgp.bfd", bgp.bfd.model_dump(), f"needs FRR's bfdd ({BFDD}): apt-get install frr")
+        )
     for i, peer in enumerate(bgp.peers):
         if bgp.peer_local(peer, router_id) is None:
             errors.append(

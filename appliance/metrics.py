@@ -175,6 +175,19 @@ class _BgpCollector(Collector):
         for peer, session in sorted(status.get("sessions", {}).items()):
             refreshes.add_metric([peer], session.get("refreshes", 0))
         yield refreshes
+        bfd = status.get("bfd")
+        if bfd is not None:
+            up = GaugeMetricFamily(
+                "raftlb_bfd_session_up",
+                "1 while the BFD session with the peer is up",
+                labels=["peer"],
+            )
+            for peer, session in sorted(bfd.get("peers", {}).items()):
+                up.add_metric([peer], float(session.get("status") == "up"))
+            yield up
+            yield CounterMetricFamily(
+                "raftlb_bfd_restarts", "Times bfdd died and was restarted", value=bfd["restarts"]
+            )
 
 
 class _L2Collector(Collector):

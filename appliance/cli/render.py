@@ -143,7 +143,13 @@ def _bgp(bgp: BgpInfo | None) -> Cell:
         )
     peers = ", ".join(_session(p, s, bgp.sessions.get(p)) for p, s in sorted(bgp.peers.items()))
     routes = bgp.routes
-    return f"peers: {peers or 'none'}; {len(routes)} route(s): {', '.join(routes) or '-'}"
+    text = f"peers: {peers or 'none'}; {len(routes)} route(s): {', '.join(routes) or '-'}"
+    if bgp.bfd is None:
+        return text
+    if not bgp.bfd.running:
+        return _cell(text, "; ", _styled("red", "bfdd not running: hold time only"))
+    states = ", ".join(f"{p} {s.status}" for p, s in sorted(bgp.bfd.peers.items()))
+    return f"{text}; BFD: {states or 'no session'}"
 
 
 def _session(peer: str, state: str, session: BgpSession | None) -> str:

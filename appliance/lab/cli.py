@@ -149,15 +149,27 @@ def _base(base: Path | None) -> Path:
     default=None,
     help="Add a BGP router, BIRD 2 (--router alone) or FRR; the client sits behind it.",
 )
+@click.option("--bfd", is_flag=True, help="With --router: BFD (100 ms x 3) on every session.")
 @click.option("--timing", default="fast", show_default=True, type=click.Choice(["fast", "safe"]))
 @_BASE
-def lab_up(nodes: int, backends: int, router: str | None, timing: str, base: Path | None) -> None:
+def lab_up(
+    nodes: int, backends: int, router: str | None, bfd: bool, timing: str, base: Path | None
+) -> None:
     """Build a lab in network namespaces and start the agents in it (root)."""
     from appliance.lab.netlab import NetLab
 
+    if bfd and router is None:
+        _fail("--bfd needs --router: BFD runs between the nodes and the router")
+        return
     try:
         lab = NetLab.up(
-            nodes, backends, router or False, base=_base(base), progress=_progress, timing=timing
+            nodes,
+            backends,
+            router or False,
+            base=_base(base),
+            progress=_progress,
+            timing=timing,
+            bfd=bfd,
         )
     except LabError as exc:
         _fail(str(exc))
@@ -331,6 +343,7 @@ def bench_lab(seconds: float, as_json: bool, base: Path | None) -> None:
     multiple=True,
     help="Mode bgp: only these cases (default: all), e.g. --case drain --runs 20.",
 )
+@click.option("--bfd", is_flag=True, help="Mode bgp: BFD (100 ms x 3) between nodes and router.")
 @_BASE
 def bench_failover(
     runs: int,
@@ -339,6 +352,7 @@ def bench_failover(
     mode: str,
     routers: tuple[str, ...],
     cases: tuple[str, ...],
+    bfd: bool,
     base: Path | None,
 ) -> None:
     """Client-seen outage when a VIP's owner is killed, cut off or frozen, and on a drain."""
@@ -351,7 +365,9 @@ def bench_failover(
             from appliance.lab.bench_bgp import CASES, bench_bgp, render_bgp
             from appliance.lab.routers import ROUTERS
 
-            result = bench_bgp(_base(base), runs, _progress, routers or ROUTERS, cases or CASES)
+            result = bench_bgp(
+                _base(base), runs, _progress, routers or ROUTERS, cases or CASES, bfd
+            )
             click.echo(json.dumps(result, indent=2) if as_json else render_bgp(result))
             return
         click.echo(main_failover(_base(base), runs, as_json, _progress, compare == "keepalived"))

@@ -32,7 +32,7 @@ import yaml
 
 from appliance.lab import LabError, netns, procs
 from appliance.lab.configgen import NodeAddresses, cluster_config_data, write_secrets
-from appliance.lab.routers import FRR_RUN, NODES_ASN, ROUTER_ASN, LabRouter
+from appliance.lab.routers import BFD_INTERVAL_MS, FRR_RUN, NODES_ASN, ROUTER_ASN, LabRouter
 from appliance.lab.routers import router as make_router
 from appliance.lab.topology import (
     API_PORT,
@@ -70,6 +70,7 @@ class NetLab:
     # "agent-n1", "backend-b1", "bird" -> [pid, start time] (start time guards against reuse)
     pids: dict[str, list[int | None]] = field(default_factory=dict)
     router_kind: str = "bird"  # appliance.lab.routers.ROUTERS
+    bfd: bool = False  # BFD between the nodes and the router (100 ms x 3)
 
     @property
     def lab_router(self) -> LabRouter:
@@ -104,6 +105,7 @@ class NetLab:
             "backends": self.backends,
             "router": self.router,
             "router_kind": self.router_kind,
+            "bfd": self.bfd,
             "pids": self.pids,
         }
         tmp = self.dir / (STATE_FILE + ".tmp")
@@ -124,6 +126,7 @@ class NetLab:
             router=data["router"],
             pids=data["pids"],
             router_kind=data.get("router_kind", "bird"),
+            bfd=data.get("bfd", False),
         )
 
     @classmethod
@@ -152,6 +155,7 @@ class NetLab:
         progress: Progress = print,
         timing: str = "fast",
         start_agents: bool = True,
+        bfd: bool = False,
     ) -> NetLab:
         """Build a lab and start everything in it; on any failure, remove it all again."""
         require_root()
@@ -170,6 +174,7 @@ class NetLab:
             backends=backends,
             router=bool(router),
             router_kind=kind,
+            bfd=bfd and bool(router),
         )
         try:
             lab.save()
@@ -219,6 +224,8 @@ class NetLab:
                     "peers": [{"address": router, "asn": ROUTER_ASN, "hold_time": 3}],
                     "next_hop6": str(self.plan.host(name).ipv6),
                 }
+                if self.bfd:
+                    config["bgp"]["bfd"] = {"interval_ms": BFD_INTERVAL_MS, "multiplier": 3}
         for name, config in data.items():
             path = self.config_path(name)
             path.parent.mkdir(parents=True, exist_ok=True)

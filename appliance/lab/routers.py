@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 ROUTERS = ("bird", "frr")
 ROUTER_ASN = 64500
 NODES_ASN = 64512
+BFD_INTERVAL_MS = 100  # with `--bfd`: both ends, x3
 FRR_DIR = Path("/usr/lib/frr")
 FRR_RUN = Path("/run/raftlb-lab-frr")  # per lab: RUN_ID/, owned by user frr
 
@@ -49,15 +50,22 @@ class Peering:
     hold: int = 3
     router_asn: int = ROUTER_ASN
     nodes_asn: int = NODES_ASN
+    bfd_ms: int | None = None  # BFD with the nodes at this interval (x3); None: none
 
 
 def bird_peer(
-    name: str, local: str, neighbor: str, hold: int = 3, imports: str = "filter raftlb_vips"
+    name: str,
+    local: str,
+    neighbor: str,
+    hold: int = 3,
+    imports: str = "filter raftlb_vips",
+    bfd: bool = False,
 ) -> str:
     """The router's session with one node: it learns VIP routes, and sends nothing back."""
+    bfd_line = "\n    bfd on;" if bfd else ""
     return f"""protocol bgp {name} {{
     local {local} as {ROUTER_ASN};
-    neighbor {neighbor} as {NODES_ASN};
+    neighbor {neighbor} as {NODES_ASN};{bfd_line}
     hold time {hold};
     keepalive time {max(1, hold // 3)};
     connect retry time 1;
@@ -82,8 +90,12 @@ def bird_filter(vips4: str, vips6: str, accept: bool = True) -> str:
 
 def bird_config(p: Peering) -> str:
     """bird.conf: the kernel protocols install every path (`merge paths`: ECMP)."""
+    bfd = ""
+    if p.bfd_ms is not None:
+        bfd = f'protocol bfd {{ interface "*" {{ interval {p.bfd_ms} ms; multiplier 3; }}; }}\n'
     return (
         f"router id {p.router_id};\n"
+        f"{bfd}"
         "protocol device {}\n"
         "protocol direct { ipv4; ipv6; }\n"
         "protocol kernel k4 { ipv4 { export all; }; merge paths yes; }\n"
@@ -116,6 +128,13 @@ def frr_config(p: Peering, accept: bool = True) -> str:
     `maximum-paths` makes ECMP; `multipath-relax` lets nodes of different ASes share it."""
     peers = "".join(f" neighbor {address} peer-group raftlb\n" for _, address in p.peers)
     in_map = "".join(f"{line}\n" for line in _frr_route_map(accept, "!"))
+    bfd = profile = ""
+    if p.bfd_ms is not None:
+        bfd = " neighbor raftlb bfd profile raftlb\n"
+        profile = (
+            f"bfd\n profile raftlb\n  transmit-interval {p.bfd_ms}\n"
+            f"  receive-interval {p.bfd_ms}\n  detect-multiplier 3\n exit\nexit\n!\n"
+        )
     return f"""frr defaults traditional
 hostname lab-router
 log stdout informational
@@ -127,7 +146,7 @@ router bgp {p.router_asn}
  neighbor raftlb remote-as {p.nodes_asn}
  neighbor raftlb timers 1 {p.hold}
  neighbor raftlb timers connect 1
-{peers} !
+{bfd}{peers} !
  address-family ipv4 unicast
   neighbor raftlb route-map raftlb-in in
   neighbor raftlb route-map raftlb-out out
@@ -148,7 +167,7 @@ ipv6 prefix-list raftlb-vips6 seq 10 permit {p.vips6} ge 128
 {in_map}route-map raftlb-out deny 10
 exit
 !
-"""
+{profile}"""
 
 
 def peering_of(lab: NetLab) -> Peering:
@@ -158,6 +177,7 @@ def peering_of(lab: NetLab) -> Peering:
         peers=tuple((h.name, str(h.ipv4)) for h in lab.plan.of_kind("node")),
         vips4=str(ipaddress.ip_network(BGP_VIPS4)),
         vips6=str(ipaddress.ip_network(BGP_VIPS6)),
+        bfd_ms=BFD_INTERVAL_MS if lab.bfd else None,
     )
 
 
@@ -215,7 +235,10 @@ class Bird:
         conf.write_text(bird_config(p))
         (conf.parent / "filter.conf").write_text(bird_filter(p.vips4, p.vips6))
         (conf.parent / "peers.conf").write_text(
-            "".join(bird_peer(name, p.router_id, address, p.hold) for name, address in p.peers)
+            "".join(
+                bird_peer(name, p.router_id, address, p.hold, bfd=p.bfd_ms is not None)
+                for name, address in p.peers
+            )
         )
         self._spawn(lab)
 
@@ -237,7 +260,7 @@ class Bird:
 
 class Frr:
     kind = "frr"
-    daemons = ("zebra", "bgpd")
+    daemons = ("zebra", "bgpd", "bfdd")
 
     def keys(self) -> tuple[str, ...]:
         return tuple(f"frr-{d}" for d in self.daemons)
@@ -329,6 +352,16 @@ def received(lab: NetLab, kind: str) -> dict[str, int]:
         "birdc",
     )
     return _bird_imported(text, dict(peering_of(lab).peers))
+
+
+def bfd_up(lab: NetLab) -> set[str]:
+    """The nodes (IPv4 addresses) whose BFD session with the router is up, as it sees them."""
+    if lab.router_kind == "frr":
+        text = Frr().vtysh(lab, "show bfd peers json")
+        return {str(p["peer"]) for p in json.loads(text or "[]") if p.get("status") == "up"}
+    ctl = str(lab.dir / "router" / "bird.ctl")
+    text = _run(lab, ["birdc", "-s", ctl, "show", "bfd", "sessions"], "birdc")
+    return {line.split()[0] for line in text.splitlines() if " Up " in f" {line} "}
 
 
 def _bird_imported(text: str, addresses: dict[str, str]) -> dict[str, int]:

@@ -19,7 +19,10 @@ from appliance.config import BgpConfig, BgpPeerConfig
 from appliance.migrate import Fields, duration_seconds
 from appliance.model import field_errors
 
-NO_BFD = "raftlb has no BFD: a dead session is noticed after its hold time (3 s by default)"
+NO_BFD = (
+    "raftlb sets BFD per agent, not per profile: give each node's agent.yaml "
+    "bgp.bfd: {interval_ms, multiplier} (FRR's bfdd beside exabgp)"
+)
 NO_PASSWORD = "raftlb's BGP sessions have no TCP MD5 password: the router must accept them without"
 _PEER_IGNORED = {
     "nodeSelectors": "every appliance node peers with the peers of its own agent.yaml: leave "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.lab import netns, topology
+from appliance.lab import netns, routers, topology
 from appliance.lab.netlab import NetLab
 from appliance.lab.outage import forwarders, outages, summary_line
 from appliance.lab.prober import read_samples
@@ -268,3 +268,37 @@ def test_a_frozen_node_is_dropped_after_the_hold_time(make_lab: MakeLab, router:
     finally:
         lab.recover(victim, "freeze")
     wait_hops(lab, vip4, nodes, timeout=30)
+
+
+def bfd_up(lab: NetLab) -> bool | None:
+    """Every BFD session up, as the nodes (their status) and the router see them."""
+    router = str(lab.plan.host("router").ipv4)
+    for status in lab.statuses().values():
+        bfd = ((status or {}).get("bgp") or {}).get("bfd") or {}
+        if (bfd.get("peers") or {}).get(router, {}).get("status") != "up":
+            return None
+    return True if routers.bfd_up(lab) == set(node_ips(lab).values()) else None
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_bfd_drops_a_frozen_or_cut_off_node_long_before_the_hold_time(
+    make_lab: MakeLab, router: str
+) -> None:
+    """bfdd beside exabgp, BFD on the router: a node that goes silent loses its paths after
+    BFD's 300 ms, not the 3 s hold time. (The sub-second goal is measured by `raftlb lab
+    bench failover --mode bgp --bfd`; this only tells BFD from the hold timer.)"""
+    lab = make_lab(router=router, bfd=True)
+    vip4, _ = setup(lab)
+    nodes = lab.node_names()
+    wait_hops(lab, vip4, nodes)
+    wait_for(lambda: bfd_up(lab), 20.0, "every node's BFD session with the router up")
+    for victim, method in ((nodes[1], "freeze"), (nodes[2], "link")):
+        lab.crash(victim, method)
+        try:
+            took = wait_hops(lab, vip4, [n for n in nodes if n != victim], timeout=HOLD + 10)
+        finally:
+            lab.recover(victim, method)
+        print(f"{router} with BFD: {victim} ({method}) lost its path {took:.2f}s later")
+        assert took < HOLD - 1.0, f"{took:.2f}s: the hold timer's doing, not BFD's"
+        wait_hops(lab, vip4, nodes, timeout=30)
+        wait_for(lambda: bfd_up(lab), 20.0, "BFD back up")

@@ -127,7 +127,8 @@ async def test_a_restarted_exabgp_is_told_every_route_again(
     try:
         announcer.set([route(1), route(2, local_pref=200)])
         await until(lambda: len(exabgp.commands()) == 2, "two routes")
-        first = announcer.proc
+        assert announcer.child is not None
+        first = announcer.child.proc
         assert first is not None
         os.kill(first.pid, signal.SIGKILL)
         await until(lambda: announcer.status()["restarts"] == 1, "the restart")
@@ -150,7 +151,8 @@ async def test_close_withdraws_every_route_then_stops_exabgp(
     announcer = await started(exabgp, tmp_path)
     announcer.set([route(1), route(2)])
     await until(lambda: len(exabgp.commands()) == 2, "two routes")
-    proc = announcer.proc
+    assert announcer.child is not None
+    proc = announcer.child.proc
     assert proc is not None
     await announcer.close(withdraw_wait=0.3)
     assert exabgp.commands()[2:] == [

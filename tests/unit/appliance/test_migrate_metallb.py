@@ -775,7 +775,9 @@ def test_human_output_is_a_pools_file_and_an_agent_snippet(tmp_path: Path, sampl
 def test_human_report_names_file_object_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, "metallb.yaml", ADVANCED)
     out = run("migrate", "metallb", "-f", path).stdout.replace("\n#     ", " ")
-    assert f"# {path}: BGPPeer/peer-sample1 spec.bfdProfile: ignored: raftlb has no BFD" in out
+    assert (
+        f"# {path}: BGPPeer/peer-sample1 spec.bfdProfile: ignored: raftlb sets BFD per agent" in out
+    )
     assert "example-password" not in out
 
 

@@ -46,3 +46,13 @@ def test_the_frr_policy_accepts_only_host_routes_of_the_pools_and_sends_nothing(
     assert "no bgp ebgp-requires-policy" not in text  # the route-maps are the policy
     denied = frr_config(EXAMPLE, accept=False)
     assert "route-map raftlb-in deny 10" in denied and "permit 10" not in denied
+
+
+def test_the_guides_bfd_lines_are_those_the_lab_router_runs() -> None:
+    with_bfd = Peering(**{**EXAMPLE.__dict__, "bfd_ms": 100})
+    frr, bird = frr_config(with_bfd), bird_config(with_bfd)
+    for line in snippets()["frr-bfd"].splitlines():
+        assert f"{line}\n" in frr, line
+    assert snippets()["bird-bfd"] in bird
+    assert "bfd on;" in bird_peer("n1", EXAMPLE.router_id, "192.0.2.11", bfd=True)
+    assert "bfd" not in frr_config(EXAMPLE) and "bfd" not in bird_config(EXAMPLE)
