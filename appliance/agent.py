@@ -29,12 +29,12 @@ from aiohttp import web
 
 from announce.bfd import BfdDaemon, BfdPeer
 from announce.bgp import BgpAnnouncer
-from announce.bgp_config import Peer, Session
 from announce.l2 import L2Announcer
 from appliance import gcpolicy
 from appliance.api.app import ApiContext, build_app
 from appliance.api.guard import ConnectionGuard, api_connection_limit
 from appliance.backoff import Backoff
+from appliance.bgpsession import session_of
 from appliance.config import (
     AgentConfig,
     BgpConfig,
@@ -237,19 +237,13 @@ class BgpRoutes:
     """Turns the reconciler's routed VIPs into routes with this node's next hops."""
 
     def __init__(self, bgp: BgpConfig, raft_address: str, data_dir: Path, node_id: str) -> None:
-        host, _ = split_host_port(raft_address)
-        router_id = bgp.router_id or ipaddress.IPv4Address(host)
+        session = session_of(bgp, raft_address)
+        peers = session.peers
         # Without a next hop of a family, its VIPs are not announced: an IPv6-only speaker
         # does not make its router id (possibly no address of its own) a next hop.
         v6_only = isinstance(bgp.local_address, ipaddress.IPv6Address)
-        self.next_hop4 = bgp.next_hop4 or (None if v6_only else bgp.local4(router_id))
+        self.next_hop4 = bgp.next_hop4 or (None if v6_only else bgp.local4(session.router_id))
         self.next_hop6 = bgp.next_hop6 or bgp.local6()
-        peers = []
-        for p in bgp.peers:
-            local = bgp.peer_local(p, router_id)
-            assert local is not None  # config.cross_checks refused a peer without a source
-            peers.append(Peer(p.address, p.asn, local, p.hold_time, p.passive))
-        session = Session(bgp.asn, router_id, tuple(peers))
         self.announcer = BgpAnnouncer(session, data_dir / "exabgp")
         self.bfd: BfdDaemon | None = None
         if bgp.bfd is not None:

@@ -378,7 +378,13 @@ def _bgp_checks(bgp: BgpConfig, raft_address: str) -> list[dict[str, Any]]:
         errors.append(
             _err("bgp.bfd", bgp.bfd.model_dump(), f"needs FRR's bfdd ({BFDD}): apt-get install frr")
         )
+    seen: set[str] = set()
     for i, peer in enumerate(bgp.peers):
+        if str(peer.address) in seen:
+            errors.append(
+                _err(f"bgp.peers.{i}.address", str(peer.address), "this peer is listed twice")
+            )
+        seen.add(str(peer.address))
         if bgp.peer_local(peer, router_id) is None:
             errors.append(
                 _err(

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,7 +19,7 @@ from appliance.cli.context import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CliConte
 from appliance.cli.migrate import migrate_group
 from appliance.cli.resources import COMMANDS
 from appliance.cli.seed import seed_command
-from appliance.config import ConfigError, check_host, load_config, summary
+from appliance.config import AgentConfig, ConfigError, check_host, load_config, summary
 from appliance.model import format_field_errors
 from k8s_sync.cli import k8s_sync
 
@@ -137,6 +138,19 @@ def config_group() -> None:
     """Agent configuration files."""
 
 
+def _exabgp_errors(config: AgentConfig) -> list[dict[str, Any]]:
+    """exabgp's own verdict on the sessions this config makes (announce: bgp only)."""
+    if not config.announces_bgp or config.bgp is None:
+        return []
+    from appliance.bgpsession import exabgp_verdict, session_of
+
+    verdict = exabgp_verdict(session_of(config.bgp, config.raft.address))
+    if verdict is None:
+        return []
+    message = f"exabgp refuses the sessions this config makes: {verdict}"
+    return [{"field": "bgp", "value": None, "message": message}]
+
+
 @config_group.command("check")
 @click.argument("path", type=click.Path(path_type=Path))
 @pass_cli
@@ -147,7 +161,7 @@ def config_check(cli_ctx: CliContext, path: Path) -> None:
     except ConfigError as exc:
         errors = exc.errors
     else:
-        errors = check_host(config)
+        errors = check_host(config) or _exabgp_errors(config)
     if errors:
         if cli_ctx.as_json:
             cli_ctx.print_json({"valid": False, "errors": errors})

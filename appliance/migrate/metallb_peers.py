@@ -32,15 +32,17 @@ _PEER_IGNORED = {
     "ebgpMultiHop": "raftlb has no ebgp-multihop setting: check that a router more than one "
     "hop away accepts exabgp's session",
     "vrf": "raftlb's sessions use the appliance's main routing table",
-    "enableGracefulRestart": "raftlb has no BGP graceful restart",
+    "enableGracefulRestart": "raftlb has no BGP graceful restart, on purpose: a router helping "
+    "a restarting speaker keeps a dead node's paths for the restart time",
     "connectTime": "raftlb has no such setting: exabgp retries on its own schedule",
     "localASN": "raftlb has no local-AS override: its sessions speak as bgp.asn",
     "disableMP": "raftlb has no such setting",
     "dualStackAddressFamily": "raftlb has no such setting",
 }
 _PEER_CHANGED = {
-    "sourceAddress": "raftlb picks the source per agent, not per peer: set bgp.local_address "
-    "in each node's agent.yaml",
+    # Not copied to the peer: every agent would then claim the one node's address.
+    "sourceAddress": "an address of one node: set it as this peer's local_address (or "
+    "bgp.local_address) in the agent.yaml of the node that has it",
     "routerID": "raftlb sets the router id per agent (bgp.router_id, by default the IPv4 "
     "address of raft.address): set it in each node's agent.yaml if the router expects it",
 }
