@@ -71,6 +71,7 @@ class NetLab:
     pids: dict[str, list[int | None]] = field(default_factory=dict)
     router_kind: str = "bird"  # appliance.lab.routers.ROUTERS
     bfd: bool = False  # BFD between the nodes and the router (100 ms x 3)
+    bgp6: bool = False  # each node also peers with the router over IPv6
 
     @property
     def lab_router(self) -> LabRouter:
@@ -106,6 +107,7 @@ class NetLab:
             "router": self.router,
             "router_kind": self.router_kind,
             "bfd": self.bfd,
+            "bgp6": self.bgp6,
             "pids": self.pids,
         }
         tmp = self.dir / (STATE_FILE + ".tmp")
@@ -127,6 +129,7 @@ class NetLab:
             pids=data["pids"],
             router_kind=data.get("router_kind", "bird"),
             bfd=data.get("bfd", False),
+            bgp6=data.get("bgp6", False),
         )
 
     @classmethod
@@ -156,6 +159,7 @@ class NetLab:
         timing: str = "fast",
         start_agents: bool = True,
         bfd: bool = False,
+        bgp6: bool = False,
     ) -> NetLab:
         """Build a lab and start everything in it; on any failure, remove it all again."""
         require_root()
@@ -175,6 +179,7 @@ class NetLab:
             router=bool(router),
             router_kind=kind,
             bfd=bfd and bool(router),
+            bgp6=bgp6 and bool(router),
         )
         try:
             lab.save()
@@ -226,6 +231,10 @@ class NetLab:
                 }
                 if self.bfd:
                     config["bgp"]["bfd"] = {"interval_ms": BFD_INTERVAL_MS, "multiplier": 3}
+                if self.bgp6:  # a second session, over IPv6, from the node's IPv6 address
+                    router6 = str(self.plan.host("router").ipv6)
+                    config["bgp"]["peers"].append({"address": router6, "asn": ROUTER_ASN})
+                    config["bgp"]["local_address6"] = str(self.plan.host(name).ipv6)
         for name, config in data.items():
             path = self.config_path(name)
             path.parent.mkdir(parents=True, exist_ok=True)

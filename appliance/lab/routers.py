@@ -51,6 +51,9 @@ class Peering:
     router_asn: int = ROUTER_ASN
     nodes_asn: int = NODES_ASN
     bfd_ms: int | None = None  # BFD with the nodes at this interval (x3); None: none
+    # With `bgp6`: a second session per node over IPv6 (IPv6 routes only): (name, address)
+    peers6: tuple[tuple[str, str], ...] = ()
+    router_id6: str | None = None  # the router's IPv6 address, the source of those sessions
 
 
 def bird_peer(
@@ -72,6 +75,20 @@ def bird_peer(
     error wait time 1, 5;
     ipv4 {{ import {imports}; export none; }};
     ipv6 {{ import {imports}; export none; }};
+}}
+"""
+
+
+def bird_peer6(name: str, local: str, neighbor: str, hold: int = 3) -> str:
+    """A second session with a node, over IPv6, carrying its IPv6 routes only."""
+    return f"""protocol bgp {name} {{
+    local {local} as {ROUTER_ASN};
+    neighbor {neighbor} as {NODES_ASN};
+    hold time {hold};
+    keepalive time {max(1, hold // 3)};
+    connect retry time 1;
+    error wait time 1, 5;
+    ipv6 {{ import filter raftlb_vips; export none; }};
 }}
 """
 
@@ -128,6 +145,17 @@ def frr_config(p: Peering, accept: bool = True) -> str:
     `maximum-paths` makes ECMP; `multipath-relax` lets nodes of different ASes share it."""
     peers = "".join(f" neighbor {address} peer-group raftlb\n" for _, address in p.peers)
     in_map = "".join(f"{line}\n" for line in _frr_route_map(accept, "!"))
+    group6 = off4 = on6 = ""
+    if p.peers6:  # IPv6 sessions carry IPv6 routes only (FRR activates IPv4 on every peer)
+        group6 = (
+            f" neighbor raftlb6 peer-group\n neighbor raftlb6 remote-as {p.nodes_asn}\n"
+            f" neighbor raftlb6 timers 1 {p.hold}\n neighbor raftlb6 timers connect 1\n"
+        ) + "".join(f" neighbor {address} peer-group raftlb6\n" for _, address in p.peers6)
+        off4 = "  no neighbor raftlb6 activate\n"
+        on6 = (
+            "  neighbor raftlb6 activate\n  neighbor raftlb6 route-map raftlb-in in\n"
+            "  neighbor raftlb6 route-map raftlb-out out\n"
+        )
     bfd = profile = ""
     if p.bfd_ms is not None:
         bfd = " neighbor raftlb bfd profile raftlb\n"
@@ -146,18 +174,18 @@ router bgp {p.router_asn}
  neighbor raftlb remote-as {p.nodes_asn}
  neighbor raftlb timers 1 {p.hold}
  neighbor raftlb timers connect 1
-{bfd}{peers} !
+{bfd}{peers}{group6} !
  address-family ipv4 unicast
   neighbor raftlb route-map raftlb-in in
   neighbor raftlb route-map raftlb-out out
-  maximum-paths 16
+{off4}  maximum-paths 16
  exit-address-family
  !
  address-family ipv6 unicast
   neighbor raftlb activate
   neighbor raftlb route-map raftlb-in in
   neighbor raftlb route-map raftlb-out out
-  maximum-paths 16
+{on6}  maximum-paths 16
  exit-address-family
 exit
 !
@@ -178,6 +206,10 @@ def peering_of(lab: NetLab) -> Peering:
         vips4=str(ipaddress.ip_network(BGP_VIPS4)),
         vips6=str(ipaddress.ip_network(BGP_VIPS6)),
         bfd_ms=BFD_INTERVAL_MS if lab.bfd else None,
+        peers6=tuple((f"{h.name}v6", str(h.ipv6)) for h in lab.plan.of_kind("node"))
+        if lab.bgp6
+        else (),
+        router_id6=str(router.ipv6),
     )
 
 
@@ -239,6 +271,7 @@ class Bird:
                 bird_peer(name, p.router_id, address, p.hold, bfd=p.bfd_ms is not None)
                 for name, address in p.peers
             )
+            + "".join(bird_peer6(name, str(p.router_id6), a, p.hold) for name, a in p.peers6)
         )
         self._spawn(lab)
 
@@ -351,7 +384,8 @@ def received(lab: NetLab, kind: str) -> dict[str, int]:
         ["birdc", "-s", str(lab.dir / "router" / "bird.ctl"), "show", "protocols", "all"],
         "birdc",
     )
-    return _bird_imported(text, dict(peering_of(lab).peers))
+    p = peering_of(lab)
+    return _bird_imported(text, dict(p.peers + p.peers6))
 
 
 def bfd_up(lab: NetLab) -> set[str]:

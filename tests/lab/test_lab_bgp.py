@@ -302,3 +302,32 @@ def test_bfd_drops_a_frozen_or_cut_off_node_long_before_the_hold_time(
         assert took < HOLD - 1.0, f"{took:.2f}s: the hold timer's doing, not BFD's"
         wait_hops(lab, vip4, nodes, timeout=30)
         wait_for(lambda: bfd_up(lab), 20.0, "BFD back up")
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_a_node_with_an_ipv4_and_an_ipv6_peer_announces_on_both(
+    make_lab: MakeLab, router: str
+) -> None:
+    """Each node peers with the router over IPv4 and over IPv6 (bgp.local_address6): one
+    exabgp config for both, where one shared source address made exabgp refuse it whole and
+    the node announce nothing."""
+    lab = make_lab(router=router, bgp6=True)
+    vip4, vip6 = setup(lab)
+    nodes = lab.node_names()
+    wait_hops(lab, vip4, nodes)
+    wait_hops(lab, vip6, nodes)
+    host = lab.plan.host("router")
+    both = {str(host.ipv4): "up", str(host.ipv6): "up"}
+
+    def sessions_up() -> bool | None:
+        statuses = lab.statuses()
+        return all((s or {}).get("bgp", {}).get("peers") == both for s in statuses.values()) or None
+
+    wait_for(sessions_up, 30.0, "both sessions of every node up")
+    accepted = received(lab, router)
+    # The IPv6 VIP came over each node's IPv6 session too (the IPv4 VIP does not: IPv4
+    # routes are not negotiated on it).
+    for address in node_ips(lab, "ipv6").values():
+        assert accepted.get(address) == 1, accepted
+    for address in node_ips(lab).values():
+        assert accepted.get(address) == 2, accepted
