@@ -1,4 +1,4 @@
-"""A helper daemon of the agent (exabgp, bfdd), supervised: started, restarted, stopped.
+"""A helper daemon of the agent (exabgp, the BFD daemon), supervised: started, restarted, stopped.
 
 The child runs in the foreground as the agent's child, in its process group and with a
 parent-death signal, so a killed agent (kill -9 of its group, or of it alone) leaves no helper

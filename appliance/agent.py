@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from announce.bfd import BfdDaemon, BfdPeer
+from announce.bfd import BfdDaemon, BfdPeer, BfdTiming
 from announce.bgp import BgpAnnouncer
 from announce.l2 import L2Announcer
 from appliance import gcpolicy
@@ -56,7 +56,12 @@ from raft.cluster import RaftCluster, RaftSettings, SubmitError
 from raft.commands import Batch, ReportMember, batch
 
 log = logging.getLogger("raftlb.agent")
-BFD_RUN = Path("/run/raftlb-bfd")  # per node: bfdd's sockets and config
+
+
+def runtime_dir() -> Path:
+    """systemd's RuntimeDirectory= (the image's unit), else /run/raftlb (the agent as root)."""
+    given = os.environ.get("RUNTIME_DIRECTORY", "")
+    return Path(given.split(":")[0]) if given else Path("/run/raftlb")
 
 
 def package_version() -> str:
@@ -248,14 +253,16 @@ class BgpRoutes:
         self.bfd: BfdDaemon | None = None
         if bgp.bfd is not None:
             sessions = [
-                BfdPeer(p.address, p.local_address, bgp.bfd.interval_ms, bgp.bfd.multiplier)
+                BfdPeer(p.address, p.local_address)
                 for p, wanted in zip(peers, bgp.peers, strict=True)
                 if wanted.bfd
             ]
-            # /run: user frr (bfdd drops to it) cannot enter a private data_dir; one dir per
-            # data_dir, as two labs' n1 share a host.
+            timing = BfdTiming(bgp.bfd.interval_ms, bgp.bfd.multiplier)
+            # A short path for BIRD's control socket (108 bytes at most), one dir per data_dir
+            # as two labs' n1 share a host.
             tag = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=4).hexdigest()
-            self.bfd = BfdDaemon(sessions, BFD_RUN / f"{node_id}-{tag}") if sessions else None
+            run = runtime_dir() / f"bfd-{node_id}-{tag}"
+            self.bfd = BfdDaemon(sessions, session.router_id, timing, run) if sessions else None
         # LOCAL_PREF is an iBGP attribute: an eBGP router never sees it (RFC 4271 5.1.5).
         self.ibgp = bgp.ibgp()
         self._warned_local_pref: set[str] = set()

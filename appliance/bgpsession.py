@@ -32,7 +32,11 @@ def session_of(bgp: BgpConfig, raft_address: str) -> Session:
     return Session(bgp.asn, router_id, tuple(peers))
 
 
-def exabgp_verdict(session: Session, exabgp: str | None = None) -> str | None:
+class ExabgpUnavailableError(RuntimeError):
+    """exabgp could not be asked (not installed, or no answer in time): no verdict either way."""
+
+
+def exabgp_verdict(session: Session, exabgp: str | None = None, timeout: float = 60) -> str | None:
     """None if exabgp accepts the rendered config, else the end of what it said."""
     relay = [sys.executable, "-m", "announce.exabgp_relay", "/dev/null"]
     with tempfile.TemporaryDirectory(prefix="raftlb-check-") as tmp:
@@ -43,11 +47,11 @@ def exabgp_verdict(session: Session, exabgp: str | None = None) -> str | None:
                 [exabgp or exabgp_binary(), "validate", str(conf)],
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=timeout,
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"exabgp could not be asked ({exc}): is it installed beside raftlb?"
+            raise ExabgpUnavailableError(f"exabgp could not be asked ({exc})") from exc
     if done.returncode == 0:
         return None
     said = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]

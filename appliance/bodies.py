@@ -65,15 +65,13 @@ class BgpSession(_Answer):
 
 
 class BfdSession(_Answer):
-    status: str = Field(description="up, down, init or unknown (bfdd not read yet)")
+    status: str = Field(description="up, down, init, admin-down or unknown (not read yet)")
     up_for: float | None = None
     down_for: float | None = None
-    diagnostic: str | None = None
-    remote_diagnostic: str | None = None
 
 
 class BfdInfo(_Answer):
-    """bfdd beside exabgp (bgp.bfd): its sessions with the BGP peers."""
+    """The BFD daemon beside exabgp (bgp.bfd, a BIRD): its sessions with the BGP peers."""
 
     running: bool
     restarts: int = Field(ge=0)

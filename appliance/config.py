@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from announce.bfd import BFDD
+from announce.bfd import BIRD
 from announce.interfaces import InterfaceError, interface_networks
 from appliance.dataplane.render import Firewall
 from appliance.documents import DocumentError, decode, load_yaml
@@ -142,7 +142,7 @@ class L2Config(_Strict):
 
 
 class BfdConfig(_Strict):
-    """BFD with the BGP peers (FRR's bfdd beside exabgp): a silent node loses its paths after
+    """BFD with the BGP peers (a BIRD beside exabgp): a silent node loses its paths after
     interval x multiplier instead of the hold time. The router must run BFD too."""
 
     interval_ms: int = Field(default=100, ge=10, le=60000, description="both ways, ms")
@@ -374,9 +374,11 @@ def _bgp_checks(bgp: BgpConfig, raft_address: str) -> list[dict[str, Any]]:
         router_id = bgp.router_id or ipaddress.IPv4Address(host)
     except ValueError:
         return errors  # said above: no router id
-    if bgp.bfd is not None and not BFDD.exists():
+    if bgp.bfd is not None and not BIRD.exists():
         errors.append(
-            _err("bgp.bfd", bgp.bfd.model_dump(), f"needs FRR's bfdd ({BFDD}): apt-get install frr")
+            _err(
+                "bgp.bfd", bgp.bfd.model_dump(), f"BFD runs in BIRD ({BIRD}): apt-get install bird2"
+            )
         )
     seen: set[str] = set()
     for i, peer in enumerate(bgp.peers):

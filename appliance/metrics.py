@@ -186,7 +186,9 @@ class _BgpCollector(Collector):
                 up.add_metric([peer], float(session.get("status") == "up"))
             yield up
             yield CounterMetricFamily(
-                "raftlb_bfd_restarts", "Times bfdd died and was restarted", value=bfd["restarts"]
+                "raftlb_bfd_restarts",
+                "Times the BFD daemon (BIRD) died and was restarted",
+                value=bfd["restarts"],
             )
 
 

@@ -107,6 +107,7 @@ PACKAGES=(
     linux-image-amd64 initramfs-tools
     python3 python3-venv
     nftables iproute2 iputils-ping tcpdump procps less netbase ca-certificates
+    bird2
     cloud-init cloud-guest-utils openssh-server logrotate sudo
 )
 export RAFTLB_WHEELS="$WORK/wheels" RAFTLB_OVERLAY="$HERE/rootfs" RAFTLB_VERSION="$VERSION"

@@ -38,6 +38,9 @@ chmod 0644 "$R"/etc/systemd/system/raftlb-*.service
 mkdir -p "$R/usr/share/doc/raftlb"
 cp "$RAFTLB_DOCS/README.md" "$R/usr/share/doc/raftlb/README.md"
 cp "$RAFTLB_DOCS/images/README.md" "$R/usr/share/doc/raftlb/IMAGE.md"
+# BIRD is the agent's BFD daemon (bgp.bfd), started by the agent with its own config; the
+# package's system-wide BIRD would load routes from /etc/bird/bird.conf: never start it.
+in_image systemctl mask bird.service >/dev/null 2>&1
 in_image systemctl enable raftlb-agent.service raftlb-k8s-sync.service systemd-networkd.service \
     systemd-resolved.service systemd-timesyncd.service >/dev/null 2>&1
 # The unit files must be valid as systemd reads them (a typo would only show at boot).

@@ -142,9 +142,15 @@ def _exabgp_errors(config: AgentConfig) -> list[dict[str, Any]]:
     """exabgp's own verdict on the sessions this config makes (announce: bgp only)."""
     if not config.announces_bgp or config.bgp is None:
         return []
-    from appliance.bgpsession import exabgp_verdict, session_of
+    from appliance.bgpsession import ExabgpUnavailableError, exabgp_verdict, session_of
 
-    verdict = exabgp_verdict(session_of(config.bgp, config.raft.address))
+    try:
+        verdict = exabgp_verdict(session_of(config.bgp, config.raft.address))
+    except ExabgpUnavailableError as exc:
+        # Not a refusal: a slow or missing exabgp must not keep the agent from starting (this
+        # check runs before every start); the agent's own log says if exabgp then fails.
+        click.echo(f"warning: {exc}; the BGP sessions were not checked by exabgp", err=True)
+        return []
     if verdict is None:
         return []
     message = f"exabgp refuses the sessions this config makes: {verdict}"

@@ -147,7 +147,7 @@ def _bgp(bgp: BgpInfo | None) -> Cell:
     if bgp.bfd is None:
         return text
     if not bgp.bfd.running:
-        return _cell(text, "; ", _styled("red", "bfdd not running: hold time only"))
+        return _cell(text, "; ", _styled("red", "BFD daemon not running: hold time only"))
     states = ", ".join(f"{p} {s.status}" for p, s in sorted(bgp.bfd.peers.items()))
     return f"{text}; BFD: {states or 'no session'}"
 

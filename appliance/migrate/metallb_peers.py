@@ -21,7 +21,7 @@ from appliance.model import field_errors
 
 NO_BFD = (
     "raftlb sets BFD per agent, not per profile: give each node's agent.yaml "
-    "bgp.bfd: {interval_ms, multiplier} (FRR's bfdd beside exabgp)"
+    "bgp.bfd: {interval_ms, multiplier} (BIRD's BFD beside exabgp)"
 )
 NO_PASSWORD = "raftlb's BGP sessions have no TCP MD5 password: the router must accept them without"
 _PEER_IGNORED = {

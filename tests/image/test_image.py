@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ BOOT_TIMEOUT = 900
 # The first test also waits for the image's build (about three minutes, from the mirror).
 pytestmark = pytest.mark.timeout(2400)
 BGP_HOLD = 9
+BFD_MS = 1000
 
 
 def in_root(image: BuiltImage, *command: str) -> subprocess.CompletedProcess[str]:
@@ -59,13 +61,15 @@ def cluster_file(tmp: Path, nodes: int, key: Path | None = None) -> Path:
         # Three emulated VMs on two cores: the safe timings (elections 1-2 s) keep a slow tick
         # from looking like a dead node.
         # BGP to the LAN's router (BIRD on the test host) besides layer 2; a 9 s hold time, as
-        # exabgp keeps its sessions alive from an emulated CPU.
+        # exabgp keeps its sessions alive from an emulated CPU. BFD beside it (the agent's
+        # BIRD, unprivileged like exabgp) at a pace an emulated CPU keeps up with.
         "agent": {
             "timing": "safe",
             "announce": "l2+bgp",
             "bgp": {
                 "asn": NODES_ASN,
                 "peers": [{"address": GATEWAY4, "asn": ROUTER_ASN, "hold_time": BGP_HOLD}],
+                "bfd": {"interval_ms": BFD_MS, "multiplier": 5},
             },
             "pools": [
                 {"name": "lan", "addresses": ["192.0.2.100-192.0.2.120"], "default": True},
@@ -125,6 +129,8 @@ def test_build_makes_an_image_with_no_identity_and_valid_units(built_image: Buil
     # Links to absolute paths inside the image: check the links, not (the host's) targets.
     assert (enabled / "raftlb-agent.service").is_symlink()
     assert (enabled / "raftlb-k8s-sync.service").is_symlink()
+    # The package's own BIRD never starts: the agent runs the one BFD needs.
+    assert os.readlink(root / "etc/systemd/system/bird.service") == "/dev/null"
     version = in_root(built_image, "/opt/raftlb/bin/raftlb", "--help")
     assert version.returncode == 0, version.stderr
     # The lab and its test doubles (fake Kubernetes API, test backends) stay out of the image.
@@ -142,6 +148,7 @@ def test_build_makes_an_image_with_no_identity_and_valid_units(built_image: Buil
         "linux-image-amd64 ",
         "nftables ",
         "cloud-init ",
+        "bird2 ",  # the BFD daemon
     ):
         assert package in manifest, package
 
@@ -350,6 +357,17 @@ def test_three_vms_boot_from_seeds_and_form_a_cluster_that_fails_over(
             )  # fmt: skip
             assert routed_answer.stdout == "200"
             print(f"BGP VIP {routed_vip}: routed by the LAN's router via {sorted(everyone)}")
+            # BFD: the router's sessions with every VM up, and each VM's agent says so too.
+            wait_for(
+                "BFD up between the router and all three VMs",
+                lambda: bfd_up(tmp_path / "bird") == everyone,
+                180,
+            )
+            for vm in vms:
+                bgp = (raftlb_json(vmnet, seeds, vm, "status") or {}).get("bgp") or {}
+                bfd = bgp.get("bfd") or {}
+                assert bfd.get("running") and bfd["peers"][GATEWAY4]["status"] == "up", bgp
+            print("BFD: up with all three VMs (BIRD beside exabgp, as the agent's user)")
             owner = _owner(vmnet, seeds, vms[1], vip)
             victim = next(vm for vm in vms if vm.name == owner)
             survivor = next(vm for vm in vms if vm is not victim)
@@ -527,9 +545,13 @@ def start_bird(net: VmNet, folder: Path, peers: list[str]) -> subprocess.Popen[b
     """BIRD as the LAN's router: a session with each VM, learnt routes into the kernel."""
     folder.mkdir(parents=True)
     conf = folder / "bird.conf"
+    # BFD sessions with the VMs, not tied to BGP (no `bfd on`): the test sees BFD work in the
+    # image without an emulated CPU's stall taking a BGP session down.
+    bfd = "".join(f"neighbor {peer}; " for peer in peers)
     conf.write_text(
         f"router id {GATEWAY4};\n"
         "protocol device {}\n"
+        f'protocol bfd {{ interface "*" {{ interval {BFD_MS} ms; multiplier 5; }}; {bfd}}}\n'
         "protocol kernel k4 { ipv4 { export all; }; merge paths yes; }\n"
         + "".join(
             bird_peer(f"vm{i}", GATEWAY4, peer, BGP_HOLD, "all") for i, peer in enumerate(peers)
@@ -539,6 +561,15 @@ def start_bird(net: VmNet, folder: Path, peers: list[str]) -> subprocess.Popen[b
     command += ["-s", str(folder / "bird.ctl"), "-P", str(folder / "bird.pid")]
     log = (folder / "bird.log").open("wb")
     return subprocess.Popen(command, stdout=log, stderr=log)
+
+
+def bfd_up(folder: Path) -> set[str]:
+    """The addresses the router's BFD sessions are up with."""
+    result = subprocess.run(
+        ["birdc", "-s", str(folder / "bird.ctl"), "show", "bfd", "sessions"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return {w[0] for w in (line.split() for line in result.stdout.splitlines()) if "Up" in w}
 
 
 def nexthops(net: VmNet, address: str) -> set[str]:

@@ -284,14 +284,22 @@ def bfd_up(lab: NetLab) -> bool | None:
 def test_bfd_drops_a_frozen_or_cut_off_node_long_before_the_hold_time(
     make_lab: MakeLab, router: str
 ) -> None:
-    """bfdd beside exabgp, BFD on the router: a node that goes silent loses its paths after
-    BFD's 300 ms, not the 3 s hold time. (The sub-second goal is measured by `raftlb lab
-    bench failover --mode bgp --bfd`; this only tells BFD from the hold timer.)"""
+    """BFD beside exabgp (the agent's BIRD), BFD on the router: a node that goes silent loses
+    its paths after BFD's 300 ms, not the 3 s hold time. (The sub-second goal is measured by
+    `raftlb lab bench failover --mode bgp --bfd`; this only tells BFD from the hold timer.)"""
     lab = make_lab(router=router, bfd=True)
     vip4, _ = setup(lab)
     nodes = lab.node_names()
     wait_hops(lab, vip4, nodes)
     wait_for(lambda: bfd_up(lab), 20.0, "every node's BFD session with the router up")
+    router_ip = str(lab.plan.host("router").ipv4)
+
+    def agents_say_up() -> bool | None:
+        said = [((s or {}).get("bgp") or {}).get("bfd") or {} for s in lab.statuses().values()]
+        ok = all(b.get("running") and b["peers"][router_ip]["status"] == "up" for b in said)
+        return ok or None
+
+    wait_for(agents_say_up, 20.0, "every agent's status showing its BFD session up")
     for victim, method in ((nodes[1], "freeze"), (nodes[2], "link")):
         lab.crash(victim, method)
         try:

@@ -799,14 +799,14 @@ def test_api_allow_must_be_networks() -> None:
     assert errors[0]["field"] == "api.allow.0"
 
 
-def test_bfd_needs_bfdd_and_its_timers_are_checked(
+def test_bfd_needs_bird_and_its_timers_are_checked(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     bgp = {"asn": 64512, "peers": [{"address": "192.0.2.1", "asn": 1}], "bfd": {}}
-    monkeypatch.setattr("appliance.config.BFDD", tmp_path / "no-bfdd")
+    monkeypatch.setattr("appliance.config.BIRD", tmp_path / "no-bird")
     errors = errors_of(with_changes(lambda d: d.update(bgp=bgp)))
     assert [e["field"] for e in errors] == ["bgp.bfd"], errors
-    assert "apt-get install frr" in errors[0]["message"]
+    assert "apt-get install bird2" in errors[0]["message"]
     fast = {**bgp, "bfd": {"interval_ms": 5}}
     assert [e["field"] for e in errors_of(with_changes(lambda d: d.update(bgp=fast)))] == [
         "bgp.bfd.interval_ms"

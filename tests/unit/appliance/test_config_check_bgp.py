@@ -6,6 +6,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -51,3 +52,12 @@ def test_what_exabgp_refuses_is_said_in_its_words() -> None:
     assert said is not None and "same family" in said
     fine = (Peer(IPv4Address("192.0.2.1"), 1, IPv4Address("192.0.2.11")),)
     assert exabgp_verdict(Session(64512, IPv4Address("192.0.2.11"), fine)) is None
+
+
+def test_an_exabgp_that_cannot_be_asked_is_a_warning_not_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check runs before every start of the agent: no exabgp must not mean no agent.
+    monkeypatch.setattr("appliance.bgpsession.exabgp_binary", lambda: str(tmp_path / "none"))
+    code, output = check(tmp_path, {"asn": 64512, "peers": [{"address": "192.0.2.1", "asn": 1}]})
+    assert code == 0 and "not checked by exabgp" in output, output
