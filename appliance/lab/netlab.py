@@ -72,6 +72,7 @@ class NetLab:
     router_kind: str = "bird"  # appliance.lab.routers.ROUTERS
     bfd: bool = False  # BFD between the nodes and the router (100 ms x 3)
     bgp6: bool = False  # each node also peers with the router over IPv6
+    ibgp: bool = False  # the nodes are in the router's AS (LOCAL_PREF reaches it)
 
     @property
     def lab_router(self) -> LabRouter:
@@ -108,6 +109,7 @@ class NetLab:
             "router_kind": self.router_kind,
             "bfd": self.bfd,
             "bgp6": self.bgp6,
+            "ibgp": self.ibgp,
             "pids": self.pids,
         }
         tmp = self.dir / (STATE_FILE + ".tmp")
@@ -130,6 +132,7 @@ class NetLab:
             router_kind=data.get("router_kind", "bird"),
             bfd=data.get("bfd", False),
             bgp6=data.get("bgp6", False),
+            ibgp=data.get("ibgp", False),
         )
 
     @classmethod
@@ -160,6 +163,7 @@ class NetLab:
         start_agents: bool = True,
         bfd: bool = False,
         bgp6: bool = False,
+        ibgp: bool = False,
     ) -> NetLab:
         """Build a lab and start everything in it; on any failure, remove it all again."""
         require_root()
@@ -180,6 +184,7 @@ class NetLab:
             router_kind=kind,
             bfd=bfd and bool(router),
             bgp6=bgp6 and bool(router),
+            ibgp=ibgp and bool(router),
         )
         try:
             lab.save()
@@ -225,7 +230,7 @@ class NetLab:
             for name, config in data.items():
                 config["announce"] = "l2+bgp"
                 config["bgp"] = {
-                    "asn": NODES_ASN,
+                    "asn": ROUTER_ASN if self.ibgp else NODES_ASN,
                     "peers": [{"address": router, "asn": ROUTER_ASN, "hold_time": 3}],
                     "next_hop6": str(self.plan.host(name).ipv6),
                 }

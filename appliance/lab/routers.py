@@ -63,12 +63,15 @@ def bird_peer(
     hold: int = 3,
     imports: str = "filter raftlb_vips",
     bfd: bool = False,
+    asn: int = NODES_ASN,
 ) -> str:
-    """The router's session with one node: it learns VIP routes, and sends nothing back."""
+    """The router's session with one node: it learns VIP routes, and sends nothing back.
+    (With asn = ROUTER_ASN the session is iBGP: BIRD then resolves next hops recursively
+    through its direct routes, as for any iBGP path.)"""
     bfd_line = "\n    bfd on;" if bfd else ""
     return f"""protocol bgp {name} {{
     local {local} as {ROUTER_ASN};
-    neighbor {neighbor} as {NODES_ASN};{bfd_line}
+    neighbor {neighbor} as {asn};{bfd_line}
     hold time {hold};
     keepalive time {max(1, hold // 3)};
     connect retry time 1;
@@ -79,11 +82,11 @@ def bird_peer(
 """
 
 
-def bird_peer6(name: str, local: str, neighbor: str, hold: int = 3) -> str:
+def bird_peer6(name: str, local: str, neighbor: str, hold: int = 3, asn: int = NODES_ASN) -> str:
     """A second session with a node, over IPv6, carrying its IPv6 routes only."""
     return f"""protocol bgp {name} {{
     local {local} as {ROUTER_ASN};
-    neighbor {neighbor} as {NODES_ASN};
+    neighbor {neighbor} as {asn};
     hold time {hold};
     keepalive time {max(1, hold // 3)};
     connect retry time 1;
@@ -146,6 +149,8 @@ def frr_config(p: Peering, accept: bool = True) -> str:
     peers = "".join(f" neighbor {address} peer-group raftlb\n" for _, address in p.peers)
     in_map = "".join(f"{line}\n" for line in _frr_route_map(accept, "!"))
     group6 = off4 = on6 = ""
+    # `maximum-paths` counts eBGP paths only; iBGP ones have their own knob.
+    ibgp = "  maximum-paths ibgp 16\n" if p.nodes_asn == p.router_asn else ""
     if p.peers6:  # IPv6 sessions carry IPv6 routes only (FRR activates IPv4 on every peer)
         group6 = (
             f" neighbor raftlb6 peer-group\n neighbor raftlb6 remote-as {p.nodes_asn}\n"
@@ -179,14 +184,14 @@ router bgp {p.router_asn}
   neighbor raftlb route-map raftlb-in in
   neighbor raftlb route-map raftlb-out out
 {off4}  maximum-paths 16
- exit-address-family
+{ibgp} exit-address-family
  !
  address-family ipv6 unicast
   neighbor raftlb activate
   neighbor raftlb route-map raftlb-in in
   neighbor raftlb route-map raftlb-out out
 {on6}  maximum-paths 16
- exit-address-family
+{ibgp} exit-address-family
 exit
 !
 ip prefix-list raftlb-vips4 seq 10 permit {p.vips4} ge 32
@@ -210,6 +215,7 @@ def peering_of(lab: NetLab) -> Peering:
         if lab.bgp6
         else (),
         router_id6=str(router.ipv6),
+        nodes_asn=ROUTER_ASN if lab.ibgp else NODES_ASN,
     )
 
 
@@ -268,10 +274,15 @@ class Bird:
         (conf.parent / "filter.conf").write_text(bird_filter(p.vips4, p.vips6))
         (conf.parent / "peers.conf").write_text(
             "".join(
-                bird_peer(name, p.router_id, address, p.hold, bfd=p.bfd_ms is not None)
+                bird_peer(
+                    name, p.router_id, address, p.hold, bfd=p.bfd_ms is not None, asn=p.nodes_asn
+                )
                 for name, address in p.peers
             )
-            + "".join(bird_peer6(name, str(p.router_id6), a, p.hold) for name, a in p.peers6)
+            + "".join(
+                bird_peer6(name, str(p.router_id6), a, p.hold, asn=p.nodes_asn)
+                for name, a in p.peers6
+            )
         )
         self._spawn(lab)
 

@@ -339,3 +339,27 @@ def test_a_node_with_an_ipv4_and_an_ipv6_peer_announces_on_both(
         assert accepted.get(address) == 1, accepted
     for address in node_ips(lab).values():
         assert accepted.get(address) == 2, accepted
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_an_ibgp_router_gets_the_pools_local_pref_and_ecmp_over_every_node(
+    make_lab: MakeLab, router: str
+) -> None:
+    """LOCAL_PREF is an iBGP attribute: with the nodes in the router's AS, a pool's
+    bgp.local_pref is on the router's paths, and every node's path is still installed."""
+    lab = make_lab(router=router, ibgp=True)
+    leader = lab.wait_leader()
+    pool = {"addresses": [topology.BGP_VIPS4], "announce": "bgp", "bgp": {"local_pref": 250}}
+    assert lab.api(leader, "PUT", "/v1/pools/routed", pool) is not None
+    backends = [
+        {"address": str(h.ipv4), "port": topology.BACKEND_HTTP_PORT}
+        for h in lab.plan.of_kind("backend")
+    ]
+    body = {"ports": [{"port": 80, "backends": backends}]}
+    vip = str(lab.api(leader, "PUT", "/v1/services/t/default/pref", body)["address"])
+    wait_hops(lab, vip, lab.node_names())
+    shown = communities(lab, vip)
+    # BIRD writes `BGP.local_pref: 250`, FRR `localpref 250`.
+    assert "BGP.local_pref: 250" in shown or "localpref 250" in shown, shown
+    samples = probe(lab, vip, 1.0, "ibgp")
+    assert not outages(samples), summary_line(samples)
