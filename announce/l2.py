@@ -114,6 +114,7 @@ class L2Announcer:
         self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._groups: set[bytes] = set()
         self._closed = False
+        self._silenced = False  # silence(): answer and announce nothing until close()
         self._send_failing = False
         self._sock = _open_socket(interface)
         try:
@@ -144,6 +145,8 @@ class L2Announcer:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"l2 announcer on {self.interface} is closed")
+            if self._silenced:
+                return
             change = self._state.set(wanted, valid_until, time.monotonic())
             self._count(change)
             self._sync_groups()
@@ -158,6 +161,8 @@ class L2Announcer:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"l2 announcer on {self.interface} is closed")
+            if self._silenced:
+                return
             change = self._state.extend(valid_until, time.monotonic())
             if change:
                 self._count(change)
@@ -176,6 +181,19 @@ class L2Announcer:
             self._count(change)
             self._sync_groups()
         self._log(change, "cleared")
+
+    def silence(self) -> None:
+        """Stop answering and announcing at once, for good: later set() and extend() calls
+        (a reconcile still running while the agent stops) change nothing. Thread-safe; the
+        socket and thread stay until close()."""
+        with self._lock:
+            if self._closed or self._silenced:
+                return
+            self._silenced = True
+            change = self._state.clear(time.monotonic())
+            self._count(change)
+            self._sync_groups()
+        self._log(change, "silenced: the agent is stopping")
 
     def close(self) -> None:
         """Clear, stop the thread, close the socket (idempotent)."""

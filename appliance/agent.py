@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import math
 import os
-import signal
 import socket
 import ssl
 import sys
@@ -52,6 +51,7 @@ from appliance.metrics import Metrics
 from appliance.model import MemberReport, Pool, ServiceSpec, format_field_errors
 from appliance.routing import routes
 from appliance.secretfile import read_secret
+from appliance.stopper import Stopper
 from raft.cluster import RaftCluster, RaftSettings, SubmitError
 from raft.commands import Batch, ReportMember, batch
 
@@ -332,9 +332,13 @@ def start_dataplane(config: AgentConfig) -> DataPlane:
 
 
 async def serve(
-    config: AgentConfig, cluster: RaftCluster, token: str, dataplane: DataPlane | None = None
+    config: AgentConfig,
+    cluster: RaftCluster,
+    token: str,
+    dataplane: DataPlane | None,
+    stopper: Stopper,
 ) -> None:
-    """Run the API and the node's loops until SIGTERM/SIGINT."""
+    """Run the API and the node's loops until SIGTERM/SIGINT (`stopper`'s signals)."""
     metrics = Metrics(cluster)
     cluster.observe(
         applied=metrics.applied,
@@ -418,8 +422,9 @@ async def serve(
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stopper.attach(
+        lambda: loop.call_soon_threadsafe(stop.set), l2.silence if l2 is not None else None
+    )
 
     def on_change() -> None:  # on pysyncobj's tick thread: hand over, never block it
         with contextlib.suppress(RuntimeError):
@@ -503,6 +508,9 @@ def run_agent(config: AgentConfig) -> None:
     # calls took a third of a second, past the election timeout. 1 ms keeps ticks short.
     sys.setswitchinterval(0.001)
     gcpolicy.install()
+    # From here a signal stops the agent within STOP_BOUND, whatever is running.
+    stopper = Stopper()
+    stopper.install()
     dataplane = start_dataplane(config) if config.forward == "nftables" else None
     try:
         # Created on the main thread: pysyncobj's tick thread stops when its creator exits.
@@ -510,11 +518,17 @@ def run_agent(config: AgentConfig) -> None:
     except BaseException:
         if dataplane is not None:
             dataplane.stop()
+        stopper.finished()
         raise
     try:
-        asyncio.run(serve(config, cluster, token, dataplane))
+        asyncio.run(serve(config, cluster, token, dataplane, stopper))
     finally:
         cluster.close()
         if dataplane is not None and dataplane.loaded:
             dataplane.stop()  # serve() failed before its loops ran (they remove the tables)
-        log.info("stopped")
+        if stopper.requested_at is not None:
+            took = time.monotonic() - stopper.requested_at
+            log.info("stopped %.2f s after the signal", took)
+        else:
+            log.info("stopped")
+        stopper.finished()

@@ -556,6 +556,24 @@ def test_after_close_nothing_answers(l2lab: Lab) -> None:
             n1.set([VIP4], time.monotonic() + 30)
 
 
+def test_silence_stops_answering_at_once_and_later_sets_change_nothing(l2lab: Lab) -> None:
+    """silence() (the agent's stop) ends the answers before it returns, and a reconcile still
+    running while the agent stops cannot bring them back; close() still works after it."""
+    with l2lab.diagnosed():
+        n1 = l2lab.announcer("n1")
+        n1.set([VIP4, VIP6], time.monotonic() + 30)
+        assert l2lab.prober.ask(VIP4) is not None
+        n1.silence()
+        silenced = time.monotonic()
+        n1.set([VIP4, VIP6], time.monotonic() + 30)
+        n1.extend(time.monotonic() + 30)
+        assert n1.held() == frozenset()
+        l2lab.prober.probe([VIP4, VIP6], duration=0.3, interval=0.005)
+        late = [i for i, (_, at) in l2lab.prober.sent.items() if at >= silenced]
+        assert late and not [i for i in late if l2lab.prober.answered_by(i)]
+        n1.close()
+
+
 def test_clear_and_set_dropping_a_vip_stop_answering_at_once(l2lab: Lab) -> None:
     """Dropping a VIP through set() or clear() ends its answers before the call returns."""
     with l2lab.diagnosed():

@@ -88,9 +88,12 @@ def macs(lab: NetLab) -> dict[str, str]:
 class Watch:
     """The client's asker, probing the VIPs on the client's namespace thread."""
 
-    def __init__(self, lab: NetLab, vips: tuple[str, str], seconds: float) -> None:
-        self.thread = lab.in_ns("client")
-        self.asker = self.thread.run(NeighbourAsker, "eth0")
+    def __init__(
+        self, lab: NetLab, vips: tuple[str, str], seconds: float, host: str = "client"
+    ) -> None:
+        # With a router the client is behind it: the router is the one on the nodes' LAN.
+        self.thread = lab.in_ns(host)
+        self.asker = self.thread.run(NeighbourAsker, lab.plan.host(host).interfaces[0].name)
         targets = [ipaddress.ip_address(v) for v in vips]
         self.future: concurrent.futures.Future[None] = self.thread.submit(
             self.asker.probe, targets, seconds, ASK_INTERVAL
