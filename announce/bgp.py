@@ -116,8 +116,12 @@ class BgpAnnouncer:
             "errors": self.errors,
         }
 
-    async def close(self, withdraw_wait: float = 0.5) -> None:
-        """Withdraw every route (a graceful stop drains the node), then stop exabgp."""
+    async def close(self, withdraw_wait: float = 1.0) -> None:
+        """Withdraw every route (a graceful stop drains the node), then stop exabgp.
+
+        The node keeps forwarding for `withdraw_wait` while routers act on the withdraw: as
+        long as a planned withdraw's grace (the reconciler's withdraw_grace), since FRR on a
+        loaded machine took more than the 0.5 s this was (one failed request in a CI run)."""
         self._closing = True
         if self._writer is not None and self.sent:
             self._send(changes(self.sent, ()))  # withdraw everything

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from raft import durable, pysyncobj_lib, wire
 from raft.commands import Command, DeletePool, DeleteService, Release, encode
+from raft.guarded import GuardedSyncObj
 from raft.pysyncobj_lib import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from raft.state import ClusterState, StateView, view_to_data
 from raft.timing import TimingProfile
@@ -69,7 +70,7 @@ class RaftSettings:
     log_compaction_entries: int = 5000
     log_compaction_interval: float = 300.0
     keepalive: bool = True  # off only to demonstrate the trap it avoids
-    prevote: bool = True  # the same
+    prevote: bool = True  # the stall guard and PreVote (raft/guarded.py); off: the same
     durable: bool = True  # off only to measure what the journal flushes cost (raft/durable.py)
 
 
@@ -228,60 +229,6 @@ def _settle_resent_delete(command: Command, result: dict[str, Any]) -> dict[str,
     return {"ok": True, "value": {"deleted": target, "already_gone": True}}
 
 
-class _StallGuardedSyncObj(SyncObj):  # type: ignore[misc]
-    """Stand-in for Raft's PreVote, which pysyncobj lacks (FACTS.md, trap 2).
-
-    A node that was frozen (SIGSTOP, a paused VM, a long GC) wakes with its election deadline
-    long past and campaigns at once with a higher term, deposing a healthy leader. Around each
-    tick, if the tick thread was stalled longer than raft_max_timeout, push the election deadline
-    out by 2 x raft_max_timeout: a live leader's heartbeat reaches the node first and it simply
-    follows; without a leader it campaigns a little later.
-
-    A subclass, not a patched instance: attributes set on a SyncObj after its __init__ are
-    pickled into the full dump, and a closure there makes every log compaction fail.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Set before SyncObj.__init__ so that pysyncobj counts them as its own properties
-        # (never dumped), and before its tick thread starts calling _onTick.
-        conf = kwargs["conf"]
-        self._raftlb_stall = float(conf.raftMaxTimeout)
-        self._raftlb_period = float(conf.autoTickPeriod)
-        self._raftlb_last_tick = time.monotonic()
-        self._raftlb_last_start = self._raftlb_last_tick
-        # Called with how late each tick started behind its schedule (metrics).
-        self.raftlb_on_lag: Callable[[float], None] | None = None
-        super().__init__(*args, **kwargs)
-
-    def _raftlb_hold_back(self, since: float) -> None:
-        now = time.monotonic()
-        if now - since > self._raftlb_stall and not self._isLeader():
-            pysyncobj_lib.set_election_deadline(self, now + 2 * self._raftlb_stall)
-            log.warning(
-                "Raft tick thread was stalled %.2fs (frozen?): waiting for the leader's "
-                "heartbeat before any election",
-                now - since,
-            )
-
-    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - pysyncobj's names
-        self._raftlb_hold_back(self._raftlb_last_tick)  # stalled between ticks
-        started = time.monotonic()
-        # A tick is due at the latest one period after the previous one started (its poll
-        # returns early when messages come): anything later is time the thread lost, to work
-        # on this thread (applying entries) or to the GIL.
-        lag = started - self._raftlb_last_start - self._raftlb_period
-        self._raftlb_last_start = started
-        if self.raftlb_on_lag is not None:
-            self.raftlb_on_lag(max(0.0, lag))
-        try:
-            super()._onTick(timeToWait)
-        finally:
-            # A freeze usually lands in the tick's poll(): catch it before the next tick's
-            # election check runs.
-            self._raftlb_hold_back(started)
-            self._raftlb_last_tick = time.monotonic()
-
-
 class RaftCluster:
     """One node of the replicated state. Create it on the thread that lives as long as it."""
 
@@ -291,7 +238,7 @@ class RaftCluster:
         self._id_by_address = {addr: node for node, addr in settings.peers.items()}
         others = [addr for node, addr in sorted(settings.peers.items()) if node != self.node_id]
         self.state = ReplicatedState()
-        syncobj_class = _StallGuardedSyncObj if settings.prevote else SyncObj
+        syncobj_class = GuardedSyncObj if settings.prevote else SyncObj
         self._syncobj = syncobj_class(
             settings.address, others, conf=syncobj_conf(settings), consumers=[self.state]
         )
@@ -336,7 +283,7 @@ class RaftCluster:
         journal = pysyncobj_lib.raft_log(self._syncobj)
         if isinstance(journal, durable.DurableJournal):
             journal.on_sync = journal_sync
-        if isinstance(self._syncobj, _StallGuardedSyncObj):
+        if isinstance(self._syncobj, GuardedSyncObj):
             self._syncobj.raftlb_on_lag = tick_lag
 
     def _current_leader(self) -> Any:

@@ -32,6 +32,7 @@ from pysyncobj import (
     replicated,
     syncobj,
 )
+from pysyncobj.monotonic import monotonic as _pysyncobj_clock
 from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 from pysyncobj.version import VERSION
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 TESTED_VERSION = "0.3.17"
 
+# SyncObj's handler of every incoming message, overridden by raft/guarded.py (PreVote).
+ON_MESSAGE = "_SyncObj__onMessageReceived"
 # TcpConnection's read path, wrapped by raft/wire.py.
 CONNECTION_READ = "_TcpConnection__processRead"
 CONNECTION_PARSE = "_TcpConnection__processParseMessage"
@@ -81,7 +84,11 @@ def check() -> None:
     for name in ("_onTick", "_getLeader", "_isLeader", "isNodeConnected", "addOnTickCallback"):
         _require(SyncObj, name)
     _require_assigned(SyncObj, "__raftLog", "__transport", "__raftElectionDeadline")
-    _require_assigned(SyncObj, "__raftState", "__thread")
+    _require_assigned(SyncObj, "__raftState", "__thread", "__raftCurrentTerm", "__otherNodes")
+    _require_assigned(SyncObj, "__transferInProgress")
+    for name in (ON_MESSAGE, "_SyncObj__getCurrentLogIndex", "_SyncObj__getCurrentLogTerm"):
+        _require(SyncObj, name)
+    _require(SyncObj, "_SyncObj__connectedToAnyone")
     for name in ("FileJournal", "MemoryJournal", "MetaStorer", "ResizableFile", "dumps"):
         _require(journal, name)
     _require_assigned(journal.FileJournal, "__journalFile", "__metaStorer")
@@ -130,8 +137,46 @@ def role(obj: Any) -> str:
     return _ROLES[obj._SyncObj__raftState]
 
 
+def now() -> float:
+    """pysyncobj's clock: CLOCK_MONOTONIC_RAW, not time.monotonic (0.15 s apart here, and the
+    gap drifts as NTP slews CLOCK_MONOTONIC). Every time compared with its election deadline
+    must come from this clock."""
+    return float(_pysyncobj_clock())
+
+
 def set_election_deadline(obj: Any, deadline: float) -> None:
     obj._SyncObj__raftElectionDeadline = deadline
+
+
+def election_deadline(obj: Any) -> float:
+    return float(obj._SyncObj__raftElectionDeadline)
+
+
+def current_term(obj: Any) -> int:
+    return int(obj._SyncObj__raftCurrentTerm)
+
+
+def last_log(obj: Any) -> tuple[int, int]:
+    """(term, index) of the node's last log entry."""
+    return int(obj._SyncObj__getCurrentLogTerm()), int(obj._SyncObj__getCurrentLogIndex())
+
+
+def other_nodes(obj: Any) -> list[Any]:
+    return list(obj._SyncObj__otherNodes)
+
+
+def transfer_in_progress(obj: Any) -> bool:
+    """A leadership transfer asked this node to campaign at once (TimeoutNow)."""
+    return bool(obj._SyncObj__transferInProgress)
+
+
+def connected_to_anyone(obj: Any) -> bool:
+    return bool(obj._SyncObj__connectedToAnyone())
+
+
+def on_message(obj: Any, node: Any, message: Any) -> None:
+    """pysyncobj's own handling of an incoming message (under an override)."""
+    getattr(SyncObj, ON_MESSAGE)(obj, node, message)
 
 
 def tick_thread(obj: Any) -> threading.Thread | None:
@@ -157,14 +202,22 @@ __all__ = [
     "CONNECTION_PARSE",
     "CONNECTION_READ",
     "FAIL_REASON",
+    "ON_MESSAGE",
     "PysyncobjMismatchError",
     "SyncObj",
     "SyncObjConf",
     "SyncObjConsumer",
     "TCPTransport",
     "TcpConnection",
+    "connected_to_anyone",
+    "current_term",
+    "election_deadline",
     "journal",
     "journal_fd",
+    "last_log",
+    "now",
+    "on_message",
+    "other_nodes",
     "raft_log",
     "replicated",
     "role",
@@ -172,5 +225,6 @@ __all__ = [
     "set_meta_storer",
     "syncobj",
     "tick_thread",
+    "transfer_in_progress",
     "transport",
 ]

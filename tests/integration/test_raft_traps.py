@@ -107,10 +107,10 @@ def _nodes(
             proc.wait(10)
 
 
-def _election_terms(tmp: Path, keepalive: bool) -> int | None:
+def _election_terms(tmp: Path, keepalive: bool, prevote: bool = True) -> int | None:
     """Start 3 nodes, let links idle past connection_timeout, kill the leader; return how many
     terms the survivors needed to agree on a new leader (None: no leader within 3 s)."""
-    with _nodes(tmp, keepalive) as procs:
+    with _nodes(tmp, keepalive, prevote) as procs:
         # Links idle longer than connection_timeout (1 s) between the followers.
         seen = _settle(procs, idle=1.5)
         leader, term = seen["n1"][-1][1], int(seen["n1"][-1][2])
@@ -130,7 +130,12 @@ def _election_terms(tmp: Path, keepalive: bool) -> int | None:
 @pytest.mark.integration
 def test_warm_links_elect_in_one_term_cold_links_need_two(tmp_path: Path) -> None:
     warm = Counter(_election_terms(tmp_path / f"w{i}", keepalive=True) for i in range(3))
-    cold = Counter(_election_terms(tmp_path / f"c{i}", keepalive=False) for i in range(3))
+    # Cold links without PreVote, as pysyncobj is: with PreVote the pre-vote request is the
+    # message a cold link loses, and the vote that follows finds a fresh link (it hides the
+    # trap, which the keepalive still avoids).
+    cold = Counter(
+        _election_terms(tmp_path / f"c{i}", keepalive=False, prevote=False) for i in range(3)
+    )
     print(f"terms needed: warm {dict(warm)}, cold {dict(cold)}")
     # Random election timeouts can split a vote now and then: judge by the majority.
     assert warm.most_common(1)[0][0] == 1, warm

@@ -1,0 +1,162 @@
+"""PreVote's state machine (raft/prevote.py) with an injected clock: who may campaign, when.
+
+A small simulation drives three nodes' PreVote objects through partitions, one-way loss, a
+returning node and a dead leader; the property test checks that a node that still hears a live
+leader never says yes, so no schedule of pre-vote messages lets a node depose a leader that a
+majority hears.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raft.prevote import REQUEST, RESPONSE, LogPosition, PreVote
+
+MIN = 0.15
+LOG = LogPosition(3, 10)
+
+
+def node(name: str, size: int = 3) -> PreVote:
+    return PreVote(name, size, MIN, rand=lambda: 0.5)
+
+
+def ask(asker: PreVote, peers: dict[str, PreVote], now: float, leader: str | None = None,
+        term: int = 3, log: LogPosition = LOG, logs: dict[str, LogPosition] | None = None,
+        reach: set[str] | None = None) -> bool:  # fmt: skip
+    """One round: asker's request reaches `reach` (default: all), their answers come back."""
+    request = asker.start_round(now, term, log)
+    assert request["type"] == REQUEST and request["term"] == term + 1
+    go = False
+    for name, peer in peers.items():
+        if reach is not None and name not in reach:
+            continue
+        answer = peer.answer(request, now, name == leader, (logs or {}).get(name, LOG))
+        assert answer["type"] == RESPONSE
+        go = asker.on_response(name, answer, now) or go
+    return go
+
+
+def test_a_follower_that_alone_stops_hearing_the_leader_is_refused() -> None:
+    """One-way loss (or a cut link) between the leader n1 and n3: n2 still hears n1."""
+    n1, n2, n3 = node("n1"), node("n2"), node("n3")
+    n2.heard_leader(10.0)
+    assert not ask(n3, {"n1": n1, "n2": n2}, now=10.05, leader="n1")
+    assert n3.round is not None  # still open: no majority
+    assert n3.expired(10.05 + MIN) == MIN * 0.75  # refused: try again later, briefly
+    assert not n3.may_campaign(3)
+    assert n3.refused_rounds == 1
+
+
+def test_when_the_leader_is_dead_the_first_asker_gets_its_majority() -> None:
+    n2, n3 = node("n2"), node("n3")
+    n2.heard_leader(10.0)
+    n3.heard_leader(10.0)
+    # n3's deadline passes at 10.2; n2 last heard the leader 0.2 s ago (> MIN): yes.
+    assert ask(n3, {"n2": n2}, now=10.2, leader=None)
+    assert n3.may_campaign(3)
+    assert not n3.may_campaign(3)  # once per round
+    assert n3.granted_rounds == 1
+
+
+def test_too_early_a_request_is_refused_then_the_retry_wins() -> None:
+    n2, n3 = node("n2"), node("n3")
+    n2.heard_leader(10.0)
+    assert not ask(n3, {"n2": n2}, now=10.1)  # n2 heard the leader 0.1 s ago
+    wait = n3.expired(10.1 + MIN)
+    assert wait is not None
+    assert ask(n3, {"n2": n2}, now=10.1 + MIN + wait)
+
+
+def test_the_leader_itself_always_refuses() -> None:
+    n1, n3 = node("n1"), node("n3")
+    assert not ask(n3, {"n1": n1}, now=100.0, leader="n1")
+
+
+def test_an_asker_with_an_older_log_is_refused_and_a_newer_log_wins() -> None:
+    n2, n3 = node("n2"), node("n3")
+    newer = {"n2": LogPosition(3, 11)}
+    assert not ask(n3, {"n2": n2}, now=100.0, logs=newer)
+    n3.expired(100.0 + MIN)
+    assert not ask(n3, {"n2": n2}, now=101.0, logs={"n2": LogPosition(4, 1)})
+    n3.expired(101.0 + MIN)
+    assert ask(n3, {"n2": n2}, now=102.0, log=LogPosition(4, 2), logs={"n2": LogPosition(4, 1)})
+
+
+def test_a_stale_term_can_still_win_a_round() -> None:
+    """No term rule in pre-votes: else a node whose term lags but whose log is the newest
+    (the only one that can win the real vote) would be refused forever."""
+    n2, n3 = node("n2"), node("n3")
+    assert ask(n3, {"n2": n2}, now=100.0, term=1)
+
+
+def test_a_leader_heard_during_the_round_cancels_it() -> None:
+    n2, n3 = node("n2"), node("n3")
+    request = n3.start_round(100.0, 3, LOG)
+    answer = n2.answer(request, 100.0, False, LOG)
+    n3.heard_leader(100.01)  # a new leader's append_entries arrived meanwhile
+    assert not n3.on_response("n2", answer, 100.02)
+    assert not n3.may_campaign(3)
+
+
+def test_answers_of_an_old_round_or_repeated_do_not_count() -> None:
+    n3 = node("n3", size=5)
+    old = n3.start_round(100.0, 3, LOG)
+    n3.expired(100.0 + MIN)
+    n3.start_round(100.3, 4, LOG)
+    yes_old = {"type": RESPONSE, "term": old["term"], "granted": True}
+    yes_new = {"type": RESPONSE, "term": 5, "granted": True}
+    assert not n3.on_response("n1", yes_old, 100.31)
+    assert not n3.on_response("n1", yes_new, 100.31)
+    assert not n3.on_response("n1", yes_new, 100.32)  # the same peer twice: still 2 of 5
+    assert n3.on_response("n2", yes_new, 100.33)  # 3 of 5
+
+
+def test_a_single_node_cluster_campaigns_without_asking() -> None:
+    assert node("n1", size=1).may_campaign(0)
+
+
+def test_a_returning_isolated_node_cannot_disturb_a_leader_the_others_hear() -> None:
+    """n3 was cut off for a long time (its term is stale, nothing heard): the others hear n1."""
+    n1, n2, n3 = node("n1"), node("n2"), node("n3")
+    for attempt in range(20):
+        now = 500.0 + attempt * MIN
+        n2.heard_leader(now - 0.04)  # the leader's heartbeats, every 40 ms
+        assert not ask(n3, {"n1": n1, "n2": n2}, now=now, leader="n1")
+        assert n3.expired(now + MIN + 0.001) is not None
+    assert not n3.may_campaign(3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=2.0),  # time of the event
+            st.sampled_from(["heard", "ask"]),
+            st.sampled_from(["n2", "n3"]),  # who hears the leader / who asks
+        ),
+        max_size=40,
+    )
+)
+def test_no_schedule_gets_a_yes_from_a_node_that_heard_the_leader_recently(
+    events: list[tuple[float, str, str]],
+) -> None:
+    """Whatever the order of leader contacts and pre-vote requests, a yes is only ever given
+    by a node that has not heard a leader for MIN, and never by the leader."""
+    nodes = {"n1": node("n1"), "n2": node("n2"), "n3": node("n3")}
+    heard: dict[str, float] = {"n2": float("-inf"), "n3": float("-inf")}
+    for now, what, who in sorted(events):
+        if what == "heard":
+            nodes[who].heard_leader(now)
+            heard[who] = now
+            continue
+        request: dict[str, Any] = nodes[who].start_round(now, 3, LOG)
+        for name, peer in nodes.items():
+            if name == who:
+                continue
+            answer = peer.answer(request, now, name == "n1", LOG)
+            if answer["granted"]:
+                assert name != "n1"
+                assert now - heard[name] >= MIN
