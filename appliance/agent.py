@@ -18,7 +18,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from pathlib import Path
@@ -46,6 +46,7 @@ from appliance.config import (
 )
 from appliance.dataplane.nft import DataPlane, NftApplier, set_forwarding_sysctls
 from appliance.health import HealthChecker
+from appliance.heartbeats import HeartbeatService
 from appliance.leases import Announcer, NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import MemberReport, Pool, ServiceSpec, format_field_errors
@@ -114,6 +115,43 @@ def check_runtime(config: AgentConfig, settings: RaftSettings) -> None:
                 f"{field} {host}:{port}: {exc.strerror}; is another agent running, or is the "
                 "address not on this machine?"
             ) from None
+
+
+def start_heartbeats(
+    config: AgentConfig, loops: OwnershipLoops, password: str
+) -> HeartbeatService | None:
+    """The heartbeat thread of quorum-promise leases, on the Raft port's number over UDP."""
+    if loops.promises is None:
+        return None
+    bind = config.raft.bind or config.raft.address
+    peers = {
+        node: split_host_port(address)
+        for node, address in config.peer_map().items()
+        if node != config.node_id
+    }
+    loop = asyncio.get_running_loop()
+
+    def on_lease() -> None:  # the heartbeat thread: hand over to the event loop
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loops.wake)
+
+    try:
+        service = HeartbeatService(
+            loops.promises,
+            loops.promise_lock,
+            split_host_port(bind),
+            peers,
+            password,
+            config.timing_profile().heartbeat_period,
+            on_lease,
+        )
+    except OSError as exc:
+        field = "raft.bind" if config.raft.bind else "raft.address"
+        raise AgentStartError(
+            f"{field} {bind}: UDP (lease heartbeats): {exc.strerror}; is another agent running?"
+        ) from None
+    service.start()
+    return service
 
 
 API_BACKLOG = 1024
@@ -374,6 +412,7 @@ async def serve(
     if health is not None:
         health.on_change = loops.wake  # a backend up or down: re-render its VIP now
         metrics.watch_health(health, cluster)
+    heartbeats = start_heartbeats(config, loops, cluster.settings.password)
     guard = ConnectionGuard(max_connections=api_connection_limit())
     ctx = ApiContext(
         guard=guard,
@@ -392,39 +431,16 @@ async def serve(
         bgp_status=bgp.status if bgp is not None else None,
         l2_status=l2.status if l2 is not None else None,
     )
-    # A stop waits at most 2 s for requests in progress (aiohttp's default is 60 s); an idle
-    # keep-alive connection is closed after the guard's idle time (aiohttp's: an hour).
-    runner = web.AppRunner(
-        build_app(ctx),
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=2.0,
-        keepalive_timeout=guard.idle,
-    )
-    await runner.setup()
-    host, port = split_host_port(config.api.listen)
     try:
-        # Not aiohttp's TCPSite: every connection goes through the guard's protocol.
-        server = await asyncio.get_running_loop().create_server(
-            guard.factory(runner.server),  # type: ignore[arg-type]
-            host or None,
-            port,
-            ssl=tls_context(config.api.tls),
-            reuse_address=True,
-        )
-        _deepen_accept_queue(server.sockets)
-    except OSError as exc:
-        await runner.cleanup()
-        raise AgentStartError(
-            f"api.listen {config.api.listen}: {exc.strerror}; is another agent running?"
-        ) from None
-    log.info("API listening on %s (%s)", config.api.listen, config.api.public_url())
+        runner, server = await _start_api(config, ctx, guard)
+    except AgentStartError:
+        if heartbeats is not None:
+            heartbeats.close()
+        raise
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    stopper.attach(
-        lambda: loop.call_soon_threadsafe(stop.set), l2.silence if l2 is not None else None
-    )
+    stopper.attach(lambda: loop.call_soon_threadsafe(stop.set), _silencer(l2, heartbeats))
 
     def on_change() -> None:  # on pysyncobj's tick thread: hand over, never block it
         with contextlib.suppress(RuntimeError):
@@ -460,7 +476,54 @@ async def serve(
         cluster.state.on_change = None
         server.close()  # no new connections; those open are closed by the runner
         await _shut_down(tasks, loops, bgp, health)
+        if heartbeats is not None:
+            heartbeats.close()
         await runner.cleanup()
+
+
+def _silencer(l2: L2Announcer | None, heartbeats: HeartbeatService | None) -> Callable[[], None]:
+    """What the stopper's thread does at once: answer nothing more, promise nothing more."""
+
+    def silence() -> None:
+        if l2 is not None:
+            l2.silence()
+        if heartbeats is not None:
+            heartbeats.stop_sending()  # the peers give up within their window: VIPs move
+
+    return silence
+
+
+async def _start_api(
+    config: AgentConfig, ctx: ApiContext, guard: ConnectionGuard
+) -> tuple[web.AppRunner, asyncio.Server]:
+    # A stop waits at most 2 s for requests in progress (aiohttp's default is 60 s); an idle
+    # keep-alive connection is closed after the guard's idle time (aiohttp's: an hour).
+    runner = web.AppRunner(
+        build_app(ctx),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        keepalive_timeout=guard.idle,
+    )
+    await runner.setup()
+    host, port = split_host_port(config.api.listen)
+    try:
+        # Not aiohttp's TCPSite: every connection goes through the guard's protocol.
+        server = await asyncio.get_running_loop().create_server(
+            guard.factory(runner.server),  # type: ignore[arg-type]
+            host or None,
+            port,
+            ssl=tls_context(config.api.tls),
+            reuse_address=True,
+        )
+        _deepen_accept_queue(server.sockets)
+    except OSError as exc:
+        await runner.cleanup()
+        raise AgentStartError(
+            f"api.listen {config.api.listen}: {exc.strerror}; is another agent running?"
+        ) from None
+    log.info("API listening on %s (%s)", config.api.listen, config.api.public_url())
+    return runner, server
 
 
 async def _shut_down(

@@ -8,6 +8,7 @@ with a missing or weak Raft password, or a layer-2 pool off its data interface's
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 from pathlib import Path
@@ -255,6 +256,9 @@ class AgentConfig(_Strict):
     # forwarding (a control-plane-only node, or agents sharing one host in tests).
     forward: Literal["nftables", "none"] = "nftables"
     timing: Literal["fast", "safe"] = "fast"
+    # promise: quorum-promise leases over direct heartbeats (raft/promises.py, the default);
+    # commit: leases renewed through Raft (raft/ownership.py), slower failover.
+    leases: Literal["promise", "commit"] = "promise"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     pools: list[Pool] = Field(default_factory=list)
     services: list[ServiceSpec] = Field(default_factory=list)
@@ -268,7 +272,7 @@ class AgentConfig(_Strict):
         return self.announce in ("bgp", "l2+bgp")
 
     def timing_profile(self) -> TimingProfile:
-        return PROFILES[self.timing]
+        return dataclasses.replace(PROFILES[self.timing], leases=self.leases)
 
     def peer_map(self) -> dict[str, str]:
         return {p.id: p.address for p in self.raft.peers}

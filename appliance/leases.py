@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -22,9 +24,10 @@ from appliance.metrics import Metrics
 from appliance.model import Assignment, Backend, ChangeReason, IPAddress, LeaseRenewal, Pool
 from appliance.reconciler import Reconciler
 from raft.cluster import RaftStatus, SubmitError
-from raft.commands import AssignVips, Command, ReleasedVips, RenewLease
+from raft.commands import AssignVips, Command, Evidence, ReleasedVips, RenewLease
 from raft.ownership import Liveness
 from raft.planner import LeaderPlanner
+from raft.promises import Promises, facts_of
 from raft.state import StateView
 from raft.timing import TimingProfile
 
@@ -155,12 +158,27 @@ class OwnershipLoops:
         self.seq = 0
         self.held: frozenset[str] = frozenset()
         self.valid_until = 0.0
+        # Quorum-promise leases (raft/promises.py): the book the heartbeat thread
+        # (appliance/heartbeats.py) and these loops share, under `promise_lock`.
+        self.promises: Promises | None = None
+        self.promise_lock = threading.Lock()
+        if timing.leases == "promise":
+            self.promises = Promises(
+                self.me,
+                self.members,
+                self.incarnation,
+                timing.promise_window,
+                started=self.clock.monotonic(),
+                drift=timing.drift,
+                raft_grace=timing.raft_grace,
+            )
         self.reconciler = Reconciler(
             self.me,
             self.incarnation,
             timing.lease,
             routes=bgp is not None,
             forwarding=dataplane is not None,
+            promise_leases=self.promises is not None,
         )
         self._health_revision: int | None = None
         self.seen = Liveness(timing.dead_after)  # every node's view, for `lease_age`
@@ -169,6 +187,7 @@ class OwnershipLoops:
         self._acked: set[tuple[str, int]] = set()
         self.takeovers = 0
         self.planner: LeaderPlanner | None = None
+        self._raised: dict[tuple[str, int], float] = {}  # epoch raises asked, and when
 
     def cancel_inflight(self) -> list[asyncio.Task[Any]]:
         """Cancel the commands still waiting for a commit (on stop); return their tasks."""
@@ -233,19 +252,22 @@ class OwnershipLoops:
             if own is None or own.mark() < (self.incarnation, first_seq):
                 continue  # not yet applied everything inherited from the previous leader
             liveness.observe(now, state.renewals)
-            alive = {n for n in self.members if liveness.alive(n, now)}
-            warmup = self.timing.warmup
-            warming = {n for n in alive if not liveness.settled(n, now, warmup)}
             started = time.perf_counter()
-            decision = planner.plan(
-                state,
-                alive,
-                now,
-                self.clock.time(),
-                liveness.marks(),
-                {n: liveness.age(n, now) for n in self.members},
-                warming,
-            )
+            if self.promises is not None:
+                decision, alive = self._plan_by_promises(planner, liveness, state, now)
+            else:
+                alive = {n for n in self.members if liveness.alive(n, now)}
+                warmup = self.timing.warmup
+                warming = {n for n in alive if not liveness.settled(n, now, warmup)}
+                decision = planner.plan(
+                    state,
+                    alive,
+                    now,
+                    self.clock.time(),
+                    liveness.marks(),
+                    {n: liveness.age(n, now) for n in self.members},
+                    warming,
+                )
             self.metrics.plan_seconds.observe(time.perf_counter() - started)
             if decision is None:
                 continue
@@ -255,9 +277,52 @@ class OwnershipLoops:
             except SubmitError as exc:
                 log.warning("assignment not committed: %s", exc.message)
                 continue
-            refused = (result.get("value") or {}).get("refused")
-            if refused:
-                log.info("assignment refused for %s: their owner renewed meanwhile", refused)
+            value = result.get("value") or {}
+            if value.get("refused"):
+                why = (
+                    "no valid evidence that their owner's lease ended"
+                    if self.promises is not None
+                    else "their owner renewed meanwhile"
+                )
+                log.info("assignment refused for %s: %s", value["refused"], why)
+            for node in value.get("taken_from") or ():
+                log.warning(
+                    "%s's lease ended (its peers gave up on it): its VIPs move to others",
+                    node,
+                )
+
+    def _plan_by_promises(
+        self, planner: LeaderPlanner, liveness: Liveness, state: StateView, now: float
+    ) -> tuple[AssignVips | None, set[str]]:
+        """The decision under quorum-promise leases: VIPs leave a node only with evidence
+        that its lease ended; new VIPs go to nodes that hold a lease and renew steadily."""
+        assert self.promises is not None
+        with self.promise_lock:
+            against = {n: self.promises.evidence(n) for n in self.members if n != self.me}
+            # Each (node, epoch) asked once a second: the book sees a raise a reconcile later.
+            stale = {
+                n: e
+                for n, e in self.promises.stale(now).items()
+                if now - self._raised.get((n, e), -math.inf) >= 1.0
+            }
+            self._raised = {k: t for k, t in self._raised.items() if now - t < 1.0}
+            self._raised.update({k: now for k in stale.items()})
+            leased = self.promises.leased_peers(now)
+            ages = {n: self.promises.silence(n, now) for n in self.members}
+            epochs = {n: f.epoch for n, f in self.promises.facts().items()}
+        evidence = {n: Evidence(epoch=epochs.get(n, 0), by=by) for n, by in against.items() if by}
+        alive = set(self.members) - set(evidence)
+        warmup = self.timing.warmup
+        warming = {n for n in alive if n not in leased or not liveness.settled(n, now, warmup)}
+        decision = planner.plan(state, alive, now, self.clock.time(), {}, ages, warming)
+        if decision is None:
+            if not stale:
+                return None, alive
+            # Nothing to move: raise the epochs of nodes given up on and heard again, so
+            # that the peers that gave up promise them again.
+            decision = AssignVips(placements={}, at=self.clock.time())
+        update = {"evidence": evidence, "cluster_size": len(self.members), "refresh": stale}
+        return decision.model_copy(update=update), alive
 
     def _log_decision(self, state: StateView, decision: AssignVips, alive: set[str]) -> None:
         """One line per moved VIP; new VIPs (thousands at a time when services are written in
@@ -316,7 +381,24 @@ class OwnershipLoops:
             )
             self._health_revision = state.revision
             healthy, changed = self.health.healthy, self.health.take_changed()
-        step = self.reconciler.step(state, now, healthy, changed if changed is not None else set())
+        lease_end = None
+        if self.promises is not None:
+            grace = self.timing.raft_grace
+            raft_alive = {
+                n
+                for n in self.members
+                if (age := self.seen.age(n, now)) is not None and age <= grace
+            }
+            with self.promise_lock:
+                # The book's epoch and the VIPs held are read from the same view: a lease of a
+                # newer epoch never extends VIPs an older state gave this node.
+                self.promises.observe_state(
+                    now, facts_of(state.renewals, state.epochs, self.members), raft_alive
+                )
+                lease_end = min(self.promises.lease_until(), now + self.timing.promise_window)
+        step = self.reconciler.step(
+            state, now, healthy, changed if changed is not None else set(), lease_end
+        )
         if step.before:
             # Rules for a gained (or changed) VIP are in place before it is announced.
             await self._rules(step.before)

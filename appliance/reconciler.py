@@ -14,7 +14,7 @@ log no longer reaches back to the last step (`StateView.changes_since` gives Non
 
 The rules (unchanged from the first, whole-state reconciler):
 - a layer-2 VIP is held while the committed assignment names this node and its lease is valid
-  (raft/ownership.py has the argument);
+  (raft/promises.py and raft/ownership.py have the arguments);
 - a routed (bgp pool) VIP is announced while the lease is valid, the node is not drained and
   at least one of the VIP's backends (of its family) is healthy here (appliance/routing.py);
 - a VIP's rules are in place before it is announced and leave after it was withdrawn; for a
@@ -74,8 +74,10 @@ class Reconciler:
         forwarding: bool,
         ack_every: float = 1.0,
         withdraw_grace: float = 1.0,
+        promise_leases: bool = False,
     ) -> None:
         self.me, self.incarnation, self.lease = me, incarnation, lease
+        self.promise_leases = promise_leases
         self.routes, self.forwarding, self.ack_every = routes, forwarding, ack_every
         self.withdraw_grace = withdraw_grace
         self.draining: dict[str, float] = {}  # withdrawn routed VIP -> when its rules may go
@@ -101,10 +103,17 @@ class Reconciler:
         now: float,
         healthy: Healthy | None = None,
         health_changed: Set[str] | None = frozenset(),
+        lease_end: float | None = None,
     ) -> Step:
         """The next step. `health_changed`: services whose backends' health changed since the
-        last step (None: unknown, look at every service)."""
-        deadline = lease_deadline(view.renewals, self.me, self.incarnation, self.lease)
+        last step (None: unknown, look at every service). `lease_end`: this node's lease end
+        under quorum-promise leases (raft/promises.py, computed from `view`'s epoch); without
+        it, the lease of committed renewals (raft/ownership.py)."""
+        deadline = (
+            lease_end
+            if self.promise_leases
+            else lease_deadline(view.renewals, self.me, self.incarnation, self.lease)
+        )
         valid = deadline is not None and now < deadline
         until = deadline if valid and deadline is not None else 0.0
         able = valid and self.me not in view.drained

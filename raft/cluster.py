@@ -252,6 +252,10 @@ class RaftCluster:
         if settings.keepalive:
             self._syncobj.addOnTickCallback(self._keep_links_warm)
 
+    @property
+    def settings(self) -> RaftSettings:
+        return self._settings
+
     def _keep_links_warm(self) -> None:
         """On the tick thread: a small message to every peer every connection_timeout / 4.
 

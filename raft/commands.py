@@ -90,14 +90,32 @@ class Placement(BaseModel):
     dead_for: float | None = Field(default=None, ge=0)
 
 
+class Evidence(BaseModel):
+    """Nodes that abandoned a node's lease epoch (raft/promises.py), by registered incarnation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epoch: int = Field(strict=True, ge=0)
+    by: dict[Name, int]
+
+
 class AssignVips(_Command):
-    """The leader's decision. `based_on` is the (incarnation, seq) of each node's last renewal
-    the leader had seen: taking a VIP from a node that renewed since is refused at apply time,
-    so a deposed or stalled leader's queued decision cannot take a VIP from a live owner."""
+    """The leader's decision.
+
+    Under committed-renewal leases (mechanism A, `evidence` None) `based_on` is the
+    (incarnation, seq) of each node's last renewal the leader had seen: taking a VIP from a node
+    that renewed since is refused at apply time, so a deposed or stalled leader's queued
+    decision cannot take a VIP from a live owner. Under quorum-promise leases (mechanism B)
+    taking a VIP from a node needs `evidence` against its current epoch from enough of the
+    `cluster_size` nodes, and raises that epoch (raft/promises.py)."""
 
     type: Literal["vips.assign"] = "vips.assign"
     placements: dict[str, Placement]
     based_on: dict[Name, tuple[int, int]] = Field(default_factory=dict)
+    evidence: dict[Name, Evidence] | None = None
+    # Epochs to raise without taking anything (node -> its epoch now): no evidence needed.
+    refresh: dict[Name, int] = Field(default_factory=dict)
+    cluster_size: int = Field(default=0, strict=True, ge=0)
     at: float = Field(description="the leader's unix time, shown as `since`")
 
 

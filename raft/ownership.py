@@ -39,6 +39,7 @@ from typing import Any
 
 from appliance.model import Assignment, LeaseRenewal
 from raft.commands import AssignVips, CommandError
+from raft.promises import evidence_needed
 
 
 def lease_deadline(
@@ -56,15 +57,43 @@ def renewal_is_newer(current: LeaseRenewal | None, renewal: LeaseRenewal) -> boo
     return current is None or current.mark() < renewal.mark()
 
 
+def valid_evidence(
+    command: AssignVips, renewals: Mapping[str, LeaseRenewal], epochs: Mapping[str, int]
+) -> set[str]:
+    """The nodes the command's evidence really gives up on, by the state it applies to: the
+    epoch is current, and enough other nodes abandoned it by their registered incarnation."""
+    out = set()
+    need = evidence_needed(command.cluster_size)
+    for node, evidence in (command.evidence or {}).items():
+        if evidence.epoch != epochs.get(node, 0):
+            continue
+        by = [
+            peer
+            for peer, incarnation in evidence.by.items()
+            if peer != node
+            and (renewal := renewals.get(peer)) is not None
+            and renewal.incarnation == incarnation
+        ]
+        if command.cluster_size > 1 and len(by) >= need:
+            out.add(node)
+    return out
+
+
 def apply_assign(
     assignments: Mapping[str, Assignment],
     renewals: Mapping[str, LeaseRenewal],
     command: AssignVips,
-) -> tuple[dict[str, Assignment], dict[str, Any]]:
-    """The leader's placements as the assignments to store, and the command's result; each VIP
-    taken from a node that renewed since is refused."""
+    epochs: Mapping[str, int] | None = None,
+) -> tuple[dict[str, Assignment], dict[str, Any], set[str]]:
+    """The leader's placements as the assignments to store, the command's result, and the
+    nodes whose lease epoch to raise. A VIP taken from its holder without its consent is
+    refused when the holder renewed since (mechanism A), or without valid evidence against
+    the holder (mechanism B)."""
     updates: dict[str, Assignment] = {}
     changed, refused = [], []
+    promise_mode = command.evidence is not None
+    taken_from: set[str] = set()
+    given_up = valid_evidence(command, renewals, epochs or {}) if promise_mode else set()
     for vip, placement in sorted(command.placements.items()):
         current = assignments.get(vip)
         old_node = current.node if current else None
@@ -74,11 +103,17 @@ def apply_assign(
         # Taking the VIP from a holder (or an unacknowledged releaser) without its consent.
         holder = old_node if old_node not in (None, placement.node) else old_releasing
         if holder is not None and holder not in (placement.node, placement.releasing):
-            seen = command.based_on.get(holder)
-            renewal = renewals.get(holder)
-            if renewal is not None and (seen is None or renewal.mark() > tuple(seen)):
-                refused.append(vip)
-                continue
+            if promise_mode:
+                if holder not in given_up:
+                    refused.append(vip)
+                    continue
+                taken_from.add(holder)
+            else:
+                seen = command.based_on.get(holder)
+                renewal = renewals.get(holder)
+                if renewal is not None and (seen is None or renewal.mark() > tuple(seen)):
+                    refused.append(vip)
+                    continue
         epoch = (current.epoch if current else 0) + (old_node != placement.node)
         if old_node != placement.node:
             # The record of the last change; the second half of a planned move keeps the node
@@ -104,7 +139,15 @@ def apply_assign(
             dead_for=dead_for,
         )
         changed.append(vip)
-    return updates, {"changed": changed, "refused": refused}
+    result: dict[str, Any] = {"changed": changed, "refused": refused}
+    # An epoch is raised where something was taken without consent: the taking entry is
+    # what the argument of raft/promises.py needs to find (evidence alone moves nothing).
+    raised = given_up & taken_from
+    if promise_mode:
+        result["taken_from"] = sorted(raised)
+        raised |= {n for n, e in command.refresh.items() if (epochs or {}).get(n, 0) == e}
+        result["epochs_raised"] = sorted(raised)
+    return updates, result, raised
 
 
 def _address(vip: str) -> Any:

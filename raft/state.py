@@ -73,6 +73,7 @@ class StateView:
     drained: frozenset[str]
     routed: Map[str, str]  # VIPs of bgp pools (text) -> pool name
     vip_counts: Map[str, int]  # node -> VIPs the assignment gives it
+    epochs: Map[str, int]  # node -> lease epoch (quorum-promise leases, raft/promises.py)
     revision: int
     log: LogReader
 
@@ -104,6 +105,7 @@ class ClusterState:
         self.drained: frozenset[str] = frozenset()
         self.routed: Map[str, str] = Map()
         self.vip_counts: Map[str, int] = Map()
+        self.epochs: Map[str, int] = Map()
         self.index = AddressIndex()
         self.log = ChangeLog()
         # Number of commands applied successfully; a cheap version for caches and metrics.
@@ -120,6 +122,7 @@ class ClusterState:
         "drained",
         "routed",
         "vip_counts",
+        "epochs",
     )
 
     def snapshot(self) -> StateView:
@@ -191,8 +194,12 @@ class ClusterState:
                     self.renewals = self.renewals.set(renewal.node, renewal)
                 return {"newer": newer}
             case AssignVips():
-                updates, result = ownership.apply_assign(self.assignments, self.renewals, command)
+                updates, result, raised = ownership.apply_assign(
+                    self.assignments, self.renewals, command, self.epochs
+                )
                 self._set_assignments(updates)
+                for node in sorted(raised):
+                    self.epochs = self.epochs.set(node, self.epochs.get(node, 0) + 1)
                 return result
             case ReleasedVips(node=node, vips=vips):
                 updates, done = ownership.apply_released(self.assignments, node, vips)
@@ -371,6 +378,10 @@ class ClusterState:
             else {}
         )
         state.drained = frozenset(data.get("drained", []))
+        epochs = state.epochs.mutate()
+        for node, epoch in (data.get("epochs") or {}).items():
+            epochs[str(node)] = int(epoch)
+        state.epochs = epochs.finish()
         state.log.reset(state.revision)
         return state
 
@@ -397,6 +408,7 @@ def view_to_data(view: StateView) -> dict[str, Any]:
         "renewals": [r.model_dump(mode="json") for r in view.renewals.values()],
         "assignments": [a.model_dump(mode="json") for a in view.assignments.values()],
         "drained": sorted(view.drained),
+        "epochs": dict(view.epochs.items()),
     }
 
 

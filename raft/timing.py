@@ -30,6 +30,15 @@ class TimingProfile:
     lease: float = 0.75
     drift: float = 0.05  # clock rate difference tolerated between nodes
     margin: float = 0.05
+    # Which leases decide who answers: "promise" (raft/promises.py: peers' promises carried
+    # by direct heartbeats, failover after promise_window) or "commit" (raft/ownership.py:
+    # committed renewals, failover after dead_after, which must outlast an election).
+    leases: str = "promise"
+    promise_window: float = 0.25
+    heartbeat_period: float = 0.02
+    # A peer whose renewals have not committed for this long is promised nothing more: it no
+    # longer takes part in Raft (it would not hear of its VIPs moving).
+    raft_grace: float = 1.5
 
     @property
     def warmup(self) -> float:
@@ -67,6 +76,18 @@ class TimingProfile:
             out.append(
                 f"lease {self.lease} must exceed raft_max_timeout + renew_period + "
                 f"append_entries_period = {survive:g} (or a leader crash drops every VIP)"
+            )
+        if self.leases not in ("promise", "commit"):
+            out.append(f"leases {self.leases!r} must be promise or commit")
+        if self.heartbeat_period * 4 > self.promise_window:
+            out.append(
+                f"heartbeat_period {self.heartbeat_period} must be at most promise_window/4 "
+                f"{self.promise_window / 4:g} (else one late heartbeat ends a lease)"
+            )
+        if self.raft_grace <= self.raft_max_timeout + 2 * self.renew_period:
+            out.append(
+                f"raft_grace {self.raft_grace} must exceed an election and two renewals "
+                f"({self.raft_max_timeout + 2 * self.renew_period:g}s)"
             )
         if self.renew_period * 3 > self.lease:
             out.append(f"renew_period {self.renew_period} must be at most lease/3")
@@ -114,5 +135,8 @@ PROFILES: dict[str, TimingProfile] = {
         report_period=5.0,
         renew_period=0.5,
         lease=4.0,
+        promise_window=1.5,
+        heartbeat_period=0.1,
+        raft_grace=6.0,
     ),
 }

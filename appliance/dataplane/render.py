@@ -232,6 +232,14 @@ def _firewall(fw: Firewall) -> list[str]:
             lines.append(f"\t\ttcp dport {port} ip6 saddr {{ {', '.join(allowed6)} }} accept")
         what = "raft: peers only" if port == fw.raft_port else "api: peers and api.allow"
         lines.append(f'\t\ttcp dport {port} reject with tcp reset comment "{what}"')
+        if port == fw.raft_port:
+            # The lease heartbeats (appliance/heartbeats.py): authenticated, but nobody
+            # else's business.
+            if peers4:
+                lines.append(f"\t\tudp dport {port} ip saddr {{ {', '.join(peers4)} }} accept")
+            if peers6:
+                lines.append(f"\t\tudp dport {port} ip6 saddr {{ {', '.join(peers6)} }} accept")
+            lines.append(f'\t\tudp dport {port} drop comment "lease heartbeats: peers only"')
     return [*lines, "\t}"]
 
 

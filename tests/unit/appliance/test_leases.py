@@ -3,6 +3,7 @@ when it starts answering for a VIP (no agent, no root)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -38,7 +39,13 @@ async def test_a_vip_taken_back_after_a_lapsed_lease_is_no_failover(
     cluster = InMemoryCluster(ME, {ME: "127.0.0.1:7001", OLD: "127.0.0.1:7002"})
     metrics = Metrics(cluster)
     announcer = NullAnnouncer()
-    loops = OwnershipLoops(cluster, metrics, [ME, OLD], PROFILES["fast"], announcer)
+    loops = OwnershipLoops(
+        cluster,
+        metrics,
+        [ME, OLD],
+        dataclasses.replace(PROFILES["fast"], leases="commit"),
+        announcer,
+    )
     pools(cluster.state)
     vip = put(cluster.state, 1)
     assign(cluster, vip, OLD, reason="new")

@@ -9,6 +9,7 @@ leave only after it is withdrawn, and a release is acknowledged once it is no lo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from tests.support.fake_cluster import InMemoryCluster
 from tests.unit.appliance.test_reconciler import _report, assign, command, pools, put
 
 ME, OTHER = "n1", "n2"
-TIMING = PROFILES["fast"]
+TIMING = dataclasses.replace(PROFILES["fast"], leases="commit")
 Op = tuple[Any, ...]
 
 

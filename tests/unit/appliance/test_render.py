@@ -147,7 +147,9 @@ def test_comments_never_break_out_of_their_quotes(service_id: str) -> None:
     assert next(line for line in delta.splitlines() if "comment" in line).count('"') == 2
 
 
-def test_firewall_lets_peers_reach_raft_and_peers_plus_allowed_reach_the_api() -> None:
+def test_firewall_lets_peers_reach_raft_and_heartbeats_and_peers_plus_allowed_reach_the_api() -> (
+    None
+):
     fw = Firewall(
         raft_port=7001,
         api_port=8080,
@@ -155,11 +157,14 @@ def test_firewall_lets_peers_reach_raft_and_peers_plus_allowed_reach_the_api() -
         api_clients=(ipaddress.ip_network("203.0.113.0/24"),),
     )
     lines = [line.strip() for line in render([], firewall=fw).splitlines()]
-    assert lines[lines.index("chain input {") :][2:9] == [
+    assert lines[lines.index("chain input {") :][2:12] == [
         'iif "lo" accept',
         "tcp dport 7001 ip saddr { 192.0.2.11 } accept",
         "tcp dport 7001 ip6 saddr { 2001:db8:1::b } accept",
         'tcp dport 7001 reject with tcp reset comment "raft: peers only"',
+        "udp dport 7001 ip saddr { 192.0.2.11 } accept",
+        "udp dport 7001 ip6 saddr { 2001:db8:1::b } accept",
+        'udp dport 7001 drop comment "lease heartbeats: peers only"',
         "tcp dport 8080 ip saddr { 192.0.2.11, 203.0.113.0/24 } accept",
         "tcp dport 8080 ip6 saddr { 2001:db8:1::b } accept",
         'tcp dport 8080 reject with tcp reset comment "api: peers and api.allow"',
