@@ -213,17 +213,22 @@ class OwnershipLoops:
 
     # -- renewals ---------------------------------------------------------------------------
 
+    def renew(self) -> int:
+        """Commit one renewal (in the background); its seq."""
+        self.seq += 1
+        renewal = LeaseRenewal(
+            node=self.me,
+            incarnation=self.incarnation,
+            seq=self.seq,
+            sent_at=self.clock.monotonic(),
+        )
+        self._fire(RenewLease(renewal=renewal), timeout=self.timing.lease)
+        return self.seq
+
     async def renew_loop(self) -> None:
         period = self.timing.renew_period
         while True:
-            self.seq += 1
-            renewal = LeaseRenewal(
-                node=self.me,
-                incarnation=self.incarnation,
-                seq=self.seq,
-                sent_at=self.clock.monotonic(),
-            )
-            self._fire(RenewLease(renewal=renewal), timeout=self.timing.lease)
+            self.renew()
             await asyncio.sleep(period)
 
     # -- the leader's decisions -------------------------------------------------------------
@@ -243,7 +248,10 @@ class OwnershipLoops:
             state = self.cluster.view()
             now = self.clock.monotonic()
             if not leading:
-                leading, first_seq = True, self.seq + 1
+                # A renewal now, not at the renew loop's next turn: once it applies, this
+                # term's leader has everything it inherited and may decide (a dead owner's
+                # VIPs wait for that).
+                leading, first_seq = True, self.renew()
                 self.seen.observe(now, state.renewals)
                 liveness.reset(now, state.renewals, self.seen)
                 planner.reset()
@@ -485,6 +493,12 @@ class OwnershipLoops:
         )
 
     def lease_ages(self) -> dict[str, float | None]:
-        """Seconds since this node last saw each member's renewal change (its own clock)."""
+        """Seconds since this node last heard each member's lease heartbeat (quorum-promise
+        leases; itself: 0 while it holds a lease), or saw its renewal change (commit leases)."""
         now = self.clock.monotonic()
-        return {n: self.seen.age(n, now) for n in self.members}
+        if self.promises is None:
+            return {n: self.seen.age(n, now) for n in self.members}
+        with self.promise_lock:
+            ages = {n: self.promises.silence(n, now) for n in self.members}
+            ages[self.me] = 0.0 if now < self.promises.lease_until() else None
+        return ages

@@ -604,7 +604,8 @@ class NodeInfo(_Frozen):
     lease_age: float | None = Field(
         strict=True,
         default=None,
-        description="seconds since this node saw its lease renewal change",
+        description="seconds since this node last heard its lease heartbeat (itself: 0 while "
+        "it holds a lease); with `leases: commit`, since its lease renewal changed",
     )
     vips: int = Field(strict=True, default=0, description="VIPs the committed assignment gives it")
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from appliance.lab import LabError, local
+from appliance.lab.torture_report import KINDS
 
 if TYPE_CHECKING:
     from appliance.lab.netlab import NetLab
@@ -373,6 +374,66 @@ def bench_failover(
         click.echo(main_failover(_base(base), runs, as_json, _progress, compare == "keepalived"))
     except LabError as exc:
         _fail(str(exc))
+
+
+@lab_group.command("torture")
+@click.option("--rounds", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--faults",
+    default=",".join(KINDS),
+    show_default=True,
+    help="Comma-separated fault kinds to draw from.",
+)
+@click.option("--seed", default=1, show_default=True, type=int, help="Same seed, same faults.")
+@click.option("--ipv6", is_flag=True, help="IPv6 VIPs too (three of each family).")
+@click.option(
+    "--duration",
+    default="0.5-2",
+    show_default=True,
+    help="How long each fault lasts, seconds: a range MIN-MAX or one value (60: a minute).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_BASE
+def lab_torture(
+    rounds: int,
+    faults: str,
+    seed: int,
+    ipv6: bool,
+    duration: str,
+    as_json: bool,
+    base: Path | None,
+) -> None:
+    """Random faults on a namespace lab, watched from the client: outages, dual owners (exit
+    1 if any), lease lapses on untouched nodes, elections (root)."""
+    import json
+
+    from appliance.lab.torture import torture
+    from appliance.lab.torture_report import render
+
+    kinds = [k.strip() for k in faults.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise click.BadParameter(
+            f"{', '.join(unknown) or 'none given'}: the kinds are {', '.join(KINDS)}",
+            param_hint="--faults",
+        )
+    low, _, high = duration.partition("-")
+    try:
+        span = (float(low), float(high or low))
+    except ValueError:
+        raise click.BadParameter(
+            f"{duration!r} is not MIN-MAX seconds", param_hint="--duration"
+        ) from None
+    if not 0.1 <= span[0] <= span[1] <= 600:
+        raise click.BadParameter(f"{duration!r}: 0.1 <= MIN <= MAX <= 600", param_hint="--duration")
+    try:
+        result = torture(_base(base), rounds, kinds, seed, ipv6, _progress, span)
+    except LabError as exc:
+        _fail(str(exc))
+        return
+    click.echo(json.dumps(result, indent=2) if as_json else render(result))
+    if result["total"]["dual_owner_moments"]:
+        raise SystemExit(1)
 
 
 @bench_group.command("dataplane")

@@ -31,13 +31,14 @@ def ensure_installed(progress: Progress) -> str:
     if found:
         return found
     progress("installing keepalived (apt-get install keepalived) for the comparison")
-    result = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "keepalived"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "keepalived"]
+    result = subprocess.run(install, capture_output=True, text=True, check=False, env=env)
+    if result.returncode != 0 and "Unable to locate package" in result.stderr:
+        # A fresh machine's package lists may be empty or old: read them, then try again.
+        progress("apt-get update (the package lists do not have keepalived)")
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False, env=env)
+        result = subprocess.run(install, capture_output=True, text=True, check=False, env=env)
     found = shutil.which("keepalived")
     if result.returncode != 0 or not found:
         raise LabError(

@@ -72,3 +72,52 @@ def test_one_way_loss_between_leader_and_follower_causes_no_election(
         print(f"  {vip} on {held[vip]}: answered by {sorted(by)}, longest gap {gap * 1000:.0f} ms")
         assert by == {held[vip]}, f"{vip} moved or was answered by another node: {sorted(by)}"
         assert gap < 0.3, f"{vip} unanswered for {gap:.2f}s on an untouched node"
+
+
+def lease_ends(lab: Any, node: str) -> int:
+    text = lab.log_path(f"agent-{node}").read_text(errors="replace")
+    return text.count("raftlb.heartbeats: lease ended")
+
+
+def test_a_returning_isolated_leader_deposes_nobody_and_costs_no_lease(make_lab: MakeLab) -> None:
+    """The leader is cut off from both followers (the client still reaches it) for 3 s: they
+    elect one of themselves (one term up) and take its VIPs; it stops answering within its
+    lease; back, it follows. Nothing else: no second election, no lease ends on the others, and
+    their VIPs answered all along."""
+    lab = make_lab()
+    vips = setup_vips(lab)
+    nodes = lab.node_names()
+    old = lab.wait_leader()
+    held = wait_for(lambda: (o := owners(lab, nodes)) and all(o.values()) and o, 20, "owners")
+    others = [n for n in nodes if n != old]
+    watched = tuple(v for v in vips if held[v] != old)
+    before = terms(lab)
+    ends = {n: lease_ends(lab, n) for n in others}
+    watch = Watch(lab, vips, seconds=1.0 + 3.0 + 4.0)
+    time.sleep(1.0)
+    cut = time.monotonic()
+    try:
+        for other in others:
+            one_way_loss(lab, old, other)
+            one_way_loss(lab, other, old)
+        time.sleep(3.0)
+    finally:
+        for node in nodes:
+            one_way_loss(lab, node, old, on=False)
+    time.sleep(4.0)
+    replies = watch.finish()
+    after = terms(lab)
+    names = macs(lab)
+    print(f"isolated leader {old}: terms {before} -> {after}")
+    start = before[old][0]
+    assert {t for t, _ in after.values()} == {start + 1}, after  # one election, not a storm
+    assert len({leader for _, leader in after.values()}) == 1
+    assert {n: lease_ends(lab, n) for n in others} == ends, "a lease ended on an untouched node"
+    late = [r for r in replies if names.get(r.mac) == old and r.at > cut + 0.3]
+    assert not late, f"the isolated leader answered after its lease: {late[:3]}"
+    for vip in watched:
+        mine = sorted(r.at for r in replies if r.vip == vip and r.at >= cut)
+        by = {names.get(r.mac, r.mac) for r in replies if r.vip == vip and r.at >= cut}
+        gap = max_gap(mine)
+        print(f"  {vip} on {held[vip]}: answered by {sorted(by)}, longest gap {gap * 1000:.0f} ms")
+        assert gap < 0.3, f"{vip} unanswered for {gap:.2f}s on an untouched node"

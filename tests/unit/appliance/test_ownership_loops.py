@@ -13,11 +13,14 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import pytest
+
 from appliance.dataplane.render import Forward
 from appliance.leases import OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import IPAddress, Pool
-from raft.timing import PROFILES
+from raft.promises import Echo, Heartbeat
+from raft.timing import PROFILES, TimingProfile
 from tests.support.fake_cluster import InMemoryCluster
 from tests.unit.appliance.test_reconciler import _report, assign, command, pools, put
 
@@ -84,7 +87,7 @@ class Routes:
 class Rig:
     """One node's loops over a two-node in-memory cluster; `ops` is what they did."""
 
-    def __init__(self, bgp: bool = False) -> None:
+    def __init__(self, bgp: bool = False, timing: TimingProfile = TIMING) -> None:
         self.ops: list[Op] = []
         self.clock = Clock()
         self.cluster = InMemoryCluster(ME, {ME: "192.0.2.1:7000", OTHER: "192.0.2.2:7000"})
@@ -93,7 +96,7 @@ class Rig:
             self.cluster,
             Metrics(self.cluster),
             [ME, OTHER],
-            TIMING,
+            timing,
             Announcer(self.ops),
             dataplane=DataPlane(self.ops),
             bgp=Routes(self.ops) if bgp else None,
@@ -205,3 +208,24 @@ async def test_a_data_plane_left_unloaded_is_repaired_even_without_a_change() ->
     dataplane.loaded = False  # at start, or after a failed update
     assert await rig.step() == [("repair",)]
     assert await rig.step() == []
+
+
+async def test_under_promise_leases_a_vip_is_answered_while_a_majority_promises() -> None:
+    rig = Rig(timing=PROFILES["fast"])
+    book = rig.loops.promises
+    assert book is not None
+    vip = put(rig.state, 0)
+    assign(rig.state, {vip: {"node": ME, "reason": "new"}})
+    rig.renew()
+    other = {"node": OTHER, "incarnation": 5, "seq": 1, "sent_at": 0.0}
+    assert rig.state.apply(command("lease.renew", renewal=other))["ok"]
+    assert ("announce", (vip,)) not in await rig.step()  # registered, but nobody promised
+    sent = book.outgoing(rig.clock.now)[OTHER]
+    echo = Echo(sent.incarnation, 0, sent.seq)
+    book.receive(rig.clock.now + 0.001, Heartbeat(OTHER, 5, 0, 1, echo=echo, promised_from=0))
+    assert ("announce", (vip,)) in await rig.step()
+    assert rig.loops.valid_until == pytest.approx(rig.clock.now + 0.25 * 0.9 - 0.02)
+    # A promise good only for a later epoch counts for nothing now.
+    book.receive(rig.clock.now + 0.002, Heartbeat(OTHER, 5, 0, 2, echo=echo, promised_from=1))
+    rig.clock.now += 0.01
+    assert ("announce", ()) in await rig.step()
