@@ -20,6 +20,7 @@ import contextlib
 import ipaddress
 import random
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -250,9 +251,20 @@ def torture(
         finally:
             replies = asker.finish()
         lapses = lease_lapses(lab)
+        result = analyze(replies, faults, lapses)
+        total = result["total"]
+        if (
+            total["dual_owner_moments"]
+            or total["untouched_lease_lapses"]
+            or total["unexpected_elections"]
+        ):
+            # What to look at: the agents' logs outlive the lab.
+            kept = base / f"torture-{lab.run_id}-logs"
+            shutil.copytree(lab.dir / "logs", kept, dirs_exist_ok=True)
+            result["logs"] = str(kept)
+            progress(f"something to look at: the agents' logs are kept in {kept}")
     finally:
         lab.down(progress=lambda _: None)
-    result = analyze(replies, faults, lapses)
     result["seed"] = seed
     result["ipv6"] = ipv6
     return result

@@ -7,7 +7,8 @@ moments each agent logged that its lease ended. Outputs, per fault kind: the out
 VIPs the fault touched (p50/p90/max: the longest time their requests went unanswered from the
 fault until the round settled), the longest silence of any VIP, dual-owner moments (a request
 answered by two MACs, or two MACs answering in turn within DUAL_WINDOW), lease lapses on nodes
-the fault did not touch, and elections (term rises) with those a fault of the leader explains.
+the fault did not touch (any node, for a CPU hog), and elections (term rises), with those a
+fault of the leader explains.
 """
 
 from __future__ import annotations
@@ -139,11 +140,9 @@ def analyze(
         report.longest_silence = max(report.longest_silence, silence)
         dual = [d for d in duals if fault.start - 0.5 <= d[1] <= fault.settled]
         report.dual += len(dual)
-        others = [
-            n
-            for n in lapses
-            if n != fault.victim and not (fault.kind == "asym" and n == fault.peer)
-        ]
+        # A CPU hog starves every node alike and cuts nobody off: no lease may end anywhere.
+        touched_nodes = {fault.victim, fault.peer} if fault.kind != "cpuhog" else set()
+        others = [n for n in lapses if n not in touched_nodes]
         untouched = sum(
             1 for n in others for t in lapses[n] if fault.wall_start <= t <= fault.wall_settled
         )

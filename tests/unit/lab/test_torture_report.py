@@ -74,6 +74,8 @@ def test_lapses_count_only_on_untouched_nodes_and_inside_the_round() -> None:
     assert result["kinds"]["kill9"]["untouched_lease_lapses"] == 1  # n2's at 1002
     asym = fault(kind="asym", peer="n2")
     assert analyze([], [asym], lapses)["kinds"]["asym"]["untouched_lease_lapses"] == 0
+    hog = fault(kind="cpuhog")  # starves every node: the victim's lapse counts too
+    assert analyze([], [hog], lapses)["kinds"]["cpuhog"]["untouched_lease_lapses"] == 2
 
 
 def test_elections_are_unexpected_unless_a_fault_took_the_leader_away() -> None:
