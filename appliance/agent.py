@@ -144,6 +144,7 @@ def start_heartbeats(
             password,
             config.timing_profile().heartbeat_period,
             on_lease,
+            loops.extend_lease,
         )
     except OSError as exc:
         field = "raft.bind" if config.raft.bind else "raft.address"

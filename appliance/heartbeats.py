@@ -115,11 +115,13 @@ class HeartbeatService:
         password: str,
         period: float,
         on_lease: Callable[[], None] | None = None,
+        extend: Callable[[int | None, float], None] | None = None,
     ) -> None:
         self.book, self.lock, self.period = book, lock, period
         self.peers = dict(peers)
         self.key = derive_key(password)
         self.on_lease = on_lease
+        self.extend = extend  # (epoch, until): the announcer's deadline, from this thread
         family = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind(bind)  # OSError: the caller says which setting to fix
@@ -184,6 +186,7 @@ class HeartbeatService:
             self.book.tick(now, stall)
             out = self.book.outgoing(now) if self._sending else {}
             until = self.book.lease_until()
+            epoch = self.book.lease_epoch()
             if (until > now) != self._leased:
                 self._leased = until > now
                 report = self.book.report(now)
@@ -208,11 +211,10 @@ class HeartbeatService:
             with contextlib.suppress(OSError):  # a peer down or unreachable: its problem
                 self.sock.sendto(encode(hb, self.key), address)
                 self.sent += 1
-        # Wake the reconciler when the lease starts or moves on: it also looks every 50 ms.
-        if self.on_lease is not None and (
-            (until > now) != (self._notified_until > now)
-            or until - self._notified_until >= 2 * self.period
-        ):
+        if self.extend is not None and until > now:
+            self.extend(epoch, min(until, now + self.book.window))
+        # Wake the reconciler when the lease starts or ends: it decides what to hold.
+        if self.on_lease is not None and (until > now) != (self._notified_until > now):
             self._notified_until = until
             self.on_lease()
 

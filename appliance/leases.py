@@ -34,6 +34,8 @@ from raft.timing import TimingProfile
 log = logging.getLogger("raftlb.ownership")
 # The takeover reason of a VIP held again, after a lapsed lease, under the same assignment.
 RESUMED = "resumed"
+# A node that said it held a lease within this long may be given VIPs (promise leases).
+LEASED_WITHIN = 2.0
 
 
 class Clock(Protocol):
@@ -188,6 +190,10 @@ class OwnershipLoops:
         self.takeovers = 0
         self.planner: LeaderPlanner | None = None
         self._raised: dict[tuple[str, int], float] = {}  # epoch raises asked, and when
+        # The announcer's VIPs were given to this node by a state where its lease epoch was
+        # `_announced_epoch`: the heartbeat thread extends them only with a lease of that epoch.
+        self._announce_lock = threading.Lock()
+        self._announced_epoch: int | None = None
 
     def cancel_inflight(self) -> list[asyncio.Task[Any]]:
         """Cancel the commands still waiting for a commit (on stop); return their tasks."""
@@ -315,7 +321,7 @@ class OwnershipLoops:
             }
             self._raised = {k: t for k, t in self._raised.items() if now - t < 1.0}
             self._raised.update({k: now for k in stale.items()})
-            leased = self.promises.leased_peers(now)
+            leased = self.promises.leased_peers(now, LEASED_WITHIN)
             ages = {n: self.promises.silence(n, now) for n in self.members}
             epochs = {n: f.epoch for n, f in self.promises.facts().items()}
         evidence = {n: Evidence(epoch=epochs.get(n, 0), by=by) for n, by in against.items() if by}
@@ -389,7 +395,7 @@ class OwnershipLoops:
             )
             self._health_revision = state.revision
             healthy, changed = self.health.healthy, self.health.take_changed()
-        lease_end = None
+        lease_end = lease_epoch = None
         if self.promises is not None:
             grace = self.timing.raft_grace
             raft_alive = {
@@ -404,6 +410,7 @@ class OwnershipLoops:
                     now, facts_of(state.renewals, state.epochs, self.members), raft_alive
                 )
                 lease_end = min(self.promises.lease_until(), now + self.timing.promise_window)
+                lease_epoch = self.promises.lease_epoch()
         step = self.reconciler.step(
             state, now, healthy, changed if changed is not None else set(), lease_end
         )
@@ -418,9 +425,15 @@ class OwnershipLoops:
             for vip in step.released:
                 reason = "lease lapsed" if not step.until else "assigned elsewhere"
                 log.info("released %s (%s)", vip, reason)
-            self.announcer.set(_addresses(step.held), step.until)
-        elif step.until != self.valid_until and step.held:
-            self.announcer.extend(step.until)  # a renewal: same VIPs, O(1)
+            with self._announce_lock:
+                self.announcer.set(_addresses(step.held), step.until)
+                self._announced_epoch = lease_epoch
+        else:
+            with self._announce_lock:
+                if step.until != self.valid_until and step.held:
+                    self.announcer.extend(step.until)  # a renewal: same VIPs, O(1)
+                # The same VIPs, as the state of this step (its epoch) gives them.
+                self._announced_epoch = lease_epoch
         self.held, self.valid_until = step.held, step.until
         if self.bgp is not None and step.routed is not None:
             for vip in step.announced:
@@ -491,6 +504,16 @@ class OwnershipLoops:
             shown,
             more,
         )
+
+    def extend_lease(self, epoch: int | None, until: float) -> None:
+        """On the heartbeat thread: keep answering for the VIPs held until `until`, a lease of
+        `epoch` (raft/promises.py), if the reconciler announced them under that epoch. A lease
+        then lasts while promises arrive, whatever keeps the event loop busy: extended only
+        from there, an event loop stalled for 200 ms (thousands of services) ended leases."""
+        with self._announce_lock:
+            if epoch is None or epoch != self._announced_epoch or not self.held:
+                return
+            self.announcer.extend(until)
 
     def lease_ages(self) -> dict[str, float | None]:
         """Seconds since this node last heard each member's lease heartbeat (quorum-promise

@@ -125,6 +125,7 @@ class _Peer:
     received_at: float = float("-inf")
     promised_until: float = float("-inf")  # this node's promises to the peer, any epoch
     promised: tuple[int, int] | None = None  # (incarnation, seq) of the last one promised
+    leased_at: float = float("-inf")  # when it last said it holds a lease
     lease_until: float = float("-inf")  # what the peer's promises give this node (own clock)
     lease_from: int = 0  # ... for this node's epochs from this one on
     # Since when the state has shown the peer as it is now (incarnation, epoch): a node that
@@ -202,6 +203,8 @@ class Promises:
         # Another incarnation is a restart: not ordered by number (the clock may have been
         # set back), and promised only if it is the registered one (`_promisable`).
         peer.last, peer.received_at = hb, now
+        if hb.leased:
+            peer.leased_at = now
         if self._promisable(now, hb):
             peer.promised_until = max(peer.promised_until, now + self.window)
             peer.promised = (hb.incarnation, hb.seq)
@@ -349,13 +352,11 @@ class Promises:
                 out[node] = facts.epoch
         return out
 
-    def leased_peers(self, now: float) -> set[str]:
-        """Peers that said, within W, that they hold a lease; this node too if it does."""
-        out = {
-            name
-            for name, peer in self._peers.items()
-            if peer.last is not None and peer.last.leased and now - peer.received_at < self.window
-        }
+    def leased_peers(self, now: float, within: float) -> set[str]:
+        """Peers that said within `within` seconds that they hold a lease; this node too if it
+        does. (Not "now": the leader's planner looks at this set, and a set that flickers
+        with every late heartbeat made it replan thousands of VIPs again and again.)"""
+        out = {name for name, peer in self._peers.items() if now - peer.leased_at < within}
         if now < self.lease_until():
             out.add(self.me)
         return out
