@@ -87,6 +87,7 @@ class GuardedSyncObj(StallGuardedSyncObj):
         conf = kwargs["conf"]
         self._raftlb_prevote = PreVote(self_address, len(others) + 1, float(conf.raftMinTimeout))
         self._raftlb_refused_logged = 0.0
+        self._raftlb_stall_hint = float(conf.raftMinTimeout) / 2
         super().__init__(self_address, others, **kwargs)
 
     def _raftlb_position(self) -> LogPosition:
@@ -142,5 +143,13 @@ class GuardedSyncObj(StallGuardedSyncObj):
         pysyncobj_lib.on_message(self, node, message)
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - pysyncobj's names
+        # A node whose tick thread was stalled (its agent busy, the GIL taken) has not read
+        # the leader's heartbeats waiting in its sockets: to it the leader looks gone, and it
+        # granted a cut-off node's pre-vote before reading them (a one-way loss then still
+        # raised the term three times). After a stall it counts as having just heard the
+        # leader: it refuses pre-votes for raft_min_timeout more, while it catches up.
+        now = pysyncobj_lib.now()
+        if now - self._raftlb_last_tick > self._raftlb_stall_hint and not self._isLeader():
+            self._raftlb_prevote.heard_leader(now)
         self._raftlb_prevote_gate()
         super()._onTick(timeToWait)
