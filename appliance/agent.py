@@ -46,7 +46,7 @@ from appliance.config import (
 )
 from appliance.dataplane.nft import DataPlane, NftApplier, set_forwarding_sysctls
 from appliance.health import HealthChecker
-from appliance.heartbeats import HeartbeatService
+from appliance.helper_book import HelperBook, HelperError
 from appliance.leases import Announcer, NullAnnouncer, OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import MemberReport, Pool, ServiceSpec, format_field_errors
@@ -118,41 +118,57 @@ def check_runtime(config: AgentConfig, settings: RaftSettings) -> None:
 
 
 def start_heartbeats(
-    config: AgentConfig, loops: OwnershipLoops, password: str
-) -> HeartbeatService | None:
-    """The heartbeat thread of quorum-promise leases, on the Raft port's number over UDP."""
-    if loops.promises is None:
+    config: AgentConfig,
+    loops: OwnershipLoops,
+    password: str,
+    stop: asyncio.Event,
+    failure: list[str],
+) -> HelperBook | None:
+    """The heartbeat helper process of quorum-promise leases (appliance/heartbeat_helper.py),
+    on the Raft port's number over UDP; it takes the place of the loops' own book. If it
+    dies, the agent stops (`stop`, the reason in `failure`)."""
+    if loops.book is None:
         return None
+    timing = config.timing_profile()
     bind = config.raft.bind or config.raft.address
-    peers = {
-        node: split_host_port(address)
-        for node, address in config.peer_map().items()
-        if node != config.node_id
+    host, port = split_host_port(bind)
+    settings = {
+        "node": config.node_id,
+        "members": loops.members,
+        "incarnation": loops.incarnation,
+        "window": timing.promise_window,
+        "drift": timing.drift,
+        "raft_grace": timing.raft_grace,
+        "bind": [host, port],
+        "peers": {
+            node: list(split_host_port(address))
+            for node, address in config.peer_map().items()
+            if node != config.node_id
+        },
+        "password": password,
+        "period": timing.heartbeat_period,
+        "log_level": config.log_level,
     }
     loop = asyncio.get_running_loop()
 
-    def on_lease() -> None:  # the heartbeat thread: hand over to the event loop
+    def on_lease() -> None:  # the relay thread: hand over to the event loop
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(loops.wake)
 
+    def on_exit() -> None:
+        failure.append("the heartbeat helper exited")
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(stop.set)
+
     try:
-        service = HeartbeatService(
-            loops.promises,
-            loops.promise_lock,
-            split_host_port(bind),
-            peers,
-            password,
-            config.timing_profile().heartbeat_period,
-            on_lease,
-            loops.extend_lease,
-        )
-    except OSError as exc:
+        helper = HelperBook(settings, timing.promise_window, loops.extend_lease, on_lease, on_exit)
+    except HelperError as exc:
         field = "raft.bind" if config.raft.bind else "raft.address"
         raise AgentStartError(
-            f"{field} {bind}: UDP (lease heartbeats): {exc.strerror}; is another agent running?"
+            f"{field} {bind}: UDP (lease heartbeats): {exc}; is another agent running?"
         ) from None
-    service.start()
-    return service
+    loops.book = helper
+    return helper
 
 
 API_BACKLOG = 1024
@@ -384,12 +400,7 @@ async def serve(
         tick_lag=metrics.tick_lag_seconds.observe,
         journal_sync=metrics.journal_sync_seconds.observe,
     )
-    health = None
-    if dataplane is not None:
-        health = HealthChecker()
-        dataplane.observe = lambda kind, seconds: metrics.ruleset_seconds.labels(kind).observe(
-            seconds
-        )
+    health = _health_checker(dataplane, metrics)
     bgp = None
     if config.announces_bgp and config.bgp:
         bgp = BgpRoutes(config.bgp, config.raft.address, config.data_dir, config.node_id)
@@ -413,7 +424,9 @@ async def serve(
     if health is not None:
         health.on_change = loops.wake  # a backend up or down: re-render its VIP now
         metrics.watch_health(health, cluster)
-    heartbeats = start_heartbeats(config, loops, cluster.settings.password)
+    stop = asyncio.Event()
+    failure: list[str] = []  # why the agent stopped on its own, if it did
+    heartbeats = start_heartbeats(config, loops, cluster.settings.password, stop, failure)
     guard = ConnectionGuard(max_connections=api_connection_limit())
     ctx = ApiContext(
         guard=guard,
@@ -439,7 +452,6 @@ async def serve(
             heartbeats.close()
         raise
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     stopper.attach(lambda: loop.call_soon_threadsafe(stop.set), _silencer(l2, heartbeats))
 
@@ -448,7 +460,35 @@ async def serve(
             loop.call_soon_threadsafe(loops.wake)
 
     cluster.state.on_change = on_change
-    tasks = [
+    tasks = _start_tasks(config, cluster, loops, metrics)
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        cluster.state.on_change = None
+        server.close()  # no new connections; those open are closed by the runner
+        await _shut_down(tasks, loops, bgp, health)
+        if heartbeats is not None:
+            heartbeats.close()
+        await runner.cleanup()
+    if failure:
+        raise AgentStartError(
+            f"{failure[0]}; stopped so that the service manager starts the agent again"
+        )
+
+
+def _health_checker(dataplane: DataPlane | None, metrics: Metrics) -> HealthChecker | None:
+    """Backends are checked where this node forwards to them."""
+    if dataplane is None:
+        return None
+    dataplane.observe = lambda kind, seconds: metrics.ruleset_seconds.labels(kind).observe(seconds)
+    return HealthChecker()
+
+
+def _start_tasks(
+    config: AgentConfig, cluster: RaftCluster, loops: OwnershipLoops, metrics: Metrics
+) -> list[asyncio.Task[Any]]:
+    return [
         asyncio.create_task(loops.reconcile_loop(), name="reconcile"),
         asyncio.create_task(loops.renew_loop(), name="lease-renew"),
         asyncio.create_task(loops.leader_loop(), name="leader"),
@@ -470,26 +510,16 @@ async def serve(
         asyncio.create_task(_watch_raft(cluster), name="raft-watch"),
         asyncio.create_task(gcpolicy.freeze_loop(), name="gc-freeze"),
     ]
-    try:
-        await stop.wait()
-        log.info("stopping")
-    finally:
-        cluster.state.on_change = None
-        server.close()  # no new connections; those open are closed by the runner
-        await _shut_down(tasks, loops, bgp, health)
-        if heartbeats is not None:
-            heartbeats.close()
-        await runner.cleanup()
 
 
-def _silencer(l2: L2Announcer | None, heartbeats: HeartbeatService | None) -> Callable[[], None]:
+def _silencer(l2: L2Announcer | None, heartbeats: HelperBook | None) -> Callable[[], None]:
     """What the stopper's thread does at once: answer nothing more, promise nothing more."""
 
     def silence() -> None:
         if l2 is not None:
             l2.silence()
         if heartbeats is not None:
-            heartbeats.stop_sending()  # the peers give up within their window: VIPs move
+            heartbeats.silence()  # the peers give up within their window: VIPs move
 
     return silence
 

@@ -116,12 +116,14 @@ class HeartbeatService:
         period: float,
         on_lease: Callable[[], None] | None = None,
         extend: Callable[[int | None, float], None] | None = None,
+        on_sent: Callable[[float], None] | None = None,
     ) -> None:
         self.book, self.lock, self.period = book, lock, period
         self.peers = dict(peers)
         self.key = derive_key(password)
         self.on_lease = on_lease
         self.extend = extend  # (epoch, until): the announcer's deadline, from this thread
+        self.on_sent = on_sent  # after each period's heartbeats (the helper's report)
         family = socket.AF_INET6 if ":" in bind[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind(bind)  # OSError: the caller says which setting to fix
@@ -213,6 +215,8 @@ class HeartbeatService:
                 self.sent += 1
         if self.extend is not None and until > now:
             self.extend(epoch, min(until, now + self.book.window))
+        if self.on_sent is not None:
+            self.on_sent(now)
         # Wake the reconciler when the lease starts or ends: it decides what to hold.
         if self.on_lease is not None and (until > now) != (self._notified_until > now):
             self._notified_until = until

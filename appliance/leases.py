@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from appliance.dataplane.render import Forward
+from appliance.lease_book import LeaseBook, LocalBook
 from appliance.metrics import Metrics
 from appliance.model import Assignment, Backend, ChangeReason, IPAddress, LeaseRenewal, Pool
 from appliance.reconciler import Reconciler
@@ -34,8 +35,6 @@ from raft.timing import TimingProfile
 log = logging.getLogger("raftlb.ownership")
 # The takeover reason of a VIP held again, after a lapsed lease, under the same assignment.
 RESUMED = "resumed"
-# A node that said it held a lease within this long may be given VIPs (promise leases).
-LEASED_WITHIN = 2.0
 
 
 class Clock(Protocol):
@@ -160,19 +159,20 @@ class OwnershipLoops:
         self.seq = 0
         self.held: frozenset[str] = frozenset()
         self.valid_until = 0.0
-        # Quorum-promise leases (raft/promises.py): the book the heartbeat thread
-        # (appliance/heartbeats.py) and these loops share, under `promise_lock`.
-        self.promises: Promises | None = None
-        self.promise_lock = threading.Lock()
+        # Quorum-promise leases (raft/promises.py): a book in this process (`use_book` puts
+        # the agent's heartbeat helper in its place, appliance/helper_book.py).
+        self.book: LeaseBook | None = None
         if timing.leases == "promise":
-            self.promises = Promises(
-                self.me,
-                self.members,
-                self.incarnation,
-                timing.promise_window,
-                started=self.clock.monotonic(),
-                drift=timing.drift,
-                raft_grace=timing.raft_grace,
+            self.book = LocalBook(
+                Promises(
+                    self.me,
+                    self.members,
+                    self.incarnation,
+                    timing.promise_window,
+                    started=self.clock.monotonic(),
+                    drift=timing.drift,
+                    raft_grace=timing.raft_grace,
+                )
             )
         self.reconciler = Reconciler(
             self.me,
@@ -180,7 +180,7 @@ class OwnershipLoops:
             timing.lease,
             routes=bgp is not None,
             forwarding=dataplane is not None,
-            promise_leases=self.promises is not None,
+            promise_leases=self.book is not None,
         )
         self._health_revision: int | None = None
         self.seen = Liveness(timing.dead_after)  # every node's view, for `lease_age`
@@ -191,7 +191,7 @@ class OwnershipLoops:
         self.planner: LeaderPlanner | None = None
         self._raised: dict[tuple[str, int], float] = {}  # epoch raises asked, and when
         # The announcer's VIPs were given to this node by a state where its lease epoch was
-        # `_announced_epoch`: the heartbeat thread extends them only with a lease of that epoch.
+        # `_announced_epoch`: they are extended only by a lease good for that epoch.
         self._announce_lock = threading.Lock()
         self._announced_epoch: int | None = None
 
@@ -267,7 +267,7 @@ class OwnershipLoops:
                 continue  # not yet applied everything inherited from the previous leader
             liveness.observe(now, state.renewals)
             started = time.perf_counter()
-            if self.promises is not None:
+            if self.book is not None:
                 decision, alive = self._plan_by_promises(planner, liveness, state, now)
             else:
                 alive = {n for n in self.members if liveness.alive(n, now)}
@@ -295,7 +295,7 @@ class OwnershipLoops:
             if value.get("refused"):
                 why = (
                     "no valid evidence that their owner's lease ended"
-                    if self.promises is not None
+                    if self.book is not None
                     else "their owner renewed meanwhile"
                 )
                 log.info("assignment refused for %s: %s", value["refused"], why)
@@ -310,21 +310,21 @@ class OwnershipLoops:
     ) -> tuple[AssignVips | None, set[str]]:
         """The decision under quorum-promise leases: VIPs leave a node only with evidence
         that its lease ended; new VIPs go to nodes that hold a lease and renew steadily."""
-        assert self.promises is not None
-        with self.promise_lock:
-            against = {n: self.promises.evidence(n) for n in self.members if n != self.me}
-            # Each (node, epoch) asked once a second: the book sees a raise a reconcile later.
-            stale = {
-                n: e
-                for n, e in self.promises.stale(now).items()
-                if now - self._raised.get((n, e), -math.inf) >= 1.0
-            }
-            self._raised = {k: t for k, t in self._raised.items() if now - t < 1.0}
-            self._raised.update({k: now for k in stale.items()})
-            leased = self.promises.leased_peers(now, LEASED_WITHIN)
-            ages = {n: self.promises.silence(n, now) for n in self.members}
-            epochs = {n: f.epoch for n, f in self.promises.facts().items()}
-        evidence = {n: Evidence(epoch=epochs.get(n, 0), by=by) for n, by in against.items() if by}
+        assert self.book is not None
+        view = self.book.view(now)
+        # Each (node, epoch) asked once a second: the book sees a raise a reconcile later.
+        stale = {
+            n: e for n, e in view.stale.items() if now - self._raised.get((n, e), -math.inf) >= 1.0
+        }
+        self._raised = {k: t for k, t in self._raised.items() if now - t < 1.0}
+        self._raised.update({k: now for k in stale.items()})
+        ages = {n: view.age(n, now) for n in self.members}
+        evidence = {
+            n: Evidence(epoch=epoch, by=dict(by))
+            for n, (epoch, by) in view.evidence.items()
+            if n != self.me
+        }
+        leased = view.leased
         alive = set(self.members) - set(evidence)
         warmup = self.timing.warmup
         warming = {n for n in alive if n not in leased or not liveness.settled(n, now, warmup)}
@@ -395,22 +395,8 @@ class OwnershipLoops:
             )
             self._health_revision = state.revision
             healthy, changed = self.health.healthy, self.health.take_changed()
-        lease_end = lease_epoch = None
-        if self.promises is not None:
-            grace = self.timing.raft_grace
-            raft_alive = {
-                n
-                for n in self.members
-                if (age := self.seen.age(n, now)) is not None and age <= grace
-            }
-            with self.promise_lock:
-                # The book's epoch and the VIPs held are read from the same view: a lease of a
-                # newer epoch never extends VIPs an older state gave this node.
-                self.promises.observe_state(
-                    now, facts_of(state.renewals, state.epochs, self.members), raft_alive
-                )
-                lease_end = min(self.promises.lease_until(), now + self.timing.promise_window)
-                lease_epoch = self.promises.lease_epoch()
+        state_epoch = state.epochs.get(self.me, 0)
+        lease_end = self._promise_lease(state, now) if self.book is not None else None
         step = self.reconciler.step(
             state, now, healthy, changed if changed is not None else set(), lease_end
         )
@@ -427,13 +413,13 @@ class OwnershipLoops:
                 log.info("released %s (%s)", vip, reason)
             with self._announce_lock:
                 self.announcer.set(_addresses(step.held), step.until)
-                self._announced_epoch = lease_epoch
+                self._announced_epoch = state_epoch
         else:
             with self._announce_lock:
                 if step.until != self.valid_until and step.held:
                     self.announcer.extend(step.until)  # a renewal: same VIPs, O(1)
                 # The same VIPs, as the state of this step (its epoch) gives them.
-                self._announced_epoch = lease_epoch
+                self._announced_epoch = state_epoch
         self.held, self.valid_until = step.held, step.until
         if self.bgp is not None and step.routed is not None:
             for vip in step.announced:
@@ -505,13 +491,31 @@ class OwnershipLoops:
             more,
         )
 
+    def _promise_lease(self, state: StateView, now: float) -> float:
+        """Tell the book the state's facts; this node's lease end under that state."""
+        assert self.book is not None
+        grace = self.timing.raft_grace
+        raft_alive = {
+            n for n in self.members if (age := self.seen.age(n, now)) is not None and age <= grace
+        }
+        self.book.observe(now, facts_of(state.renewals, state.epochs, self.members), raft_alive)
+        view = self.book.view(now)
+        # A lease the book computed for an epoch of this node up to the state's is good for
+        # the state's (appliance/helper_book.py); one for a later epoch is not: that later
+        # state may have taken some of these VIPs away.
+        if view.lease_epoch is None or view.lease_epoch > state.epochs.get(self.me, 0):
+            return -math.inf
+        return min(view.lease_until, now + self.timing.promise_window)
+
     def extend_lease(self, epoch: int | None, until: float) -> None:
-        """On the heartbeat thread: keep answering for the VIPs held until `until`, a lease of
-        `epoch` (raft/promises.py), if the reconciler announced them under that epoch. A lease
+        """Off the event loop (the heartbeat relay): keep answering for the VIPs held until
+        `until`, a lease the book computed for this node's `epoch`, if the reconciler announced
+        them under that epoch or a later one (a promise is good from some epoch on). A lease
         then lasts while promises arrive, whatever keeps the event loop busy: extended only
         from there, an event loop stalled for 200 ms (thousands of services) ended leases."""
         with self._announce_lock:
-            if epoch is None or epoch != self._announced_epoch or not self.held:
+            announced = self._announced_epoch
+            if epoch is None or announced is None or epoch > announced or not self.held:
                 return
             self.announcer.extend(until)
 
@@ -519,9 +523,9 @@ class OwnershipLoops:
         """Seconds since this node last heard each member's lease heartbeat (quorum-promise
         leases; itself: 0 while it holds a lease), or saw its renewal change (commit leases)."""
         now = self.clock.monotonic()
-        if self.promises is None:
+        if self.book is None:
             return {n: self.seen.age(n, now) for n in self.members}
-        with self.promise_lock:
-            ages = {n: self.promises.silence(n, now) for n in self.members}
-            ages[self.me] = 0.0 if now < self.promises.lease_until() else None
+        view = self.book.view(now)
+        ages = {n: view.age(n, now) for n in self.members}
+        ages[self.me] = 0.0 if now < view.lease_until else None
         return ages

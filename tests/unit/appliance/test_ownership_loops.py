@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from typing import Any
 
 import pytest
 
 from appliance.dataplane.render import Forward
+from appliance.lease_book import BookView, LocalBook
 from appliance.leases import OwnershipLoops
 from appliance.metrics import Metrics
 from appliance.model import IPAddress, Pool
-from raft.promises import Echo, Heartbeat
+from raft.promises import Echo, Heartbeat, NodeFacts
 from raft.timing import PROFILES, TimingProfile
 from tests.support.fake_cluster import InMemoryCluster
 from tests.unit.appliance.test_reconciler import _report, assign, command, pools, put
@@ -212,8 +213,9 @@ async def test_a_data_plane_left_unloaded_is_repaired_even_without_a_change() ->
 
 async def test_under_promise_leases_a_vip_is_answered_while_a_majority_promises() -> None:
     rig = Rig(timing=PROFILES["fast"])
-    book = rig.loops.promises
-    assert book is not None
+    local = rig.loops.book
+    assert isinstance(local, LocalBook)
+    book = local.promises
     vip = put(rig.state, 0)
     assign(rig.state, {vip: {"node": ME, "reason": "new"}})
     rig.renew()
@@ -230,3 +232,54 @@ async def test_under_promise_leases_a_vip_is_answered_while_a_majority_promises(
     book.receive(rig.clock.now + 0.002, Heartbeat(OTHER, 5, 0, 2, echo=echo, promised_from=1))
     rig.clock.now += 0.01
     assert ("announce", ()) in await rig.step()
+
+
+class FakeBook:
+    """The narrow `LeaseBook` interface: a view set by the test, the facts it was told."""
+
+    def __init__(self) -> None:
+        self.current = BookView()
+        self.told: list[dict[str, NodeFacts]] = []
+
+    def observe(self, now: float, facts: Mapping[str, NodeFacts], raft_alive: Set[str]) -> None:
+        self.told.append(dict(facts))
+
+    def view(self, now: float) -> BookView:
+        return self.current
+
+
+def promise_rig() -> tuple[Rig, FakeBook, str]:
+    rig = Rig(timing=PROFILES["fast"])
+    book = FakeBook()
+    rig.loops.book = book
+    vip = put(rig.state, 0)
+    assign(rig.state, {vip: {"node": ME, "reason": "new"}})
+    rig.renew()
+    return rig, book, vip
+
+
+async def test_a_lease_of_an_earlier_epoch_holds_and_one_of_a_later_epoch_does_not() -> None:
+    rig, book, vip = promise_rig()
+    rig.state.epochs = rig.state.epochs.set(ME, 2)  # the state raised this node's epoch
+    # The helper still reports a lease of epoch 1 (it has not read the new facts yet): a
+    # promise good from epoch 1 on is good for 2.
+    book.current = BookView(at=rig.clock.now, lease_until=rig.clock.now + 0.3, lease_epoch=1)
+    assert ("announce", (vip,)) in await rig.step()
+    assert book.told[-1][ME] == NodeFacts(rig.loops.incarnation, 2)
+    # A lease of a later epoch than the state's says nothing of this state's VIPs.
+    book.current = BookView(at=rig.clock.now, lease_until=rig.clock.now + 0.3, lease_epoch=3)
+    rig.clock.now += 0.01
+    assert ("announce", ()) in await rig.step()
+
+
+async def test_the_relay_extends_only_what_was_announced_under_an_epoch_it_covers() -> None:
+    rig, book, vip = promise_rig()
+    rig.state.epochs = rig.state.epochs.set(ME, 1)
+    book.current = BookView(at=rig.clock.now, lease_until=rig.clock.now + 0.3, lease_epoch=1)
+    assert ("announce", (vip,)) in await rig.step()
+    rig.ops.clear()
+    rig.loops.extend_lease(0, rig.clock.now + 0.35)
+    rig.loops.extend_lease(1, rig.clock.now + 0.36)
+    rig.loops.extend_lease(2, rig.clock.now + 0.37)  # newer than the announced state: no
+    rig.loops.extend_lease(None, rig.clock.now + 0.38)  # no lease at all: no
+    assert rig.ops == [("extend", rig.clock.now + 0.35), ("extend", rig.clock.now + 0.36)]
