@@ -159,8 +159,8 @@ class OwnershipLoops:
         self.seq = 0
         self.held: frozenset[str] = frozenset()
         self.valid_until = 0.0
-        # Quorum-promise leases (raft/promises.py): a book in this process (`use_book` puts
-        # the agent's heartbeat helper in its place, appliance/helper_book.py).
+        # Quorum-promise leases (raft/promises.py): a book in this process; the agent puts
+        # its heartbeat helper's in its place (appliance/agent.py start_heartbeats).
         self.book: LeaseBook | None = None
         if timing.leases == "promise":
             self.book = LocalBook(
