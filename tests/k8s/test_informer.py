@@ -4,8 +4,7 @@ list, watch streams, bookmarks, 410 Gone and relist, and an API server that goes
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from kubernetes import client
 from appliance.lab.k8s_api import FakeApiServer
 from appliance.lab.served import ServedApp
 from k8s_sync.informer import Informer
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,13 +25,6 @@ def svc(name: str, port: int = 80) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": "shop"},
         "spec": {"type": "LoadBalancer", "ports": [{"port": port}]},
     }
-
-
-def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 class Running:

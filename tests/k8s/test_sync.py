@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from appliance.model import Pool, ServiceSpec
 from k8s_sync.syncer import Syncer
 from k8s_sync.translate import EXCLUDE_LABEL, Options
 from tests.support.fake_cluster import InMemoryCluster
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 TOKEN = "sync-test-token-0123456789abcdef"
@@ -57,16 +58,6 @@ def k8s_node(name: str, n: int, excluded: bool = False) -> dict[str, Any]:
             "addresses": [{"type": "InternalIP", "address": f"198.51.100.{n}"}],
         },
     }
-
-
-def until(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @dataclass

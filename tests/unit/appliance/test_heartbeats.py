@@ -7,12 +7,13 @@ import hmac
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from appliance.heartbeats import HeartbeatError, HeartbeatService, decode, derive_key, encode
 from raft.promises import Echo, Heartbeat, NodeFacts, Promises
+from tests.support.waiting import until
 
 KEY = derive_key("a long enough raft password")
 FULL = Heartbeat(
@@ -87,15 +88,6 @@ def trio() -> Iterator[tuple[dict[str, Promises], dict[str, HeartbeatService], t
             service.close()
 
 
-def wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError("not within the timeout")
-
-
 def test_three_nodes_promise_each_other_and_give_up_a_silent_one(
     trio: tuple[dict[str, Promises], dict[str, HeartbeatService], threading.Lock],
 ) -> None:
@@ -105,15 +97,15 @@ def test_three_nodes_promise_each_other_and_give_up_a_silent_one(
         with lock:
             return books[node].lease_until() > time.monotonic()
 
-    wait(lambda: all(leased(n) for n in MEMBERS))
+    until(lambda: all(leased(n) for n in MEMBERS), "every node leased")
     services["n1"].stop_sending()  # a stopping agent: silent at once
-    wait(lambda: not leased("n1"))
+    until(lambda: not leased("n1"), "n1's lease ended")
 
     def given_up() -> bool:
         with lock:
             return books["n3"].evidence("n1") == {"n2": 2, "n3": 3}
 
-    wait(given_up)
+    until(given_up, "n1 given up")
     assert leased("n2") and leased("n3")  # the others keep theirs
     assert services["n2"].stats()["rejected"] == 0
 
@@ -126,4 +118,4 @@ def test_datagrams_of_another_password_are_counted_and_ignored(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         forged = Heartbeat("n1", 1, 0, 10**9, abandoned=frozenset({("n3", 0)}))
         sock.sendto(encode(forged, derive_key("not the password")), ("127.0.0.1", port))
-    wait(lambda: services["n2"].stats()["rejected"] == 1)
+    until(lambda: services["n2"].stats()["rejected"] == 1, "the forged heartbeat rejected")

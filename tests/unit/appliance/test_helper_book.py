@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from appliance.helper_book import HelperBook, HelperError
 from appliance.lease_book import BookView
 from raft.promises import NodeFacts
+from tests.support.waiting import until
 
 MEMBERS = ["n1", "n2", "n3"]
 FACTS = {n: NodeFacts(i + 1, 0) for i, n in enumerate(MEMBERS)}
@@ -63,15 +64,6 @@ class Agent:
         self.flips += 1
 
 
-def wait(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError("timed out")
-
-
 @pytest.fixture
 def trio() -> Iterator[tuple[dict[str, HelperBook], dict[str, Agent]]]:
     ports = dict(zip(MEMBERS, free_udp_ports(3), strict=True))
@@ -98,13 +90,13 @@ def test_helpers_give_leases_and_extend_the_agent_until_one_dies(
     trio: tuple[dict[str, HelperBook], dict[str, Agent]],
 ) -> None:
     helpers, agents = trio
-    wait(lambda: all(leased(h) for h in helpers.values()))
+    until(lambda: all(leased(h) for h in helpers.values()), "every helper leased", 20)
     n1 = agents["n1"]
-    wait(lambda: len(n1.extended) > 3)
-    epoch, until = n1.extended[-1]
+    until(lambda: len(n1.extended) > 3, "the relay extending n1", 20)
+    epoch, deadline = n1.extended[-1]
     now = time.monotonic()
     assert epoch == 0
-    assert now < until <= now + WINDOW  # a deadline on the shared clock, never past W
+    assert now < deadline <= now + WINDOW  # a deadline on the shared clock, never past W
     assert n1.flips == 1  # the lease began: the reconciler was woken once
     # The helper dies (a crash): its agent hears of it, and the peers give it up.
     helpers["n1"].kill()
@@ -114,7 +106,7 @@ def test_helpers_give_leases_and_extend_the_agent_until_one_dies(
     def evidence() -> BookView:
         return helpers["n3"].view(time.monotonic())
 
-    wait(lambda: "n1" in evidence().evidence)
+    until(lambda: "n1" in evidence().evidence, "evidence of n1", 20)
     epoch_given_up, by = evidence().evidence["n1"]
     assert (epoch_given_up, by) == (0, {"n2": 2, "n3": 3})
     assert leased(helpers["n2"]) and leased(helpers["n3"])
@@ -125,10 +117,10 @@ def test_a_silenced_helper_stops_at_once_and_its_agent_is_not_told_it_failed(
     trio: tuple[dict[str, HelperBook], dict[str, Agent]],
 ) -> None:
     helpers, agents = trio
-    wait(lambda: all(leased(h) for h in helpers.values()))
+    until(lambda: all(leased(h) for h in helpers.values()), "every helper leased", 20)
     helpers["n2"].silence()
     assert helpers["n2"].proc.wait(5) is not None
-    wait(lambda: "n2" in helpers["n1"].view(time.monotonic()).evidence)
+    until(lambda: "n2" in helpers["n1"].view(time.monotonic()).evidence, "evidence of n2", 20)
     time.sleep(0.1)
     assert not agents["n2"].exited.is_set()
 
@@ -156,12 +148,12 @@ def test_facts_reach_the_helper_and_a_lease_waits_for_registration() -> None:
         unregistered = {**FACTS, "n1": NodeFacts(None, 0)}
         for helper in helpers.values():
             helper.observe(time.monotonic(), unregistered, set(MEMBERS))
-        wait(lambda: leased(helpers["n2"]) and leased(helpers["n3"]))
+        until(lambda: leased(helpers["n2"]) and leased(helpers["n3"]), "n2 and n3 leased", 20)
         time.sleep(3 * WINDOW)
         assert not leased(helpers["n1"]) and agents["n1"].extended == []
         for helper in helpers.values():
             helper.observe(time.monotonic(), FACTS, set(MEMBERS))
-        wait(lambda: leased(helpers["n1"]))
+        until(lambda: leased(helpers["n1"]), "n1 leased", 20)
     finally:
         for helper in helpers.values():
             helper.close()
