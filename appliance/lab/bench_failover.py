@@ -25,6 +25,7 @@ from appliance.lab.neighask import NeighbourAsker, double_answers, reply_runs
 from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.outage import outages, percentile
 from appliance.lab.prober import read_samples
+from appliance.lab.settle import settle
 
 METHODS = ("kill", "link", "freeze")
 ROLES = ("leader", "follower")
@@ -50,25 +51,6 @@ def setup_services(lab: NetLab) -> list[str]:
             raise LabError(f"could not create service web{i}")
         vips.append(str(answer["address"]))
     return vips
-
-
-def steady(lab: NetLab, vips: list[str], timeout: float = 60.0) -> tuple[str, dict[str, str]]:
-    """Wait until all nodes are connected, agree on a leader, and own one VIP each."""
-    deadline = time.monotonic() + timeout
-    nodes = lab.node_names()
-    while time.monotonic() < deadline:
-        statuses = lab.statuses()
-        leaders = {s["raft"]["leader"] if s else None for s in statuses.values()}
-        whole = all(s and all(s["raft"]["connected"].values()) for s in statuses.values())
-        if whole and len(leaders) == 1 and None not in leaders:
-            leader = str(leaders.pop())
-            found = lab.api(leader, "GET", "/v1/vips") or []
-            owner = {v["address"]: v["node"] for v in found if v["address"] in vips}
-            counts = [list(owner.values()).count(n) for n in nodes]
-            if len(owner) == len(vips) and None not in owner.values() and max(counts) <= 1:
-                return leader, {v: str(n) for v, n in owner.items()}
-        time.sleep(0.1)
-    raise LabError(f"the lab did not settle within {timeout:g}s; see {lab.dir}/logs")
 
 
 def measure(lab: NetLab, vip: str, old: str, key: str, act: Any) -> dict[str, Any]:
@@ -111,7 +93,8 @@ def measure(lab: NetLab, vip: str, old: str, key: str, act: Any) -> dict[str, An
 
 
 def crash_run(lab: NetLab, vips: list[str], method: str, role: str, n: int) -> dict[str, Any]:
-    leader, owner = steady(lab, vips)
+    settled = settle(lab, vips)
+    leader, owner = settled.leader, settled.owners
     vip = next(v for v, node in owner.items() if (node == leader) == (role == "leader"))
     victim = owner[vip]
     key = f"bench-{method}-{role}-{n}"
@@ -121,7 +104,8 @@ def crash_run(lab: NetLab, vips: list[str], method: str, role: str, n: int) -> d
 
 
 def drain_run(lab: NetLab, vips: list[str], n: int) -> dict[str, Any]:
-    leader, owner = steady(lab, vips)
+    settled = settle(lab, vips)
+    leader, owner = settled.leader, settled.owners
     vip = vips[n % len(vips)]
     victim = owner[vip]
 

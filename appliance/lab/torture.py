@@ -33,6 +33,7 @@ from appliance.lab import LabError, topology
 from appliance.lab.faults import one_way_loss
 from appliance.lab.neighask import NeighbourAsker, Reply
 from appliance.lab.netlab import NetLab, Progress
+from appliance.lab.settle import settle
 from appliance.lab.torture_report import KINDS, Fault, analyze
 
 ASK_EVERY = 0.005  # each VIP
@@ -56,28 +57,6 @@ def setup(lab: NetLab, ipv6: bool) -> list[str]:
                 raise LabError(f"could not create service {family}-{i}")
             vips.append(str(answer["address"]))
     return vips
-
-
-def settle(lab: NetLab, vips: Sequence[str]) -> tuple[str, dict[str, str], dict[str, int]]:
-    """Wait until every node is up and connected, all agree on a leader and every VIP is
-    owned, at most one more per node than the fewest; (leader, owners, terms)."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    nodes = lab.node_names()
-    while time.monotonic() < deadline:
-        statuses = lab.statuses()
-        leaders = {s["raft"]["leader"] if s else None for s in statuses.values()}
-        whole = all(s and all(s["raft"]["connected"].values()) for s in statuses.values())
-        if whole and len(leaders) == 1 and None not in leaders:
-            leader = str(leaders.pop())
-            found = lab.api(leader, "GET", "/v1/vips") or []
-            owner = {v["address"]: v["node"] for v in found if v["address"] in vips}
-            per_family = len(vips) // len(nodes)
-            counts = [list(owner.values()).count(n) for n in nodes]
-            if len(owner) == len(vips) and None not in owner.values() and max(counts) <= per_family:
-                terms = {n: int(s["raft"]["term"]) for n, s in statuses.items() if s}
-                return leader, {v: str(n) for v, n in owner.items()}, terms
-        time.sleep(0.1)
-    raise LabError(f"the lab did not settle within {SETTLE_TIMEOUT:g}s; see {lab.dir}/logs")
 
 
 class Asker:
@@ -217,7 +196,8 @@ def torture(
     faults: list[Fault] = []
     try:
         vips = setup(lab, ipv6)
-        leader, owners, terms = settle(lab, vips)
+        settled = settle(lab, vips, SETTLE_TIMEOUT)
+        leader, owners, terms = settled.leader, settled.owners, settled.terms
         asker = Asker(lab, vips)
         try:
             for n in range(1, rounds + 1):
@@ -226,7 +206,8 @@ def torture(
                 start, wall_start = time.monotonic(), time.time()
                 detail = do_fault(lab, rng, kind, victim, peer, seconds)
                 end = time.monotonic()
-                new_leader, new_owners, new_terms = settle(lab, vips)
+                after = settle(lab, vips, SETTLE_TIMEOUT)
+                new_leader, new_owners, new_terms = after.leader, after.owners, after.terms
                 faults.append(
                     Fault(
                         round=n,
