@@ -287,7 +287,12 @@ def _restart_all(run: Run, total: int) -> dict[str, Any]:
 
 
 def bench_scale(
-    base: Path, services: int, backends: int, batch: int, progress: Progress
+    base: Path,
+    services: int,
+    backends: int,
+    batch: int,
+    progress: Progress,
+    keep_logs: bool = False,
 ) -> dict[str, Any]:
     lab = NetLab.up(nodes=3, backends=2, base=base, progress=progress, start_agents=False)
     client = None
@@ -361,7 +366,7 @@ def bench_scale(
             _stop(prober)
         if client is not None:
             client.close()
-        lab.down(progress=lambda _: None)
+        lab.down(progress=progress if keep_logs else lambda _: None, keep_logs=keep_logs)
 
 
 def _stop(pid: int) -> None:
@@ -405,7 +410,13 @@ def render_scale(result: dict[str, Any]) -> str:
 
 
 def main_scale(
-    base: Path, services: int, backends: int, batch: int, as_json: bool, progress: Progress
+    base: Path,
+    services: int,
+    backends: int,
+    batch: int,
+    as_json: bool,
+    progress: Progress,
+    keep_logs: bool = False,
 ) -> str:
-    result = bench_scale(base, services, backends, batch, progress)
+    result = bench_scale(base, services, backends, batch, progress, keep_logs)
     return json.dumps(result, indent=2) if as_json else render_scale(result)

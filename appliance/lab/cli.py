@@ -459,14 +459,18 @@ def bench_dataplane(
 @click.option("--backends", default=10, show_default=True, type=click.IntRange(1, 100))
 @click.option("--batch", default=100, show_default=True, type=click.IntRange(1, 250))
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--keep-logs", is_flag=True, help="Keep the agents' logs (the path is printed).")
 @_BASE
-def bench_scale(services: int, backends: int, batch: int, as_json: bool, base: Path | None) -> None:
+def bench_scale(
+    services: int, backends: int, batch: int, as_json: bool, keep_logs: bool, base: Path | None
+) -> None:
     """Thousands of services: apply and write latency, ruleset deltas, elections, VIP moves,
     a probed VIP's outage, a lagging node's snapshot install, a full-cluster restart."""
     from appliance.lab.bench_scale import main_scale
 
     try:
-        click.echo(main_scale(_base(base), services, backends, batch, as_json, _progress))
+        out = main_scale(_base(base), services, backends, batch, as_json, _progress, keep_logs)
+        click.echo(out)
     except LabError as exc:
         _fail(str(exc))
 
