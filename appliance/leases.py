@@ -24,6 +24,7 @@ from appliance.lease_book import LeaseBook, LocalBook
 from appliance.metrics import Metrics
 from appliance.model import Assignment, Backend, ChangeReason, IPAddress, LeaseRenewal, Pool
 from appliance.reconciler import Reconciler
+from appliance.tally import SHOWN, listed
 from raft.cluster import RaftStatus, SubmitError
 from raft.commands import AssignVips, Command, Evidence, ReleasedVips, RenewLease
 from raft.ownership import Liveness
@@ -404,13 +405,16 @@ class OwnershipLoops:
             # Rules for a gained (or changed) VIP are in place before it is announced.
             await self._rules(step.before)
         if step.held_changed:
-            for assignment in step.taken:
-                self._took(assignment)
+            took = [line for a in step.taken if (line := self._took(a)) is not None]
+            if len(took) > SHOWN:
+                log.info("took %d VIP(s): %s", len(took), listed(took, sep="; "))
+            for line in took if len(took) <= SHOWN else ():
+                log.info("took %s", line)
             if step.resumed:
                 self._resumed(step.resumed)
-            for vip in step.released:
+            if step.released:
                 reason = "lease lapsed" if not step.until else "assigned elsewhere"
-                log.info("released %s (%s)", vip, reason)
+                log.info("released %s (%s)", listed(step.released), reason)
             with self._announce_lock:
                 self.announcer.set(_addresses(step.held), step.until)
                 self._announced_epoch = state_epoch
@@ -452,8 +456,9 @@ class OwnershipLoops:
             return "drained"
         return "no healthy backend, or the VIP is gone"
 
-    def _took(self, a: Assignment) -> None:
-        """Log and count a VIP this node starts answering for."""
+    def _took(self, a: Assignment) -> str | None:
+        """Count a VIP this node starts answering for, and log a failover; else what to say
+        of it (many are said in one line)."""
         self.takeovers += 1
         reason = str(a.reason or "unknown")
         self.metrics.takeovers.labels(reason).inc()
@@ -472,23 +477,20 @@ class OwnershipLoops:
                 1000 * a.dead_for,
                 1000 * lag,
             )
-            return
+            return None
         after = f", {1000 * lag:.0f} ms after the decision" if lag is not None else ""
         origin = f" from {a.previous}" if a.previous else ""
-        log.info("took %s (epoch %d, %s%s)%s", a.vip, a.epoch, reason, origin, after)
+        return f"{a.vip} (epoch {a.epoch}, {reason}{origin}){after}"
 
     def _resumed(self, assignments: list[Assignment]) -> None:
         """Log and count VIPs answered again under the assignment held before this node's
         lease lapsed: not a failover (no owner changed; the assignment's time is the first
         take's, which made 15-39 s 'failovers' of lapses), so one summary line at info."""
         self.metrics.takeovers.labels(RESUMED).inc(len(assignments))
-        shown = ", ".join(f"{a.vip} (epoch {a.epoch})" for a in assignments[:5])
-        more = f" and {len(assignments) - 5} more" if len(assignments) > 5 else ""
         log.info(
-            "answering %d VIP(s) again, the lease being valid again (same assignment): %s%s",
+            "answering %d VIP(s) again, the lease being valid again (same assignment): %s",
             len(assignments),
-            shown,
-            more,
+            listed([f"{a.vip} (epoch {a.epoch})" for a in assignments]),
         )
 
     def _promise_lease(self, state: StateView, now: float) -> float:
@@ -518,6 +520,21 @@ class OwnershipLoops:
             if epoch is None or announced is None or epoch > announced or not self.held:
                 return
             self.announcer.extend(until)
+
+    def current_lease(self) -> float:
+        """The announcer's lease source (announce/l2.py `lease_source`: its thread, its lock
+        held, so it takes no lock): the book's newest lease end if it is good for the epoch
+        the held VIPs were announced under. `_announced_epoch` is assigned after the VIPs of
+        its state are set, so a racing read sees an epoch no later than theirs (epochs only
+        grow): a lease good for it is good for them."""
+        if self.book is None:
+            return -math.inf
+        now = self.clock.monotonic()
+        view = self.book.view(now)
+        announced = self._announced_epoch
+        if view.lease_epoch is None or announced is None or view.lease_epoch > announced:
+            return -math.inf
+        return min(view.lease_until, now + self.timing.promise_window)
 
     def lease_ages(self) -> dict[str, float | None]:
         """Seconds since this node last heard each member's lease heartbeat (quorum-promise
