@@ -27,12 +27,13 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any, Protocol
 
 from announce import frames
 from announce.l2_logic import STATS, Change, L2State, Schedule, Vip
+from appliance.tally import listed
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,11 @@ class L2Announcer:
         self._closed = False
         self._silenced = False  # silence(): answer and announce nothing until close()
         self._send_failing = False
+        # Where the lease's end can be read without the caller's other threads (the agent's
+        # lease cell): asked, the lock held, once the deadline has passed with VIPs still held.
+        # A later end from it means the lease never ended (the caller's renewal was late, not
+        # missing), so the VIPs are kept: no lapse, nothing announced anew. It must take no lock.
+        self.lease_source: Callable[[], float] | None = None
         self._sock = _open_socket(interface)
         try:
             self._ifindex = _ifindex(self._sock, interface)
@@ -147,7 +153,9 @@ class L2Announcer:
                 raise RuntimeError(f"l2 announcer on {self.interface} is closed")
             if self._silenced:
                 return
-            change = self._state.set(wanted, valid_until, time.monotonic())
+            now = time.monotonic()
+            self._prolong(now)  # a late caller is not a lapse if the lease never ended
+            change = self._state.set(wanted, valid_until, now)
             self._count(change)
             self._sync_groups()
             self._announce_due()
@@ -163,7 +171,9 @@ class L2Announcer:
                 raise RuntimeError(f"l2 announcer on {self.interface} is closed")
             if self._silenced:
                 return
-            change = self._state.extend(valid_until, time.monotonic())
+            now = time.monotonic()
+            self._prolong(now)
+            change = self._state.extend(valid_until, now)
             if change:
                 self._count(change)
                 self._sync_groups()
@@ -230,7 +240,10 @@ class L2Announcer:
 
     def _send_checked(self, vip: Vip, frame: bytes) -> bool:
         # The lease is re-read from the clock right before each frame, whatever the caller saw.
-        if not self._state.should_answer(vip, time.monotonic()):
+        now = time.monotonic()
+        if not self._state.should_answer(vip, now) and not (
+            self._prolong(now) and self._state.should_answer(vip, now)
+        ):
             if self._state.is_wanted(vip):
                 self._stats["stale_refusals"] += 1
             return False
@@ -244,6 +257,12 @@ class L2Announcer:
             return False
         self._send_failing = False
         return True
+
+    def _prolong(self, now: float) -> bool:  # lock held
+        source = self.lease_source
+        if source is None or self._state.deadline() > now:
+            return False
+        return self._state.prolong(source(), now)
 
     def _announce_due(self) -> None:
         for vip, copies in self._state.due(time.monotonic()):
@@ -288,12 +307,18 @@ class L2Announcer:
         self._stats["lapses"] += len(change.lapsed)
 
     def _log(self, change: Change, why: str) -> None:
-        for vip in sorted(change.lapsed, key=_order):
-            log.warning("l2 %s: release %s (lease ended without renewal)", self.interface, vip)
-        for vip in sorted(change.released, key=_order):
-            log.info("l2 %s: release %s (%s)", self.interface, vip, why)
-        for vip in sorted(change.taken, key=_order):
-            log.info("l2 %s: take %s", self.interface, vip)
+        # One line per kind of change, whatever the number of VIPs (appliance.tally.listed).
+        if change.lapsed:
+            log.warning(
+                "l2 %s: release %s (lease ended without renewal)",
+                self.interface,
+                listed(sorted(change.lapsed, key=_order)),
+            )
+        if change.released:
+            vips = listed(sorted(change.released, key=_order))
+            log.info("l2 %s: release %s (%s)", self.interface, vips, why)
+        if change.taken:
+            log.info("l2 %s: take %s", self.interface, listed(sorted(change.taken, key=_order)))
 
     def _wake(self) -> None:
         # Called with the lock held, so never after close() released the pipe.
@@ -317,7 +342,9 @@ class L2Announcer:
                 with self._lock:
                     if self._closed:
                         return
-                    change = Change(lapsed=self._state.expire(time.monotonic()))
+                    now = time.monotonic()
+                    self._prolong(now)
+                    change = Change(lapsed=self._state.expire(now))
                     if change:
                         self._count(change)
                         self._sync_groups()

@@ -171,6 +171,18 @@ class L2State:
             return Change()
         return self.set(self._wanted, valid_until, now)
 
+    def prolong(self, valid_until: float, now: float) -> bool:
+        """Keep the held VIPs until `valid_until`, even past the deadline, when the caller's
+        lease never ended (a renewal that was late, not missing): no lapse, nothing announced
+        anew. False, and nothing changed, once they have lapsed or if `valid_until` is no
+        later than the current deadline or already past."""
+        if not self._held or not math.isfinite(valid_until):
+            return False
+        if valid_until <= max(now, self._valid_until):
+            return False
+        self._valid_until = valid_until
+        return True
+
     def clear(self, now: float) -> Change:
         """Drop every VIP at once."""
         return self.set((), -math.inf, now)
@@ -183,6 +195,10 @@ class L2State:
         self._held.clear()
         self._queue.clear()
         return lapsed
+
+    def deadline(self) -> float:
+        """When the held VIPs lapse unless extended (inf while none are held)."""
+        return self._valid_until if self._held else math.inf
 
     def should_answer(self, vip: Vip, now: float) -> bool:
         """The one rule: answer for `vip` only if it is held and the lease is valid at `now`."""

@@ -168,6 +168,10 @@ def start_heartbeats(
             f"{field} {bind}: UDP (lease heartbeats): {exc}; is another agent running?"
         ) from None
     loops.book = helper
+    # The helper's view takes no lock (its lease end is read from the cell), as the
+    # announcer's lock held around the source requires.
+    if isinstance(loops.announcer, L2Announcer):
+        loops.announcer.lease_source = loops.current_lease
     return helper
 
 

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 from announce.child import die_with_parent
 from appliance.heartbeats import HeartbeatService
 from appliance.lease_book import LocalBook, view_of
+from appliance.lease_cell import LeaseCell
 from raft.promises import NodeFacts, Promises
 
 log = logging.getLogger("raftlb.heartbeats")
@@ -84,6 +85,7 @@ def serve(settings: dict[str, Any], stdin: BinaryIO, out: BinaryIO) -> None:
         )
     )
     reporter = Reporter(out)
+    cell = None if settings.get("lease_fd") is None else LeaseCell(int(settings["lease_fd"]))
 
     def report(now: float) -> None:  # on the heartbeat thread, after each period's sends
         with book.lock:
@@ -98,6 +100,8 @@ def serve(settings: dict[str, Any], stdin: BinaryIO, out: BinaryIO) -> None:
             {n: (a[0], int(a[1])) for n, a in settings["peers"].items()},
             settings["password"],
             float(settings["period"]),
+            # Each period's lease end, straight into the agent's memory (appliance/lease_cell.py).
+            extend=None if cell is None else cell.write,
             on_sent=report,
         )
     except OSError as exc:

@@ -12,6 +12,7 @@ some epoch on), never for an earlier one: the loops check that against the state
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping, Set
 from typing import Any
 
 from appliance.lease_book import BookView
+from appliance.lease_cell import LeaseCell
 from raft.promises import NodeFacts
 
 log = logging.getLogger("raftlb.heartbeats")
@@ -49,10 +51,12 @@ class HelperBook:
     ) -> None:
         self.window = window
         self.extend, self.on_lease, self.on_exit = extend, on_lease, on_exit
+        self.cell = LeaseCell.create()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.heartbeat_helper"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            pass_fds=(self.cell.fd,),
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin, self.proc.stdout.fileno()
@@ -60,13 +64,16 @@ class HelperBook:
         self._rest = b""
         self._sent: bytes | None = None
         self._closing = False
+        self._gone = False  # the helper exited: its cell is not read any more
         self._leased = False
         try:
-            self._in.write(json.dumps({**settings, "parent": os.getpid()}).encode() + b"\n")
+            first = {**settings, "parent": os.getpid(), "lease_fd": self.cell.fd}
+            self._in.write(json.dumps(first).encode() + b"\n")
             self._in.flush()
             self.port = self._first_line()
         except BaseException:
             self.kill()
+            self.cell.close()
             raise
         os.set_blocking(self._in.fileno(), False)  # a frozen helper never blocks the loop
         self._thread = threading.Thread(target=self._relay, name="heartbeat-relay", daemon=True)
@@ -111,7 +118,14 @@ class HelperBook:
             self._sent = line
 
     def view(self, now: float) -> BookView:
-        return self._view
+        """The newest report, with any newer lease end from the cell (appliance/lease_cell.py)."""
+        view = self._view
+        if self._gone:
+            return view
+        epoch, until = self.cell.read()
+        if until > view.lease_until:
+            view = dataclasses.replace(view, lease_until=until, lease_epoch=epoch)
+        return view
 
     # -- the relay thread ---------------------------------------------------------------------
 
@@ -149,6 +163,7 @@ class HelperBook:
                 "log above for the helper's own error)",
                 code,
             )
+            self._gone = True
             self._view = BookView()
             self.on_exit()
 
@@ -156,7 +171,7 @@ class HelperBook:
 
     def silence(self) -> None:
         """Silent at once (a stopping agent): the peers give this node up within W."""
-        self._closing = True
+        self._closing = self._gone = True
         self.kill()
 
     def kill(self) -> None:
@@ -164,9 +179,11 @@ class HelperBook:
             self.proc.send_signal(signal.SIGKILL)
 
     def close(self) -> None:
-        self._closing = True
+        self._closing = self._gone = True
         self.kill()
         self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.cell.close()
         with contextlib.suppress(OSError):
             self._in.close()
         if self._thread.is_alive() and self._thread is not threading.current_thread():

@@ -40,6 +40,7 @@ from announce import frames
 from announce.l2 import L2Announcer
 from appliance.lab import netns, topology
 from appliance.lab.neighask import NeighbourAsker
+from tests.support.waiting import until
 
 pytestmark = [
     pytest.mark.lab,
@@ -417,6 +418,39 @@ def test_nothing_answers_after_the_lease_ends(l2lab: Lab) -> None:
         assert l2lab.prober.ask(VIP4) is not None
 
 
+def test_a_lease_source_keeps_vips_past_a_late_renewal_and_not_past_its_end(l2lab: Lab) -> None:
+    """Past the deadline, the announcer asks its lease source (the agent's lease cell) before
+    it lets the VIPs lapse: a later end there keeps them (no lapse, no new takeover); once
+    the source's end has passed too, they lapse and nothing answers."""
+    with l2lab.diagnosed():
+        n1 = l2lab.announcer("n1")
+        t0 = time.monotonic()
+        first, second = t0 + 0.3, t0 + 0.8
+        asked: list[float] = []
+
+        def source() -> float:
+            asked.append(time.monotonic())
+            return second
+
+        n1.lease_source = source
+        n1.set([VIP4, VIP6], first)
+        l2lab.prober.probe([VIP4, VIP6], duration=1.2, interval=0.005)
+        sent = l2lab.prober.sent.items()
+        between = [i for i, (_, at) in sent if first <= at < second - 0.02]
+        after = [i for i, (_, at) in sent if at >= second]
+        answered_between = [i for i in between if l2lab.prober.answered_by(i)]
+        print(
+            f"source asked at {[round(a - t0, 3) for a in asked]}; answered between the ends "
+            f"{len(answered_between)}/{len(between)}"
+        )
+        assert asked and first <= asked[0] < first + 0.1  # asked once the deadline passed
+        assert len(answered_between) >= len(between) * 0.9, "lapsed although the lease held"
+        assert not [i for i in after if l2lab.prober.answered_by(i)], "answered past the end"
+        assert asked[-1] >= second  # asked again at the second end, which it did not extend
+        stats = n1.stats()
+        assert (stats["lapses"], stats["takeovers"], n1.held()) == (2, 2, frozenset())
+
+
 FROZEN_OWNER = """
 import ipaddress, json, sys, time
 from announce.l2 import L2Announcer
@@ -428,6 +462,11 @@ sys.stdin.readline()
 print("stats", json.dumps(announcer.stats()), flush=True)
 announcer.close()
 """
+
+
+def _state_of(pid: int) -> str:
+    # /proc/PID/stat: "pid (comm) state ...", comm may hold spaces but not ")".
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_thawed_owner_never_answers_on_its_stale_lease(l2lab: Lab) -> None:
@@ -451,6 +490,9 @@ def test_a_thawed_owner_never_answers_on_its_stale_lease(l2lab: Lab) -> None:
         assert l2lab.prober.ask(VIP6) is not None
         wait_until(deadline - 0.3)
         os.kill(proc.pid, signal.SIGSTOP)  # `ip netns exec` execs: this is the python process
+        # kill() returns before the stop lands: a thread still running on the other core
+        # answered one more request (under its valid lease) after it, once in a while.
+        until(lambda: _state_of(proc.pid) == "T", "the owner stopped", 10, every=0.001)
         stopped = time.monotonic()
         l2lab.prober.probe([VIP4, VIP6], duration=0.6, interval=0.01)  # queued in its socket
         os.kill(proc.pid, signal.SIGCONT)

@@ -290,3 +290,28 @@ def test_fake_counts_conflicts_by_the_same_rule() -> None:
     assert not fake.heard_claim(V4, OTHER)
     assert fake.stats()["conflicts"] == 1
     assert fake.status()["interface"] == "fake0"
+
+
+def test_the_deadline_is_the_lease_end_only_while_something_is_held() -> None:
+    state = L2State(Schedule())
+    assert state.deadline() == math.inf
+    state.set([V4], 10.0, now=1.0)
+    assert state.deadline() == 10.0
+    state.extend(12.0, now=9.0)
+    assert state.deadline() == 12.0
+    assert state.expire(12.0) == frozenset({V4})
+    assert state.deadline() == math.inf  # lapsed: nothing to extend, nothing to ask for
+
+
+def test_prolong_keeps_held_vips_past_the_deadline_and_never_revives_lapsed_ones() -> None:
+    state = L2State(Schedule())
+    state.set([V4], 10.0, now=1.0)
+    state.due(9.9)  # the takeover's repeats, all sent
+    assert not state.prolong(9.0, now=5.0)  # not later than the deadline: nothing changes
+    assert state.deadline() == 10.0
+    assert state.prolong(15.0, now=10.5)  # past the deadline, not yet expired: kept
+    assert state.should_answer(V4, 10.6) and state.due(10.6) == []  # nothing announced anew
+    assert not state.prolong(20.0, now=21.0)  # already past: no
+    assert state.expire(21.0) == frozenset({V4})
+    assert not state.prolong(30.0, now=22.0)  # lapsed: only a set() takes them again
+    assert not state.should_answer(V4, 22.0)

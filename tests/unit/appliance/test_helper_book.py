@@ -113,6 +113,37 @@ def test_helpers_give_leases_and_extend_the_agent_until_one_dies(
     assert agents["n2"].exited.is_set() is False
 
 
+def test_the_lease_stays_valid_while_the_relay_thread_is_stuck(
+    trio: tuple[dict[str, HelperBook], dict[str, Agent]],
+) -> None:
+    """The agent's relay thread held up (its GIL taken by other work): the view, and so the
+    announcer's lease source, reads the helper's newest lease from the shared cell."""
+    helpers, agents = trio
+    until(lambda: all(leased(h) for h in helpers.values()), "every helper leased", 20)
+    stuck, release = threading.Event(), threading.Event()
+    n1 = agents["n1"]
+    relayed = n1.extend
+
+    def held_up(epoch: int | None, deadline: float) -> None:
+        if threading.current_thread() is helpers["n1"]._thread:
+            stuck.set()
+            release.wait(30)
+        relayed(epoch, deadline)
+
+    n1.extend = held_up  # type: ignore[method-assign]
+    helpers["n1"].extend = held_up
+    try:
+        assert stuck.wait(10)
+        relayed_until = helpers["n1"]._view.lease_until
+        time.sleep(4 * WINDOW)
+        now = time.monotonic()
+        assert relayed_until < now  # the relay's report alone would have ended the lease
+        view = helpers["n1"].view(now)  # what the announcer's lease source reads
+        assert now < view.lease_until and view.lease_epoch == 0
+    finally:
+        release.set()
+
+
 def test_a_silenced_helper_stops_at_once_and_its_agent_is_not_told_it_failed(
     trio: tuple[dict[str, HelperBook], dict[str, Agent]],
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Set
 from typing import Any
 
@@ -283,3 +284,23 @@ async def test_the_relay_extends_only_what_was_announced_under_an_epoch_it_cover
     rig.loops.extend_lease(2, rig.clock.now + 0.37)  # newer than the announced state: no
     rig.loops.extend_lease(None, rig.clock.now + 0.38)  # no lease at all: no
     assert rig.ops == [("extend", rig.clock.now + 0.35), ("extend", rig.clock.now + 0.36)]
+
+
+async def test_the_announcers_lease_source_gives_only_a_lease_good_for_the_announced_epoch() -> (
+    None
+):
+    rig, book, vip = promise_rig()
+    assert rig.loops.current_lease() == -math.inf  # nothing announced yet
+    rig.state.epochs = rig.state.epochs.set(ME, 1)
+    book.current = BookView(at=rig.clock.now, lease_until=rig.clock.now + 0.3, lease_epoch=1)
+    assert ("announce", (vip,)) in await rig.step()
+    window = rig.loops.timing.promise_window
+    book.current = BookView(at=rig.clock.now, lease_until=rig.clock.now + 9, lease_epoch=0)
+    assert rig.loops.current_lease() == rig.clock.now + window  # never past one window
+    book.current = BookView(at=rig.clock.now, lease_until=rig.clock.now + 0.2, lease_epoch=1)
+    assert rig.loops.current_lease() == rig.clock.now + 0.2
+    # A lease of a later epoch (a state this node has not applied may have taken VIPs).
+    book.current = BookView(at=rig.clock.now, lease_until=rig.clock.now + 0.2, lease_epoch=2)
+    assert rig.loops.current_lease() == -math.inf
+    book.current = BookView(at=rig.clock.now, lease_until=rig.clock.now + 0.2, lease_epoch=None)
+    assert rig.loops.current_lease() == -math.inf
