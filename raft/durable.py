@@ -137,16 +137,22 @@ class DurableJournal(pysyncobj_journal.FileJournal):  # type: ignore[misc]
     # and then add()s the message's entries. Raft cuts only at the first entry that conflicts.
     # The cut is therefore held back: entries re-sent identical (same index, term and command)
     # are kept as they are; the first differing one makes the cut there. Entries past the
-    # message's are kept only if they belong to the current term (then the current leader wrote
-    # them, so its log has them too: the follower may count them when it learns the leader's
-    # commit index); any other tail is cut, as pysyncobj would.
+    # message's are kept if this node knew them committed (a committed entry is in every later
+    # leader's log as it is here) or if they belong to the current term (then the current
+    # leader wrote them, so its log has them too: the follower may count them when it learns
+    # the leader's commit index); any other tail is cut, as pysyncobj would. Cutting committed
+    # entries of an older term was the CRITICAL "replaced though committed" on healthy nodes:
+    # a new leader's first AppendEntries to a follower that had been cut off overlapped them.
 
     def _settle(self) -> None:
         cut = self._raftlb_cut
         if cut is None:
             return
         self._raftlb_cut = None
-        tail = [super(DurableJournal, self).__getitem__(i) for i in range(cut, self._raw_len())]
+        end, committed = self._raw_len(), int(self.getRaftCommitIndex() or 0)
+        while cut < end and int(super().__getitem__(cut)[1]) <= committed:
+            cut += 1
+        tail = [super(DurableJournal, self).__getitem__(i) for i in range(cut, end)]
         if any(entry[2] != self.getCurrentTerm() for entry in tail):
             self._check_cut(cut)
             super().deleteEntriesFrom(cut)

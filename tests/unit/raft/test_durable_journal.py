@@ -59,6 +59,21 @@ def test_a_tail_from_an_older_term_is_cut(tmp_path: Path) -> None:
     assert list(journal) == log[:4]
 
 
+def test_a_committed_tail_from_an_older_term_is_kept_and_not_called_a_divergence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A follower cut off while the leader of term 1 committed 1-6, back under that node's
+    # new term 4: its first AppendEntries overlaps the committed entries from an earlier index.
+    log = [entry(i, 1) for i in range(1, 9)]
+    journal = journal_with(tmp_path, log, term=4)
+    journal.setRaftCommitIndex(6)
+    with caplog.at_level(logging.DEBUG):
+        journal.deleteEntriesFrom(3)
+        journal.add(*entry(4, 1))
+        assert list(journal) == log[:6]  # 5 and 6 kept (committed), 7 and 8 cut (older term)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_a_conflicting_entry_cuts_there_and_replaces(tmp_path: Path) -> None:
     log = [entry(i, 1) for i in range(1, 6)]
     journal = journal_with(tmp_path, log, term=2)
