@@ -191,6 +191,7 @@ class OwnershipLoops:
         self.takeovers = 0
         self.planner: LeaderPlanner | None = None
         self._raised: dict[tuple[str, int], float] = {}  # epoch raises asked, and when
+        self._given_up_at: dict[str, float] = {}  # when the peers' evidence last named a node
         # The announcer's VIPs were given to this node by a state where its lease epoch was
         # `_announced_epoch`: they are extended only by a lease good for that epoch.
         self._announce_lock = threading.Lock()
@@ -328,7 +329,16 @@ class OwnershipLoops:
         leased = view.leased
         alive = set(self.members) - set(evidence)
         warmup = self.timing.warmup
-        warming = {n for n in alive if n not in leased or not liveness.settled(n, now, warmup)}
+        # A node given up on gets no new VIPs for a warmup after: the raise that took its VIPs
+        # makes the evidence moot and it still said "leased" within LEASED_WITHIN, so it was
+        # given VIPs back (rebalance) and had them taken again every 0.3 s (torture, asym).
+        self._given_up_at.update(dict.fromkeys(evidence, now))
+        recent = {n for n, at in self._given_up_at.items() if now - at < warmup}
+        warming = {
+            n
+            for n in alive
+            if n not in leased or n in recent or not liveness.settled(n, now, warmup)
+        }
         decision = planner.plan(state, alive, now, self.clock.time(), {}, ages, warming)
         if decision is None:
             if not stale:

@@ -304,3 +304,37 @@ async def test_the_announcers_lease_source_gives_only_a_lease_good_for_the_annou
     assert rig.loops.current_lease() == -math.inf
     book.current = BookView(at=rig.clock.now, lease_until=rig.clock.now + 0.2, lease_epoch=None)
     assert rig.loops.current_lease() == -math.inf
+
+
+def test_a_node_given_up_on_gets_no_new_vips_for_a_warmup() -> None:
+    """Evidence took a node's VIPs; once it is moot (its epoch raised) the node is alive and
+    still 'leased' for a moment: it must not be given VIPs back at once (a rebalance that
+    evidence undid again every 0.3 s)."""
+    rig = Rig(timing=PROFILES["fast"])
+    book = FakeBook()
+    rig.loops.book = book
+    warming: list[set[str]] = []
+
+    class Planner:  # records which nodes may not be given new VIPs
+        def plan(self, *args: Any) -> None:
+            warming.append(set(args[-1]))
+
+    class Settled:  # every node has renewed steadily for long
+        def settled(self, node: str, now: float, warmup: float) -> bool:
+            return True
+
+    def plan() -> set[str]:
+        rig.loops._plan_by_promises(Planner(), Settled(), rig.cluster.view(), rig.clock.now)  # type: ignore[arg-type]
+        return warming[-1]
+
+    leased = frozenset({ME, OTHER})
+    book.current = BookView(at=rig.clock.now, leased=leased)
+    assert plan() == set()  # nobody given up on: both may get VIPs
+    given_up = {OTHER: (0, {ME: rig.loops.incarnation})}
+    book.current = BookView(at=rig.clock.now, leased=leased, evidence=given_up)
+    assert plan() == set()  # OTHER is not alive at all here: its VIPs are taken
+    book.current = BookView(at=rig.clock.now, leased=leased)  # the raise made it moot
+    rig.clock.now += rig.loops.timing.warmup - 0.5
+    assert plan() == {OTHER}  # alive and leased again, but given up on too recently
+    rig.clock.now += 1.0
+    assert plan() == set()
