@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from appliance.dataplane.render import Forward
-from appliance.lease_book import LeaseBook, LocalBook
+from appliance.lease_book import LEASED_WITHIN, LeaseBook, LocalBook
 from appliance.metrics import Metrics
 from appliance.model import Assignment, Backend, ChangeReason, IPAddress, LeaseRenewal, Pool
 from appliance.reconciler import Reconciler
@@ -329,11 +329,12 @@ class OwnershipLoops:
         leased = view.leased
         alive = set(self.members) - set(evidence)
         warmup = self.timing.warmup
-        # A node given up on gets no new VIPs for a warmup after: the raise that took its VIPs
-        # makes the evidence moot and it still said "leased" within LEASED_WITHIN, so it was
-        # given VIPs back (rebalance) and had them taken again every 0.3 s (torture, asym).
+        # A node given up on gets no new VIPs for LEASED_WITHIN after: the raise that took its
+        # VIPs makes the evidence moot while it still counts as leased (it said so within
+        # LEASED_WITHIN), so it was given VIPs back (rebalance) and had them taken again every
+        # 0.3 s (torture, asym). Past that, it counts as leased only if it said so since.
         self._given_up_at.update(dict.fromkeys(evidence, now))
-        recent = {n for n, at in self._given_up_at.items() if now - at < warmup}
+        recent = {n for n, at in self._given_up_at.items() if now - at < LEASED_WITHIN}
         warming = {
             n
             for n in alive
