@@ -419,8 +419,9 @@ class OwnershipLoops:
             took = [line for a in step.taken if (line := self._took(a)) is not None]
             if len(took) > SHOWN:
                 log.info("took %d VIP(s): %s", len(took), listed(took, sep="; "))
-            for line in took if len(took) <= SHOWN else ():
-                log.info("took %s", line)
+            else:
+                for line in took:
+                    log.info("took %s", line)
             if step.resumed:
                 self._resumed(step.resumed)
             if step.released:
