@@ -45,6 +45,7 @@ class StallGuardedSyncObj(SyncObj):  # type: ignore[misc]
         conf = kwargs["conf"]
         self._raftlb_stall = float(conf.raftMaxTimeout)
         self._raftlb_period = float(conf.autoTickPeriod)
+        self._raftlb_fallback = float(conf.leaderFallbackTimeout)
         self._raftlb_last_tick = pysyncobj_lib.now()
         self._raftlb_last_start = self._raftlb_last_tick
         # Called with how late each tick started behind its schedule (metrics).
@@ -71,6 +72,9 @@ class StallGuardedSyncObj(SyncObj):  # type: ignore[misc]
         self._raftlb_last_start = started
         if self.raftlb_on_lag is not None:
             self.raftlb_on_lag(max(0.0, lag))
+        leading = self._isLeader()
+        ages = pysyncobj_lib.response_ages(self, started) if leading else {}
+        term = pysyncobj_lib.current_term(self)
         try:
             super()._onTick(timeToWait)
         finally:
@@ -78,6 +82,17 @@ class StallGuardedSyncObj(SyncObj):  # type: ignore[misc]
             # election check runs.
             self._raftlb_hold_back(started)
             self._raftlb_last_tick = pysyncobj_lib.now()
+        if leading and not self._isLeader() and pysyncobj_lib.current_term(self) == term:
+            # pysyncobj's check-quorum: too few followers answered within
+            # leaderFallbackTimeout. An election follows; say which answers were missing.
+            log.warning(
+                "stepped down as Raft leader in term %d: too few followers answered within "
+                "%.2fs (last answers %s ago; this tick ran %.2fs late)",
+                term,
+                self._raftlb_fallback,
+                ", ".join(f"{n} {age:.2f}s" for n, age in sorted(ages.items())),
+                max(0.0, lag),
+            )
 
 
 class GuardedSyncObj(StallGuardedSyncObj):
@@ -100,43 +115,47 @@ class GuardedSyncObj(StallGuardedSyncObj):
             return
         pv = self._raftlb_prevote
         now = pysyncobj_lib.now()
-        wait = pv.expired(now)
-        if wait is not None:
-            pysyncobj_lib.set_election_deadline(self, now + wait)
-            if now - self._raftlb_refused_logged > REFUSED_LOG_EVERY:
-                self._raftlb_refused_logged = now
-                log.info(
-                    "no election: a majority still hears a leader or has a newer log "
-                    "(pre-vote refused %d time(s) so far)",
-                    pv.refused_rounds,
-                )
-            return
-        if pysyncobj_lib.election_deadline(self) >= now:
-            return
-        if not pysyncobj_lib.connected_to_anyone(self):
-            return  # pysyncobj campaigns only when connected: nothing to ask either
-        term = pysyncobj_lib.current_term(self)
-        if pv.may_campaign(term):
-            return  # this tick's election goes ahead
-        if pv.round is None:
-            request = pv.start_round(now, term, self._raftlb_position())
+        refused = pv.refused_rounds
+        deadline, request = pv.gate(
+            now,
+            pysyncobj_lib.election_deadline(self),
+            pysyncobj_lib.current_term(self),
+            pysyncobj_lib.connected_to_anyone(self),
+            self._raftlb_position(),
+        )
+        pysyncobj_lib.set_election_deadline(self, deadline)
+        if request is not None:
             transport = pysyncobj_lib.transport(self)
             for node in pysyncobj_lib.other_nodes(self):
                 transport.send(node, request)
-        assert pv.round is not None
-        pysyncobj_lib.set_election_deadline(self, pv.round.started + pv.round_timeout)
+        if pv.refused_rounds != refused and now - self._raftlb_refused_logged > REFUSED_LOG_EVERY:
+            self._raftlb_refused_logged = now
+            log.info(
+                "no election: a majority still hears a leader or has a newer log "
+                "(pre-vote refused %d time(s) so far)",
+                pv.refused_rounds,
+            )
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
         kind = message.get("type") if isinstance(message, dict) else None
         pv = self._raftlb_prevote
         if kind == prevote.REQUEST:
             mine = self._raftlb_position()
-            answer = pv.answer(message, pysyncobj_lib.now(), self._isLeader(), mine)
+            now = pysyncobj_lib.now()
+            answer = pv.answer(message, now, self._isLeader(), mine)
             pysyncobj_lib.transport(self).send(node, answer)
+            if answer["granted"]:
+                # Rare by design (the leader is gone for this node too): worth a line.
+                log.info(
+                    "pre-vote for term %s granted to %s: no leader heard for %.2fs",
+                    answer["term"],
+                    node.id,
+                    now - pv.last_leader_contact,
+                )
             return
         if kind == prevote.RESPONSE:
             if pv.on_response(str(node.id), message, pysyncobj_lib.now()):
-                pysyncobj_lib.set_election_deadline(self, 0.0)  # campaign at the next tick
+                log.info("pre-vote for term %s won: campaigning", message.get("term"))
             return
         if kind == "append_entries" and message.get("term", -1) >= pysyncobj_lib.current_term(self):
             pv.heard_leader(pysyncobj_lib.now())

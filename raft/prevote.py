@@ -23,11 +23,22 @@ wait. One-way loss (the leader's packets to C lost, C's to the leader arriving):
 still hear the leader and refuse; C stays a follower without a leader (its leases lapse: the
 fault touched it) and the cluster around the leader is untouched.
 
-The glue that feeds it pysyncobj's messages and election deadline is raft/cluster.py.
+Holding pysyncobj's election back. pysyncobj campaigns on its own as soon as its election
+deadline has passed, and some time always passes between the gate (`gate`, before its tick) and
+its check (the GIL, the rest of the tick): a gate that let a deadline just ahead of `now`
+through saw it pass before pysyncobj's check, and the node campaigned without a round (a
+one-way loss raised the term four times in 2 of 14 lab runs). So the gate keeps the real
+deadline itself and leaves pysyncobj `HOLD`, a deadline that never passes, unless this very
+tick may campaign (0.0). pysyncobj still moves its deadline when it hears a leader or gives a
+vote, and the stall guard when it holds a thawed node back: the gate takes any deadline that
+is not `HOLD` as the new real one.
+
+The glue that feeds it pysyncobj's messages and election deadline is raft/guarded.py.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +46,7 @@ from typing import Any
 
 REQUEST = "raftlb_prevote"
 RESPONSE = "raftlb_prevote_response"
+HOLD = math.inf  # the election deadline pysyncobj holds while PreVote withholds its election
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +83,7 @@ class PreVote:
         self.rand = rand
         self.last_leader_contact = float("-inf")
         self.round: Round | None = None
+        self.deadline = 0.0  # the real election deadline (pysyncobj holds HOLD meanwhile)
         self.cleared_term: int | None = None  # a majority said yes to campaigning in it
         self.refused_rounds = 0  # counters for metrics and logs
         self.granted_rounds = 0
@@ -136,6 +149,7 @@ class PreVote:
         self.round = None
         self.cleared_term = r.term
         self.granted_rounds += 1
+        self.deadline = now  # campaign at the next tick
         return True
 
     def expired(self, now: float) -> float | None:
@@ -147,3 +161,24 @@ class PreVote:
         self.round = None
         self.refused_rounds += 1
         return self.min_timeout * (0.5 + 0.5 * self.rand())
+
+    def gate(
+        self, now: float, deadline: float, term: int, connected: bool, mine: LogPosition
+    ) -> tuple[float, dict[str, Any] | None]:
+        """Before each of pysyncobj's ticks on a node that does not lead: the election deadline
+        to leave pysyncobj (HOLD, or 0.0 when this tick may campaign) and a pre-vote request
+        to send when a round starts. `deadline` is pysyncobj's as it stands."""
+        if deadline != HOLD:
+            self.deadline = deadline  # pysyncobj heard a leader or voted, or the stall guard
+        wait = self.expired(now)
+        if wait is not None:
+            self.deadline = now + wait
+            return HOLD, None
+        if self.deadline >= now or not connected:  # pysyncobj campaigns only when connected
+            return HOLD, None
+        if self.may_campaign(term):
+            return 0.0, None
+        request = self.start_round(now, term, mine) if self.round is None else None
+        assert self.round is not None
+        self.deadline = self.round.started + self.round_timeout
+        return HOLD, request

@@ -85,7 +85,7 @@ def check() -> None:
         _require(SyncObj, name)
     _require_assigned(SyncObj, "__raftLog", "__transport", "__raftElectionDeadline")
     _require_assigned(SyncObj, "__raftState", "__thread", "__raftCurrentTerm", "__otherNodes")
-    _require_assigned(SyncObj, "__transferInProgress")
+    _require_assigned(SyncObj, "__transferInProgress", "__lastResponseTime")
     for name in (ON_MESSAGE, "_SyncObj__getCurrentLogIndex", "_SyncObj__getCurrentLogTerm"):
         _require(SyncObj, name)
     _require(SyncObj, "_SyncObj__connectedToAnyone")
@@ -174,6 +174,11 @@ def connected_to_anyone(obj: Any) -> bool:
     return bool(obj._SyncObj__connectedToAnyone())
 
 
+def response_ages(obj: Any, at: float) -> dict[str, float]:
+    """A leader's view: seconds since each follower last answered (its check-quorum input)."""
+    return {str(node.id): at - float(t) for node, t in obj._SyncObj__lastResponseTime.items()}
+
+
 def on_message(obj: Any, node: Any, message: Any) -> None:
     """pysyncobj's own handling of an incoming message (under an override)."""
     getattr(SyncObj, ON_MESSAGE)(obj, node, message)
@@ -220,6 +225,7 @@ __all__ = [
     "other_nodes",
     "raft_log",
     "replicated",
+    "response_ages",
     "role",
     "set_election_deadline",
     "set_meta_storer",

@@ -7,6 +7,9 @@ teardown fails loudly if anything of the lab survived (namespace, process, veth,
 registry entry). When a test fails, its report carries, for each namespace of its labs,
 `ip -br addr`, `ip neigh`, routes and the nft ruleset, and the tail of every log of the run.
 
+`RAFTLB_TEST_KEEP_LOGS=DIR` copies every lab's logs to DIR/<run id> before teardown, passed or
+not: a flaky test's 1-in-10 failure can then be read whole (the report has only the tails).
+
 Never `down --all` here: other engineers run labs on the same machine at the same time, so the
 tests remove only labs under their own base dirs (labkit.remove_labs_under).
 """
@@ -36,6 +39,7 @@ LAB_TESTS = Path(__file__).parent
 LABS = pytest.StashKey[list[NetLab]]()
 # Base dirs of the labs this session made: removed at session end whatever happened.
 _BASES: set[Path] = set()
+KEEP_LOGS = os.environ.get("RAFTLB_TEST_KEEP_LOGS")
 
 
 def skip_reason() -> str | None:
@@ -98,6 +102,8 @@ def running_lab(base: Path, **options: Any) -> Iterator[NetLab]:
         yield lab
     finally:
         footprint = Footprint.of(lab, veths)  # now: a test may have restarted processes
+        if KEEP_LOGS:
+            shutil.copytree(lab.dir / "logs", Path(KEEP_LOGS) / lab.run_id, dirs_exist_ok=True)
         try:
             lab.down(progress=progress.append)
             left = footprint.leftovers()  # before the safety net below hides anything

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raft.prevote import REQUEST, RESPONSE, LogPosition, PreVote
+from raft.prevote import HOLD, REQUEST, RESPONSE, LogPosition, PreVote
 
 MIN = 0.15
 LOG = LogPosition(3, 10)
@@ -160,3 +160,74 @@ def test_no_schedule_gets_a_yes_from_a_node_that_heard_the_leader_recently(
             if answer["granted"]:
                 assert name != "n1"
                 assert now - heard[name] >= MIN
+
+
+# --- the gate before each of pysyncobj's ticks ------------------------------------------------
+
+
+def test_the_gate_leaves_pysyncobj_a_deadline_that_never_passes_until_a_round_is_won() -> None:
+    """pysyncobj campaigns by itself once its deadline is past, a moment after the gate ran:
+    a tick just before a round's end must not leave it a deadline about to pass."""
+    n3, n2 = node("n3"), node("n2")
+    n2.heard_leader(10.25)  # n2 hears the leader: it refuses
+    held, request = n3.gate(10.3, 10.29, 3, True, LOG)  # pysyncobj's own deadline passed
+    assert held == HOLD and request is not None and request["term"] == 4
+    assert n3.deadline == 10.3 + MIN  # the round's end, kept by the gate
+    assert not n3.on_response("n2", n2.answer(request, 10.3, False, LOG), 10.3)
+    held, request = n3.gate(10.3 + MIN - 1e-6, HOLD, 3, True, LOG)  # just before it ends
+    assert (held, request) == (HOLD, None)
+    held, request = n3.gate(10.3 + MIN, HOLD, 3, True, LOG)  # refused: wait, then ask again
+    assert (held, request) == (HOLD, None) and n3.refused_rounds == 1
+    held, request = n3.gate(n3.deadline + 0.001, HOLD, 3, True, LOG)
+    assert held == HOLD and request is not None
+
+
+def test_a_won_round_lets_the_next_tick_campaign_once() -> None:
+    n3, n2 = node("n3"), node("n2")
+    _, request = n3.gate(10.3, 10.29, 3, True, LOG)
+    assert request is not None
+    assert n3.on_response("n2", n2.answer(request, 10.31, False, LOG), 10.31)
+    assert n3.gate(10.32, HOLD, 3, True, LOG) == (0.0, None)  # pysyncobj campaigns now
+    # It did (term 4) and set its own next deadline: the gate takes it and holds again.
+    assert n3.gate(10.33, 10.55, 4, True, LOG) == (HOLD, None)
+    assert n3.deadline == 10.55
+
+
+def test_the_gate_adopts_the_deadline_pysyncobj_moved_and_asks_nobody_before_it() -> None:
+    n3 = node("n3")
+    assert n3.gate(10.0, 10.2, 3, True, LOG) == (HOLD, None)  # a leader heard: 10.2
+    assert n3.gate(10.19, HOLD, 3, True, LOG) == (HOLD, None)
+    assert n3.gate(10.25, HOLD, 3, False, LOG) == (HOLD, None)  # nobody to ask
+    held, request = n3.gate(10.26, HOLD, 3, True, LOG)
+    assert held == HOLD and request is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=0.2),  # time since the previous tick
+            st.one_of(st.none(), st.floats(min_value=0.0, max_value=3.0)),  # pysyncobj moved it
+            st.booleans(),  # a peer's yes arrives after this tick
+        ),
+        max_size=60,
+    )
+)
+def test_pysyncobj_never_gets_a_passable_deadline_without_a_won_round(
+    steps: list[tuple[float, float | None, bool]],
+) -> None:
+    """Whatever the ticks' timing and pysyncobj's own deadline moves, the gate hands pysyncobj
+    either HOLD or, only once per won round, 0.0 (campaign now)."""
+    n3, n2 = node("n3"), node("n2")
+    now, pysyncobj, won = 1.0, 1.2, False
+    for gap, moved, yes in steps:
+        now += gap
+        if moved is not None:
+            pysyncobj = now + moved
+        held, request = n3.gate(now, pysyncobj, 3, True, LOG)
+        assert held == HOLD or (held == 0.0 and won), (held, won)
+        if held == 0.0:
+            won = False
+        pysyncobj = held
+        if request is not None and yes:
+            won = n3.on_response("n2", n2.answer(request, now, False, LOG), now) or won
