@@ -142,7 +142,7 @@ class GuardedSyncObj(StallGuardedSyncObj):
         if kind == prevote.REQUEST:
             mine = self._raftlb_position()
             now = pysyncobj_lib.now()
-            answer = pv.answer(message, now, self._isLeader(), mine)
+            answer = pv.answer(message, now, self._isLeader(), mine, str(node.id))
             pysyncobj_lib.transport(self).send(node, answer)
             if answer["granted"]:
                 # Rare by design (the leader is gone for this node too): worth a line.

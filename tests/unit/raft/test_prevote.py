@@ -231,3 +231,42 @@ def test_pysyncobj_never_gets_a_passable_deadline_without_a_won_round(
         pysyncobj = held
         if request is not None and yes:
             won = n3.on_response("n2", n2.answer(request, now, False, LOG), now) or won
+
+
+# --- split votes -------------------------------------------------------------------------------
+
+
+def test_two_followers_asking_at_once_end_with_one_candidate() -> None:
+    """The leader died; n2 and n3 start their rounds in the same moment: only n2 (the lower
+    id) gets a yes, n3 gives its round up and waits, so the real vote is not split."""
+    n2, n3 = node("n2"), node("n3")
+    n2.heard_leader(10.0)
+    n3.heard_leader(10.0)
+    r2, r3 = n2.start_round(10.2, 3, LOG), n3.start_round(10.2, 3, LOG)
+    yes_to_n3 = n2.answer(r3, 10.201, False, LOG, "n3")
+    yes_to_n2 = n3.answer(r2, 10.201, False, LOG, "n2")
+    assert not yes_to_n3["granted"] and yes_to_n2["granted"]
+    assert n2.on_response("n3", yes_to_n2, 10.202)
+    assert not n3.on_response("n2", yes_to_n3, 10.202)
+    assert n3.round is None and n3.deadline >= 10.201 + MIN  # waits for n2's election
+    assert n3.gate(10.21, HOLD, 3, True, LOG) == (HOLD, None)
+    assert n2.gate(10.21, HOLD, 3, True, LOG) == (0.0, None)
+
+
+def test_a_yes_moves_the_granters_own_election_back() -> None:
+    """n3 asked first and got n2's yes; n2's own deadline passing a moment later must not
+    start a second candidacy for the same term."""
+    n2, n3 = node("n2"), node("n3")
+    n2.gate(10.0, 10.2, 3, True, LOG)  # n2's deadline: 10.2
+    request = n3.start_round(10.19, 3, LOG)
+    assert n2.answer(request, 10.19, False, LOG, "n3")["granted"]
+    assert n2.gate(10.21, HOLD, 3, True, LOG) == (HOLD, None)  # no round of its own yet
+    assert n2.deadline == 10.19 + MIN * 1.5
+
+
+def test_a_node_that_won_its_round_says_no_until_it_campaigned() -> None:
+    n2, n3 = node("n2"), node("n3")
+    request = n2.start_round(10.2, 3, LOG)
+    assert n2.on_response("n3", n3.answer(request, 10.2, False, LOG, "n2"), 10.2)
+    late = node("n1").start_round(10.201, 3, LOG)
+    assert not n2.answer(late, 10.201, False, LOG, "n1")["granted"]
