@@ -424,6 +424,7 @@ async def serve(
         dataplane=dataplane,
         health=health,
         bgp=bgp,
+        spare_leader=config.vips_on_leader == "avoid",
     )
     if health is not None:
         health.on_change = loops.wake  # a backend up or down: re-render its VIP now

@@ -259,6 +259,10 @@ class AgentConfig(_Strict):
     # promise: quorum-promise leases over direct heartbeats (raft/promises.py, the default);
     # commit: leases renewed through Raft (raft/ownership.py), slower failover.
     leases: Literal["promise", "commit"] = "promise"
+    # avoid: the Raft leader hands its layer-2 VIPs to the other nodes and holds one only when
+    # nobody else may, so an owner's death never waits for an election (the leader that moves
+    # its VIPs is alive); share: the leader holds its share like any node (more capacity).
+    vips_on_leader: Literal["avoid", "share"] = "avoid"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     pools: list[Pool] = Field(default_factory=list)
     services: list[ServiceSpec] = Field(default_factory=list)

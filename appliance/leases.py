@@ -144,6 +144,7 @@ class OwnershipLoops:
         health: BackendHealth | None = None,
         bgp: RouteAnnouncer | None = None,
         clock: Clock | None = None,
+        spare_leader: bool = False,
     ) -> None:
         self.cluster = cluster
         self.clock = clock or SystemClock()
@@ -155,6 +156,9 @@ class OwnershipLoops:
         self.dataplane = dataplane
         self.health = health
         self.bgp = bgp
+        # `vips_on_leader: avoid`: as leader, this node gives its VIPs to the others, so that
+        # the death of an owner is handled by a living leader, without an election first.
+        self.spare_leader = spare_leader
         self.routed: frozenset[str] = frozenset()  # routed VIPs announced now
         self.incarnation = int(self.clock.time() * 1_000_000)
         self.seq = 0
@@ -243,7 +247,7 @@ class OwnershipLoops:
 
     async def leader_loop(self, period: float = 0.02) -> None:
         liveness = Liveness(self.timing.dead_after)
-        planner = LeaderPlanner(self.members)
+        planner = LeaderPlanner(self.members, spare=self.me if self.spare_leader else None)
         self.planner = planner
         leading = False
         first_seq = 0

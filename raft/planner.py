@@ -67,6 +67,7 @@ def decide(
     base: Mapping[str, tuple[int, int]] | None = None,
     max_moves: int | None = None,
     warming: Set[str] = frozenset(),
+    spare: str | None = None,
 ) -> AssignVips | None:
     """The leader's next decision, or None when the committed assignment is already right.
 
@@ -75,6 +76,7 @@ def decide(
     dead owner also says how long the leader had not seen that owner renew (`ages`, by the
     leader's clock), so that a failover's duration can be shown and counted. At most
     `max_moves` planned moves (drain, rebalance) start in one decision (see LeaderPlanner).
+    `spare`: the node that holds VIPs only as a last resort (the leader, raft/scheduler.py).
     """
     return _decide(
         members,
@@ -89,6 +91,7 @@ def decide(
         base,
         max_moves,
         warming,
+        spare,
     )[0]
 
 
@@ -105,10 +108,13 @@ def _decide(
     base: Mapping[str, tuple[int, int]] | None,
     max_moves: int | None,
     warming: Set[str],
+    spare: str | None = None,
 ) -> tuple[AssignVips | None, bool]:
     """`decide`, and whether planned moves were held back by `max_moves`."""
     nodes = [
-        NodeFacts(n, alive=n in alive, drained=n in drained, settled=n not in warming)
+        NodeFacts(
+            n, alive=n in alive, drained=n in drained, settled=n not in warming, spare=n == spare
+        )
         for n in members
     ]
     if only is None:
@@ -197,8 +203,10 @@ class LeaderPlanner:
         full_every: float = 5.0,
         max_moves: int = MAX_MOVES,
         move_every: float = 0.5,
+        spare: str | None = None,
     ) -> None:
         self.members = sorted(members)
+        self.spare = spare  # this leader itself, with `vips_on_leader: avoid`
         self.full_every = full_every
         self.max_moves = max_moves
         self.move_every = move_every
@@ -270,6 +278,7 @@ class LeaderPlanner:
             base,
             self.max_moves,
             warming,
+            self.spare,
         )
         if full:
             self._more_moves_at = now + self.move_every if capped else None

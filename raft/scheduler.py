@@ -12,6 +12,11 @@ it). Rules, in order:
    exceeds what B's would be after the move, so equal-weight nodes end within one VIP of each
    other and a returning node takes just enough VIPs to even out (no flapping).
 
+A *spare* node (the Raft leader, with `vips_on_leader: avoid`) is the last resort: it gets a
+VIP only when no other settled node may hold it (before a warming node), and keeps one only as
+long as that stays true; its VIPs otherwise move to the others (planned moves), and
+rebalancing never moves one onto it.
+
 Load is the VIP count divided by the node's weight (its capacity), then the sum of the VIPs'
 weights; ties are broken by a hash of (node, VIP), like MetalLB's layer-2 speaker choice, so
 every node computing this reaches the same answer alone and VIPs spread evenly.
@@ -41,6 +46,8 @@ class NodeFacts:
     # False while a node warms up (back from a restart): it gets VIPs only when no settled
     # node may take them, and none by rebalancing.
     settled: bool = True
+    # The last resort (see the module docstring): holds VIPs only that nobody settled may take.
+    spare: bool = False
 
     @property
     def eligible(self) -> bool:
@@ -102,7 +109,9 @@ def schedule(
     eligible = sorted((n for n in nodes if n.eligible), key=lambda n: n.id)
     all_ids = [n.id for n in eligible]
     ids = frozenset(all_ids)
-    settled_ids = [n.id for n in eligible if n.settled]
+    settled_ids = [n.id for n in eligible if n.settled and not n.spare]
+    spare_ids = [n.id for n in eligible if n.settled and n.spare]
+    spare = frozenset(n.id for n in eligible if n.spare)
     demands = sorted(vips, key=lambda d: (d.sort_key, d.vip))
     loads = _Loads(eligible, base)
     owner: dict[str, str | None] = {}
@@ -110,17 +119,20 @@ def schedule(
     def choose(pool: list[str], allowed: frozenset[str] | None) -> list[str]:
         return pool if allowed is None else [n for n in pool if n in allowed]
 
-    # Orphans go to settled nodes when one may take them; rebalancing moves only to them.
+    # Orphans go to settled nodes when one may take them, else to a settled spare, else to
+    # any; rebalancing moves only to settled nodes that are not spare.
     options: dict[str, list[str]] = {}
     moves: dict[str, list[str]] = {}
     for d in demands:
         moves[d.vip] = choose(settled_ids, d.allowed)
-        options[d.vip] = moves[d.vip] or choose(all_ids, d.allowed)
+        options[d.vip] = moves[d.vip] or choose(spare_ids, d.allowed) or choose(all_ids, d.allowed)
 
     # 2. Keep what can stay.
     for demand in demands:
         prev = previous.get(demand.vip)
-        if prev is not None and prev in ids and (demand.allowed is None or prev in demand.allowed):
+        if prev is None or prev not in ids or (prev in spare and moves[demand.vip]):
+            continue
+        if demand.allowed is None or prev in demand.allowed:
             owner[demand.vip] = prev
             loads.add(prev, demand)
     # 3. Place the orphans.

@@ -132,6 +132,14 @@ _BASE = click.option(
     help="Where run dirs live (default $RAFTLB_LAB_DIR or /tmp/raftlb-lab).",
 )
 
+_VIPS_ON_LEADER = click.option(
+    "--vips-on-leader",
+    type=click.Choice(["avoid", "share"]),
+    default="avoid",
+    show_default=True,
+    help="The agents' vips_on_leader: avoid (the leader hands its VIPs to the others) or share.",
+)
+
 
 def _base(base: Path | None) -> Path:
     from appliance.lab.netlab import DEFAULT_BASE
@@ -345,6 +353,7 @@ def bench_lab(seconds: float, as_json: bool, base: Path | None) -> None:
     help="Mode bgp: only these cases (default: all), e.g. --case drain --runs 20.",
 )
 @click.option("--bfd", is_flag=True, help="Mode bgp: BFD (100 ms x 3) between nodes and router.")
+@_VIPS_ON_LEADER
 @_BASE
 def bench_failover(
     runs: int,
@@ -354,6 +363,7 @@ def bench_failover(
     routers: tuple[str, ...],
     cases: tuple[str, ...],
     bfd: bool,
+    vips_on_leader: str,
     base: Path | None,
 ) -> None:
     """Client-seen outage when a VIP's owner is killed, cut off or frozen, and on a drain."""
@@ -371,7 +381,10 @@ def bench_failover(
             )
             click.echo(json.dumps(result, indent=2) if as_json else render_bgp(result))
             return
-        click.echo(main_failover(_base(base), runs, as_json, _progress, compare == "keepalived"))
+        text = main_failover(
+            _base(base), runs, as_json, _progress, compare == "keepalived", vips_on_leader
+        )
+        click.echo(text)
     except LabError as exc:
         _fail(str(exc))
 
@@ -393,6 +406,7 @@ def bench_failover(
     help="How long each fault lasts, seconds: a range MIN-MAX or one value (60: a minute).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_VIPS_ON_LEADER
 @_BASE
 def lab_torture(
     rounds: int,
@@ -401,6 +415,7 @@ def lab_torture(
     ipv6: bool,
     duration: str,
     as_json: bool,
+    vips_on_leader: str,
     base: Path | None,
 ) -> None:
     """Random faults on a namespace lab, watched from the client: outages, dual owners (exit
@@ -427,7 +442,7 @@ def lab_torture(
     if not 0.1 <= span[0] <= span[1] <= 600:
         raise click.BadParameter(f"{duration!r}: 0.1 <= MIN <= MAX <= 600", param_hint="--duration")
     try:
-        result = torture(_base(base), rounds, kinds, seed, ipv6, _progress, span)
+        result = torture(_base(base), rounds, kinds, seed, ipv6, _progress, span, vips_on_leader)
     except LabError as exc:
         _fail(str(exc))
         return

@@ -73,6 +73,7 @@ class NetLab:
     bfd: bool = False  # BFD between the nodes and the router (100 ms x 3)
     bgp6: bool = False  # each node also peers with the router over IPv6
     ibgp: bool = False  # the nodes are in the router's AS (LOCAL_PREF reaches it)
+    vips_on_leader: str = "avoid"  # the agents' setting (appliance/config.py)
 
     @property
     def lab_router(self) -> LabRouter:
@@ -110,6 +111,7 @@ class NetLab:
             "bfd": self.bfd,
             "bgp6": self.bgp6,
             "ibgp": self.ibgp,
+            "vips_on_leader": self.vips_on_leader,
             "pids": self.pids,
         }
         tmp = self.dir / (STATE_FILE + ".tmp")
@@ -133,6 +135,7 @@ class NetLab:
             bfd=data.get("bfd", False),
             bgp6=data.get("bgp6", False),
             ibgp=data.get("ibgp", False),
+            vips_on_leader=data.get("vips_on_leader", "avoid"),
         )
 
     @classmethod
@@ -164,6 +167,7 @@ class NetLab:
         bfd: bool = False,
         bgp6: bool = False,
         ibgp: bool = False,
+        vips_on_leader: str = "avoid",
     ) -> NetLab:
         """Build a lab and start everything in it; on any failure, remove it all again."""
         require_root()
@@ -185,6 +189,7 @@ class NetLab:
             bfd=bfd and bool(router),
             bgp6=bgp6 and bool(router),
             ibgp=ibgp and bool(router),
+            vips_on_leader=vips_on_leader,
         )
         try:
             lab.save()
@@ -223,7 +228,12 @@ class NetLab:
             password_file,
             token_file,
             timing,
-            extra={"data_interface": "eth0", "announce": "l2", "forward": "nftables"},
+            extra={
+                "data_interface": "eth0",
+                "announce": "l2",
+                "forward": "nftables",
+                "vips_on_leader": self.vips_on_leader,
+            },
         )
         if self.router:
             router = str(self.plan.host("router").ipv4)

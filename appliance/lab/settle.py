@@ -20,10 +20,12 @@ class Settled:
 
 def settle(lab: NetLab, vips: Sequence[str], timeout: float = 60.0) -> Settled:
     """Wait until every node is up and connected, all agree on one leader and every VIP in
-    `vips` is owned, no node holding more than its share (rounded up)."""
+    `vips` is owned, no node holding more than its share (rounded up); with `vips_on_leader:
+    avoid`, the leader holding none."""
     deadline = time.monotonic() + timeout
     nodes = lab.node_names()
-    share = math.ceil(len(vips) / len(nodes))
+    avoid = lab.vips_on_leader == "avoid" and len(nodes) > 1
+    share = math.ceil(len(vips) / (len(nodes) - 1 if avoid else len(nodes)))
     while time.monotonic() < deadline:
         statuses = lab.statuses()
         leaders = {s["raft"]["leader"] if s else None for s in statuses.values()}
@@ -33,7 +35,8 @@ def settle(lab: NetLab, vips: Sequence[str], timeout: float = 60.0) -> Settled:
             found = lab.api(leader, "GET", "/v1/vips") or []
             owner = {v["address"]: v["node"] for v in found if v["address"] in vips}
             counts = [list(owner.values()).count(n) for n in nodes]
-            if len(owner) == len(vips) and None not in owner.values() and max(counts) <= share:
+            balanced = max(counts) <= share and not (avoid and leader in owner.values())
+            if len(owner) == len(vips) and None not in owner.values() and balanced:
                 terms = {n: int(s["raft"]["term"]) for n, s in statuses.items() if s}
                 return Settled(leader, {v: str(n) for v, n in owner.items()}, terms)
         time.sleep(0.1)

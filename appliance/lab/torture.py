@@ -189,10 +189,13 @@ def torture(
     ipv6: bool,
     progress: Progress,
     duration: tuple[float, float] = (0.5, 2.0),
+    vips_on_leader: str = "avoid",
 ) -> dict[str, Any]:
     """The campaign; each fault lasts a random time within `duration` (seconds)."""
     rng = random.Random(seed)
-    lab = NetLab.up(nodes=3, backends=1, base=base, progress=lambda _: None)
+    lab = NetLab.up(
+        nodes=3, backends=1, base=base, progress=lambda _: None, vips_on_leader=vips_on_leader
+    )
     faults: list[Fault] = []
     try:
         vips = setup(lab, ipv6)
@@ -248,4 +251,5 @@ def torture(
         lab.down(progress=lambda _: None)
     result["seed"] = seed
     result["ipv6"] = ipv6
+    result["vips_on_leader"] = vips_on_leader
     return result

@@ -190,3 +190,33 @@ def test_a_returning_node_takes_its_share_in_paced_steps() -> None:
     assert sorted(counts.values()) == [100, 100, 100]
     assert max(moves) == 50 and sum(moves) == 100
     assert {a.reason for a in state.assignments.values() if a.node == "n3"} == {"rebalance"}
+
+
+def test_a_new_leader_that_avoids_vips_hands_its_own_over_in_planned_moves() -> None:
+    """`vips_on_leader: avoid`: n1, elected while holding VIPs, releases each of them (break
+    before make) to the others, paced; new VIPs never land on it; if the others die, it is
+    the last resort."""
+    state = ClusterState()
+    assert state.apply(pool())["ok"]
+    settle(state, LeaderPlanner(MEMBERS, full_every=1e9), set(MEMBERS), 0.0)
+    for i in range(30):
+        assert state.apply(put(i))["ok"]
+    settle(state, LeaderPlanner(MEMBERS, full_every=1e9), set(MEMBERS), 0.0)
+    held = {v for v, a in state.assignments.items() if a.node == "n1"}
+    assert len(held) == 10
+    planner = LeaderPlanner(MEMBERS, full_every=1e9, max_moves=4, spare="n1")
+    first = planner.plan(state.snapshot(), set(MEMBERS), 1.0, 1.0, {})
+    assert first is not None
+    assert {v for v, p in first.placements.items() if p.releasing == "n1"} <= held
+    assert len(first.placements) == 4  # paced like any planned move
+    for now in range(1, 8):
+        commit(state, planner, set(MEMBERS), float(now))
+        settle(state, planner, set(MEMBERS), float(now))
+    counts = Counter(a.node for a in state.assignments.values())
+    assert counts == {"n2": 15, "n3": 15}
+    assert {state.assignments[v].reason for v in held} == {"rebalance"}
+    assert state.apply(put(99))["ok"]
+    settle(state, planner, set(MEMBERS), 20.0)
+    assert Counter(a.node for a in state.assignments.values())["n1"] == 0
+    settle(state, planner, {"n1"}, 30.0)  # n2 and n3 gone: the leader holds them all
+    assert {a.node for a in state.assignments.values()} == {"n1"}

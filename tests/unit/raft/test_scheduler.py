@@ -175,3 +175,26 @@ def test_a_warming_node_gets_vips_only_when_no_settled_node_may_take_them() -> N
     settled = [NodeFacts("n1"), NodeFacts("n2"), NodeFacts("n3")]
     moved = schedule(settled, demands, owners)
     assert Counter(moved.values()) == {"n1": 3, "n2": 3, "n3": 3}  # once warm, its share
+
+
+def test_a_spare_node_holds_only_what_no_settled_node_may_take() -> None:
+    """`vips_on_leader: avoid`: the leader's VIPs go to the others, so an owner's death never
+    waits for an election; it is the last resort, before a node still warming up."""
+    leader = NodeFacts("n1", spare=True)
+    nodes = [leader, NodeFacts("n2"), NodeFacts("n3")]
+    demands = vips(8)
+    owners = schedule(nodes, demands, {})
+    assert Counter(owners.values()) == {"n2": 4, "n3": 4}
+    on_leader = {d.vip: "n1" for d in demands}  # it was elected holding VIPs
+    assert Counter(schedule(nodes, demands, on_leader).values()) == {"n2": 4, "n3": 4}
+    pinned = [VipDemand("192.0.2.99", allowed=frozenset({"n1"}))]
+    assert schedule(nodes, pinned, {}) == {"192.0.2.99": "n1"}
+    assert schedule(nodes, pinned, {"192.0.2.99": "n1"}) == {"192.0.2.99": "n1"}
+    # n3 died, n2 is back from a restart (warming): the leader takes them, before n2.
+    lonely = [leader, NodeFacts("n2", settled=False), NodeFacts("n3", alive=False)]
+    held = schedule(lonely, demands, owners)
+    assert set(held.values()) == {"n1", "n2"} and Counter(held.values())["n2"] == 4
+    assert set(schedule(lonely, demands, {}).values()) == {"n1"}
+    # n2 warm again: the leader's VIPs go to it, and only they move.
+    warm = [leader, NodeFacts("n2"), NodeFacts("n3", alive=False)]
+    assert set(schedule(warm, demands, held).values()) == {"n2"}
