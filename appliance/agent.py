@@ -442,6 +442,7 @@ async def serve(
         version=package_version(),
         write_timeout=config.api.write_timeout,
         lease_ages=loops.lease_ages,
+        warming=loops.warming_nodes,
         pool_check=pool_checker(config),
         backend_health=health.of_service if health is not None else None,
         backend_healthy=health.healthy if health is not None else None,

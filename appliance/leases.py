@@ -194,6 +194,7 @@ class OwnershipLoops:
         self._acked: set[tuple[str, int]] = set()
         self.takeovers = 0
         self.planner: LeaderPlanner | None = None
+        self._warming: frozenset[str] | None = None  # the planner's, while leading
         self._raised: dict[tuple[str, int], float] = {}  # epoch raises asked, and when
         self._given_up_at: dict[str, float] = {}  # when the peers' evidence last named a node
         # The announcer's VIPs were given to this node by a state where its lease epoch was
@@ -255,7 +256,7 @@ class OwnershipLoops:
             await asyncio.sleep(period)
             status = self.cluster.status()
             if status.role != "leader":
-                leading = False
+                leading, self._warming = False, None
                 continue
             state = self.cluster.view()
             now = self.clock.monotonic()
@@ -279,6 +280,7 @@ class OwnershipLoops:
                 alive = {n for n in self.members if liveness.alive(n, now)}
                 warmup = self.timing.warmup
                 warming = {n for n in alive if not liveness.settled(n, now, warmup)}
+                self._warming = frozenset(warming)
                 decision = planner.plan(
                     state,
                     alive,
@@ -344,6 +346,7 @@ class OwnershipLoops:
             for n in alive
             if n not in leased or n in recent or not liveness.settled(n, now, warmup)
         }
+        self._warming = frozenset(warming)
         decision = planner.plan(state, alive, now, self.clock.time(), {}, ages, warming)
         if decision is None:
             if not stale:
@@ -551,6 +554,11 @@ class OwnershipLoops:
         if view.lease_epoch is None or announced is None or view.lease_epoch > announced:
             return -math.inf
         return min(view.lease_until, now + self.timing.promise_window)
+
+    def warming_nodes(self) -> frozenset[str] | None:
+        """While leading: the nodes the planner gives VIPs only as a last resort (back from a
+        restart or a gap, or given up on lately); None otherwise."""
+        return self._warming
 
     def lease_ages(self) -> dict[str, float | None]:
         """Seconds since this node last heard each member's lease heartbeat (quorum-promise

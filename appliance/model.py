@@ -608,6 +608,13 @@ class NodeInfo(_Frozen):
         "it holds a lease); with `leases: commit`, since its lease renewal changed",
     )
     vips: int = Field(strict=True, default=0, description="VIPs the committed assignment gives it")
+    warming: bool | None = Field(
+        strict=True,
+        default=None,
+        description="the leader gives it VIPs only when nobody else may take them: back from a "
+        "restart or a gap in its renewals (for a warmup), or given up on by its peers lately; "
+        "None when the node asked is not the leader (only the leader knows)",
+    )
 
 
 class ChangeReason(StrEnum):

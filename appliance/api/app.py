@@ -94,6 +94,8 @@ class ApiContext:
     write_timeout: float
     # Seconds since this node last saw each member's lease renewal change (None: never).
     lease_ages: Callable[[], dict[str, float | None]] | None = None
+    # The nodes the leader's planner gives VIPs only as a last resort; None when not leading.
+    warming: Callable[[], frozenset[str] | None] | None = None
     # Problems of pools this node cannot serve (layer-2 pools off its data segment), as field
     # errors under a prefix; None when the node checks nothing (announce: none).
     pool_check: Callable[[list[Pool], str], list[dict[str, Any]]] | None = None
@@ -343,7 +345,10 @@ async def get_status(request: web.Request) -> web.Response:
 async def get_nodes(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     ages = ctx.lease_ages() if ctx.lease_ages else None
-    nodes = nodes_view(ctx.cluster.view(), ctx.cluster.status(), ctx.peers, time.time(), ages)
+    warming = ctx.warming() if ctx.warming else None
+    nodes = nodes_view(
+        ctx.cluster.view(), ctx.cluster.status(), ctx.peers, time.time(), ages, warming
+    )
     return web.json_response([n.model_dump(mode="json") for n in nodes])
 
 

@@ -4,7 +4,7 @@ answer models of `appliance.bodies`."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any
 
 from appliance.bodies import (
@@ -27,8 +27,10 @@ def nodes_view(
     peers: dict[str, str],
     now: float,
     lease_ages: Mapping[str, float | None] | None = None,
+    warming: Set[str] | None = None,
 ) -> list[NodeInfo]:
-    """Every configured member, with what this node knows of it."""
+    """Every configured member, with what this node knows of it; `warming`: the leader's
+    planner's (None elsewhere)."""
     out = []
     for node_id, address in sorted(peers.items()):
         report = state.members.get(node_id)
@@ -50,6 +52,7 @@ def nodes_view(
                 drained=node_id in state.drained,
                 lease_age=_rounded((lease_ages or {}).get(node_id)),
                 vips=state.vip_counts.get(node_id, 0),
+                warming=None if warming is None else node_id in warming,
             )
         )
     return out

@@ -215,10 +215,11 @@ def nodes_table(nodes: list[NodeInfo]) -> Table:
     for node in nodes:
         age = None if node.last_report_age is None else f"{node.last_report_age:.1f}s ago"
         lease = None if node.lease_age is None else f"{1000 * node.lease_age:.0f} ms ago"
+        notes = [n for n, on in (("drained", node.drained), ("warming", node.warming)) if on]
         _add(
             table,
             node.id,
-            node.role + (" (drained)" if node.drained else ""),
+            node.role + "".join(f" ({n})" for n in notes),
             _text(node.connected),
             _text(lease),
             str(node.vips),

@@ -167,10 +167,15 @@ def test_bench_failover_runs_every_case_and_never_sees_two_macs(tmp_path: Path) 
         "lab", "bench", "failover", "--runs", "1", "--json", "--base", str(tmp_path), timeout=300
     )
     assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
-    summary = json.loads(bench.stdout)["summary"]
+    result = json.loads(bench.stdout)
+    summary = result["summary"]
     assert len(summary) == 7, sorted(summary)
     for case, figures in summary.items():
         assert figures["two_mac_runs"] == 0, (case, figures)
-        assert figures["no_takeover_runs"] == 0, (case, figures)  # the VIP moved every time
-        assert figures["open_runs"] == 0, (case, figures)  # and the client got answers again
+        assert figures["open_runs"] == 0, (case, figures)  # the client got answers again
+        if case.endswith("(leader)"):
+            # vips_on_leader: avoid: the leader that died owned none of the VIPs.
+            assert all(r["owner"] != r["victim"] for r in result["runs"][case]), case
+        else:
+            assert figures["no_takeover_runs"] == 0, (case, figures)  # the VIP moved
     assert [p.name for p in tmp_path.iterdir()] == [], "the bench left a run dir"

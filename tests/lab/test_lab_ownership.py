@@ -20,6 +20,7 @@ import requests
 from appliance.lab import topology
 from appliance.lab.neighask import NeighbourAsker, Reply, double_answers, reply_runs
 from appliance.lab.netlab import NetLab
+from appliance.lab.settle import settle
 from raft.timing import PROFILES
 from tests.lab.labkit import MakeLab, wait_for
 
@@ -75,10 +76,13 @@ class Scene:
 
 
 def scene(make_lab: MakeLab) -> Scene:
+    """A settled lab: with `vips_on_leader: avoid` the leader has handed its VIPs over, which
+    it does once another node is past its warmup (a VIP still on its way would move during
+    the test and look like a flap)."""
     lab = make_lab()
     vips = setup_vips(lab)
     nodes = lab.node_names()
-    owner = {vip: wait_owner(lab, vip, nodes) for vip in vips}
+    owner = settle(lab, vips).owners
     return Scene(lab, vips, nodes, macs(lab), owner)
 
 
@@ -209,7 +213,8 @@ def test_never_two_owners(make_lab: MakeLab, case: str, method: str) -> None:
     victim = lab.wait_leader() if "leader" in case else sc.owner[vips[0]]
     before = owners(lab, nodes) or {}
     moving = sorted(v for v, n in before.items() if n == victim)
-    watch = Watch(lab, vips, seconds=7.0)
+    # Long enough to see a thawed or healed victim take its share back after its warmup.
+    watch = Watch(lab, vips, seconds=PROFILES["fast"].warmup + 4.0)
     time.sleep(1.0)
     crashed = time.monotonic()
     lab.crash(victim, method)
@@ -225,19 +230,25 @@ def test_never_two_owners(make_lab: MakeLab, case: str, method: str) -> None:
     report = {vip: describe(replies, vip, names, crashed) for vip in vips}
     print(f"{case}: victim {victim}, VIPs moved {moved - crashed:.2f}s after; runs {report}")
     assert_single_owner(replies, names)
+    # Back and past its warmup, the victim may take its share again (one planned move, with
+    # vips_on_leader: avoid two VIPs are shared by the two followers): later runs of its are
+    # that, not answers under a lapsed lease.
+    back = crashed + PROFILES["fast"].warmup
     late = [
         r
         for r in replies
-        if names.get(r.mac) == victim and r.vip in moving and r.at > crashed + LEASE + 0.1
+        if names.get(r.mac) == victim and r.vip in moving and crashed + LEASE + 0.1 < r.at < back
     ]
     assert not late, f"{victim} answered after its lease lapsed: {late[:3]}"
-    final = owners(lab, survivors) or {}
+    final = owners(lab, nodes) or {}
     for vip in vips:
         runs = reply_runs(replies, vip)
         assert runs, f"nobody answered for {vip}"
         assert names.get(runs[-1].mac) == final[vip], report[vip]
-        # One owner change at most per VIP: no flap back and forth.
-        assert len(runs) <= 2, report[vip]
+        # One owner change per VIP, and one more only to give the victim its share back: no
+        # flap back and forth.
+        returned = len(runs) == 3 and names.get(runs[2].mac) == victim and runs[2].first > back
+        assert len(runs) <= 2 or returned, report[vip]
 
 
 def test_quorum_loss_silences_the_survivor_within_the_lease(make_lab: MakeLab) -> None:
@@ -259,14 +270,17 @@ def test_quorum_loss_silences_the_survivor_within_the_lease(make_lab: MakeLab) -
 
 
 def test_a_returning_node_does_not_make_vips_flap(make_lab: MakeLab) -> None:
+    """A VIP owner is killed and comes back: its VIP moved once to the other follower (the
+    leader holds none), and once the returning node is past its warmup it takes its share
+    back in one planned move; no VIP changes hands more than that, none goes back and forth."""
     sc = scene(make_lab)
     lab, vips, nodes, names = sc.lab, sc.vips, sc.nodes, sc.names
     victim = sc.owner[vips[0]]
     lab.crash(victim, "kill")
     survivors = [n for n in nodes if n != victim]
     wait_owner(lab, vips[0], survivors, not_on=(victim,))
-    settled = owners(lab, survivors)
-    watch = Watch(lab, vips, seconds=6.0)
+    before = owners(lab, survivors) or {}
+    watch = Watch(lab, vips, seconds=PROFILES["fast"].warmup + 6.0)
     time.sleep(0.5)
     lab.recover(victim, "kill")
 
@@ -276,9 +290,10 @@ def test_a_returning_node_does_not_make_vips_flap(make_lab: MakeLab) -> None:
 
     wait_for(rejoined, SETTLE, f"{victim} to rejoin")
     replies = watch.finish()
-    # Two VIPs over three nodes are balanced without the returning node: nothing moves.
-    assert owners(lab, nodes) == settled
+    after = owners(lab, nodes) or {}
+    assert_single_owner(replies, names)
+    moved = [vip for vip in vips if after.get(vip) != before.get(vip)]
+    assert all(after[vip] == victim for vip in moved), (before, after)
     for vip in vips:
         runs = reply_runs(replies, vip)
-        assert len(runs) == 1, describe(replies, vip, names, runs[0].first if runs else 0.0)
-    assert_single_owner(replies, names)
+        assert len(runs) == (2 if vip in moved else 1), describe(replies, vip, names, 0.0)

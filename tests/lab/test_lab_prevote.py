@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from appliance.lab.faults import one_way_loss
+from appliance.lab.settle import settle
 from raft.timing import PROFILES
-from tests.lab.labkit import MakeLab, wait_for
-from tests.lab.test_lab_ownership import Watch, macs, owners, setup_vips
+from tests.lab.labkit import MakeLab
+from tests.lab.test_lab_ownership import Watch, macs, setup_vips
 
 pytestmark = pytest.mark.timeout(240)
 LOSS = 4.0  # seconds of one-way loss: many election timeouts (fast: 0.15-0.3 s) and leases
@@ -39,8 +40,8 @@ def test_one_way_loss_between_leader_and_follower_causes_no_election(
     lab = make_lab()
     vips = setup_vips(lab)
     nodes = lab.node_names()
-    leader = lab.wait_leader()
-    held = wait_for(lambda: (o := owners(lab, nodes)) and all(o.values()) and o, 20, "owners")
+    settled = settle(lab, vips)  # no VIP on its way (a new leader's, a warm node's share)
+    leader, held = settled.leader, settled.owners
     followers = [n for n in nodes if n != leader]
     # The victim: a follower holding as few VIPs as possible, so untouched nodes hold some.
     victim = min(followers, key=lambda n: sum(1 for o in held.values() if o == n))
@@ -88,8 +89,8 @@ def test_a_returning_isolated_leader_deposes_nobody_and_costs_no_lease(make_lab:
     lab = make_lab()
     vips = setup_vips(lab)
     nodes = lab.node_names()
-    old = lab.wait_leader()
-    held = wait_for(lambda: (o := owners(lab, nodes)) and all(o.values()) and o, 20, "owners")
+    settled = settle(lab, vips)
+    old, held = settled.leader, settled.owners
     others = [n for n in nodes if n != old]
     watched = tuple(v for v in vips if held[v] != old)
     before = terms(lab)

@@ -493,6 +493,19 @@ async def test_status_and_nodes(api: TestClient[Any, Any]) -> None:
     assert [(n["id"], n["role"], n["connected"]) for n in nodes] == [("n1", "leader", True)]
 
 
+async def test_nodes_say_which_the_leader_keeps_warming(
+    aiohttp_client: Any, cluster: InMemoryCluster
+) -> None:
+    """Only the leader knows which nodes its planner gives VIPs only as a last resort."""
+    warming: list[frozenset[str] | None] = [frozenset({"n1"})]
+    api = await aiohttp_client(build_app(context(cluster, warming=lambda: warming[0])))
+    assert [n["warming"] for n in await call(api, "GET", "/v1/nodes")] == [True]
+    warming[0] = frozenset()
+    assert [n["warming"] for n in await call(api, "GET", "/v1/nodes")] == [False]
+    warming[0] = None  # not leading (any more)
+    assert [n["warming"] for n in await call(api, "GET", "/v1/nodes")] == [None]
+
+
 async def test_status_carries_the_l2_announcers_counters(
     aiohttp_client: Any, cluster: InMemoryCluster
 ) -> None:
