@@ -21,6 +21,13 @@ from raft.promises import NodeFacts, Promises
 LEASED_WITHIN = 2.0
 
 
+def lease_covers(lease_epoch: int | None, epoch: int | None) -> bool:
+    """Whether a lease the book computed for this node's `lease_epoch` is good for VIPs given
+    under its `epoch`: a promise is good for the epochs from some epoch on, so for any later
+    one; never for an earlier one (a later state may have taken some of those VIPs away)."""
+    return lease_epoch is not None and epoch is not None and lease_epoch <= epoch
+
+
 @dataclass(frozen=True)
 class BookView:
     """The book at `at` (monotonic seconds, the same clock in every process of the machine)."""

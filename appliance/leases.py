@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from appliance.dataplane.render import Forward
-from appliance.lease_book import LEASED_WITHIN, LeaseBook, LocalBook
+from appliance.lease_book import LEASED_WITHIN, LeaseBook, LocalBook, lease_covers
 from appliance.metrics import Metrics
 from appliance.model import Assignment, Backend, ChangeReason, IPAddress, LeaseRenewal, Pool
 from appliance.reconciler import Reconciler
@@ -521,10 +521,7 @@ class OwnershipLoops:
         }
         self.book.observe(now, facts_of(state.renewals, state.epochs, self.members), raft_alive)
         view = self.book.view(now)
-        # A lease the book computed for an epoch of this node up to the state's is good for
-        # the state's (appliance/helper_book.py); one for a later epoch is not: that later
-        # state may have taken some of these VIPs away.
-        if view.lease_epoch is None or view.lease_epoch > state.epochs.get(self.me, 0):
+        if not lease_covers(view.lease_epoch, state.epochs.get(self.me, 0)):
             return -math.inf
         return min(view.lease_until, now + self.timing.promise_window)
 
@@ -535,8 +532,7 @@ class OwnershipLoops:
         then lasts while promises arrive, whatever keeps the event loop busy: extended only
         from there, an event loop stalled for 200 ms (thousands of services) ended leases."""
         with self._announce_lock:
-            announced = self._announced_epoch
-            if epoch is None or announced is None or epoch > announced or not self.held:
+            if not self.held or not lease_covers(epoch, self._announced_epoch):
                 return
             self.announcer.extend(until)
 
@@ -550,8 +546,7 @@ class OwnershipLoops:
             return -math.inf
         now = self.clock.monotonic()
         view = self.book.view(now)
-        announced = self._announced_epoch
-        if view.lease_epoch is None or announced is None or view.lease_epoch > announced:
+        if not lease_covers(view.lease_epoch, self._announced_epoch):
             return -math.inf
         return min(view.lease_until, now + self.timing.promise_window)
 
