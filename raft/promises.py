@@ -60,7 +60,11 @@ abandon, the leader (or the next one) moves the VIPs; a thawed X rechecks its le
 clock before it answers (the announcer's deadline). One-way loss: if X's heartbeats do not
 reach P, or P's do not reach X (X's echoes of P go stale), P stops promising X; X keeps its
 VIPs as long as m - 1 other peers promise it. A leader change: leases do not depend on commits,
-so the VIPs of live nodes stay put through any election; only taking needs a leader.
+so the VIPs of live nodes stay put through any election; only taking needs a leader. So that
+an owner's death never waits for an election as well, the leader holds no VIP while another
+node may (`vips_on_leader: avoid`, raft/scheduler.py's spare): the leader that takes a dead
+owner's VIPs is alive and reads the evidence as soon as the promises end, and a leader's own
+death moves nothing at once (its successor hands its VIPs over in planned moves).
 
 Liveness under asymmetric partitions. If X cannot gather m - 1 promises, more than n - m peers
 do not promise it, and each of them abandons it within W, whether it stopped hearing X, X
