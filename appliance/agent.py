@@ -29,7 +29,7 @@ from aiohttp import web
 from announce.bfd import BfdDaemon, BfdPeer, BfdTiming
 from announce.bgp import BgpAnnouncer
 from announce.l2 import L2Announcer
-from appliance import gcpolicy
+from appliance import gcpolicy, priority
 from appliance.api.app import ApiContext, build_app
 from appliance.api.guard import ConnectionGuard, api_connection_limit
 from appliance.backoff import Backoff
@@ -588,6 +588,7 @@ async def _shut_down(
 
 def run_agent(config: AgentConfig) -> None:
     """Start the agent from a validated config; raise AgentStartError if it cannot run."""
+    priority.raise_priority()  # first: the threads started below inherit it
     problems = check_host(config)
     if problems:
         raise AgentStartError("refusing to start:\n  " + "\n  ".join(format_field_errors(problems)))

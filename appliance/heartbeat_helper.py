@@ -149,9 +149,15 @@ def _realtime() -> None:
     process on a loaded machine. Its work is a few datagrams per period, and the kernel's RT
     throttling still leaves the others 5% of each core should it ever spin."""
     try:
+        # Allowed to root, to CAP_SYS_NICE, and to anyone whose RLIMIT_RTPRIO is at least 1
+        # (the appliance's unit: LimitRTPRIO=1).
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
-    except OSError as exc:  # not root (tests), or a container without CAP_SYS_NICE
-        log.info("heartbeats at normal priority (real-time refused: %s)", exc.strerror)
+    except OSError as exc:
+        log.warning(
+            "heartbeats at normal priority (real-time refused: %s): a busy machine can then "
+            "end leases; give the agent's unit LimitRTPRIO=1 (or CAP_SYS_NICE)",
+            exc.strerror,
+        )
 
 
 if __name__ == "__main__":
