@@ -588,7 +588,6 @@ async def _shut_down(
 
 def run_agent(config: AgentConfig) -> None:
     """Start the agent from a validated config; raise AgentStartError if it cannot run."""
-    priority.raise_priority()  # first: the threads started below inherit it
     problems = check_host(config)
     if problems:
         raise AgentStartError("refusing to start:\n  " + "\n  ".join(format_field_errors(problems)))
@@ -609,6 +608,9 @@ def run_agent(config: AgentConfig) -> None:
     # calls took a third of a second, past the election timeout. 1 ms keeps ticks short.
     sys.setswitchinterval(0.001)
     gcpolicy.install()
+    # Before any thread starts (they inherit it), and only once the start's checks passed: a
+    # refused start changes nothing in the process that asked.
+    priority.raise_priority()
     # From here a signal stops the agent within STOP_BOUND, whatever is running.
     stopper = Stopper()
     stopper.install()

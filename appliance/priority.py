@@ -9,8 +9,9 @@ woken tick thread runs at once. The heartbeat helper goes further (real-time,
 appliance/heartbeat_helper.py); the agent does not: its bulk work (thousands of services) must
 never starve its machine.
 
-Nice is per thread on Linux, and a thread inherits it from the thread that starts it: this runs
-first, on the main thread, before any other starts. Raising a priority needs CAP_SYS_NICE or
+Nice is per thread on Linux, and a thread inherits it from the thread that starts it: the agent
+calls this on its main thread before any other starts (and after its start's checks, so a
+refused start leaves the calling process as it was). Raising a priority needs CAP_SYS_NICE or
 RLIMIT_NICE: the appliance's unit has systemd set `Nice=-10` before it drops privileges, which
 makes this a no-op there; as root (the lab) the agent does it itself.
 """

@@ -160,6 +160,17 @@ class LabCluster:
     def wait_ready(self, nodes: list[str], timeout: float = 30.0) -> str:
         return local.wait_ready(self.lab, timeout, self.progress.append, nodes=nodes)
 
+    def settled(self, leader: str) -> bool:
+        """The leader's planner keeps no node warming and holds no VIP itself: no planned move
+        is on its way (a fresh cluster's leader hands its start-up share over after the
+        others' warmup, with `vips_on_leader: avoid`)."""
+        nodes = self.get(leader, "/v1/nodes")
+        vips = self.get(leader, "/v1/vips")
+        if nodes.status_code != 200 or vips.status_code != 200:
+            return False
+        warm = all(n.get("warming") is False for n in nodes.json())
+        return warm and all(v["node"] not in (None, leader) for v in vips.json())
+
     def leader_of(self, node_id: str) -> str | None:
         status = self.status(node_id)
         return status["raft"]["leader"] if status else None

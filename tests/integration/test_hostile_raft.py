@@ -88,7 +88,8 @@ def test_oversized_and_garbage_frames_and_idle_crowds_change_nothing(cluster: La
     assert pid is not None
     address = raft_address(cluster, target)
     poll(lambda: all(n for n, _ in epochs(cluster, target).values()), 10, "the VIP assigned")
-    time.sleep(1.0)  # settled
+    poll(lambda: cluster.settled(leader), 30, "no VIP on its way (warmup, hand-over)")
+    time.sleep(1.0)
     term = cluster.status(leader)["raft"]["term"]  # type: ignore[index]
     stalls = cluster.slow_syncs()
     owners = epochs(cluster, leader)

@@ -18,16 +18,21 @@ RAISE += "os.getpriority(os.PRIO_PROCESS, 0))"
 @pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority needs root (CAP_SYS_NICE)")
 def test_the_agent_raises_its_own_priority_once_and_never_lowers_it() -> None:
     raised = subprocess.run(
-        [sys.executable, "-c", RAISE], capture_output=True, text=True, check=False
+        [sys.executable, "-c", RAISE],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, 0),
     )
     assert raised.stdout.split() == [str(priority.AGENT_NICE)] * 2, raised.stderr
-    # Already higher (a unit with Nice=-15): left as it is.
+    # Already higher (a unit with Nice=-15): left as it is. (Absolute values: this process may
+    # have run an agent in-process already, which raised its own priority.)
     higher = subprocess.run(
         [sys.executable, "-c", RAISE],
         capture_output=True,
         text=True,
         check=False,
-        preexec_fn=lambda: os.nice(-15),
+        preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, -15),
     )
     assert higher.stdout.split() == ["-15", "-15"], higher.stderr
 
