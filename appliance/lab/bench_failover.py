@@ -154,14 +154,16 @@ def keepalived_run(lab: NetLab, ka: Keepalived, method: str, n: int) -> dict[str
     return {"victim": master, **result}
 
 
-def compare_keepalived(lab: NetLab, runs: int, progress: Progress) -> dict[str, Any]:
+def compare_keepalived(
+    lab: NetLab, runs: int, progress: Progress, methods: tuple[str, ...] = METHODS
+) -> dict[str, Any]:
     ensure_installed(progress)
     cases: dict[str, list[dict[str, Any]]] = {}
     for timers in TIMERS:
         ka = Keepalived(lab, timers)
         try:
             for n in range(runs):
-                for method in METHODS:
+                for method in methods:
                     run = keepalived_run(lab, ka, method, n)
                     case = f"keepalived {timers}: {method}"
                     cases.setdefault(case, []).append(run)
@@ -175,30 +177,40 @@ def compare_keepalived(lab: NetLab, runs: int, progress: Progress) -> dict[str, 
 
 
 def bench_failover(
-    base: Path, runs: int, progress: Progress, compare: bool = False, vips_on_leader: str = "avoid"
+    base: Path,
+    runs: int,
+    progress: Progress,
+    compare: bool = False,
+    vips_on_leader: str = "avoid",
+    kinds: tuple[str, ...] = (*METHODS, "drain"),
 ) -> dict[str, Any]:
+    """Every crash kind of `kinds` (kill, link, freeze) done to the leader and to an owner,
+    and a drain if `kinds` has it, `runs` times each."""
+    methods = tuple(m for m in METHODS if m in kinds)
     lab = NetLab.up(
         nodes=3, backends=2, base=base, progress=lambda _: None, vips_on_leader=vips_on_leader
     )
     cases: dict[str, list[dict[str, Any]]] = {}
     try:
         vips = setup_services(lab)
-        total = runs * (len(METHODS) * len(ROLES) + 1)
+        total = runs * (len(methods) * len(ROLES) + ("drain" in kinds))
         done = 0
         for n in range(runs):
-            for method in METHODS:
+            for method in methods:
                 for role in ROLES:
                     case = f"{method} ({role})"
                     run = crash_run(lab, vips, method, role, n)
                     cases.setdefault(case, []).append(run)
                     done += 1
                     progress(f"[{done}/{total}] {case}: {1000 * run['outage_s']:.0f} ms")
+            if "drain" not in kinds:
+                continue
             run = drain_run(lab, vips, n)
             cases.setdefault("planned drain", []).append(run)
             done += 1
             progress(f"[{done}/{total}] planned drain: {1000 * run['outage_s']:.0f} ms")
         if compare:
-            cases.update(compare_keepalived(lab, runs, progress))
+            cases.update(compare_keepalived(lab, runs, progress, methods))
     finally:
         lab.down(progress=lambda _: None)
     return {
@@ -243,6 +255,8 @@ def _ratios(summary: dict[str, Any]) -> list[str]:
         return []
     lines = ["keepalived / raftlb, p50 (higher: raftlb is faster):"]
     for method in METHODS:
+        if f"{method} ({ROLES[0]})" not in summary:
+            continue
         ours = [summary[f"{method} ({role})"] for role in ROLES]
         take = statistics.median(s["takeover_p50_ms"] or 0.0 for s in ours)
         out = statistics.median(s["p50_ms"] for s in ours)
@@ -270,6 +284,7 @@ def main_failover(
     progress: Progress,
     compare: bool = False,
     vips_on_leader: str = "avoid",
+    kinds: tuple[str, ...] = (*METHODS, "drain"),
 ) -> str:
-    result = bench_failover(base, runs, progress, compare, vips_on_leader)
+    result = bench_failover(base, runs, progress, compare, vips_on_leader, kinds)
     return json.dumps(result, indent=2) if as_json else render_failover(result)

@@ -350,7 +350,7 @@ def bench_lab(seconds: float, as_json: bool, base: Path | None) -> None:
     "cases",
     type=click.Choice(["drain", "kill", "link", "freeze"]),
     multiple=True,
-    help="Mode bgp: only these cases (default: all), e.g. --case drain --runs 20.",
+    help="Only these cases (default: all), e.g. --case drain --runs 20.",
 )
 @click.option("--bfd", is_flag=True, help="Mode bgp: BFD (100 ms x 3) between nodes and router.")
 @_VIPS_ON_LEADER
@@ -382,7 +382,13 @@ def bench_failover(
             click.echo(json.dumps(result, indent=2) if as_json else render_bgp(result))
             return
         text = main_failover(
-            _base(base), runs, as_json, _progress, compare == "keepalived", vips_on_leader
+            _base(base),
+            runs,
+            as_json,
+            _progress,
+            compare == "keepalived",
+            vips_on_leader,
+            cases or ("kill", "link", "freeze", "drain"),
         )
         click.echo(text)
     except LabError as exc:
