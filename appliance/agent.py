@@ -608,9 +608,6 @@ def run_agent(config: AgentConfig) -> None:
     # calls took a third of a second, past the election timeout. 1 ms keeps ticks short.
     sys.setswitchinterval(0.001)
     gcpolicy.install()
-    # Before any thread starts (they inherit it), and only once the start's checks passed: a
-    # refused start changes nothing in the process that asked.
-    priority.raise_priority()
     # From here a signal stops the agent within STOP_BOUND, whatever is running.
     stopper = Stopper()
     stopper.install()
@@ -618,6 +615,7 @@ def run_agent(config: AgentConfig) -> None:
     try:
         # Created on the main thread: pysyncobj's tick thread stops when its creator exits.
         cluster = RaftCluster(settings)
+        priority.raise_priority(cluster.tick_thread_id())
     except BaseException:
         if dataplane is not None:
             dataplane.stop()

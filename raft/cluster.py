@@ -391,6 +391,11 @@ class RaftCluster:
                 "the command may still be applied later, and retrying it is safe",
             ) from None
 
+    def tick_thread_id(self) -> int | None:
+        """The kernel's id of pysyncobj's tick thread (None before it runs)."""
+        thread = pysyncobj_lib.tick_thread(self._syncobj)
+        return thread.native_id if thread is not None else None
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the tick thread and close connections and the journal."""
         self._syncobj.destroy()
