@@ -129,12 +129,20 @@ class PreVote:
             and now - self.last_leader_contact >= self.min_timeout
             and theirs.at_least(mine)
             and self.cleared_term is None  # about to campaign itself
-            and (self.round is None or asker < self.self_id)  # both asking: the lower id
+            and (self.round is None or self._yields(mine, theirs, asker))
         )
         if granted:
             self.round = None
             self.deadline = max(self.deadline, now + self.min_timeout * (1 + self.rand()))
         return {"type": RESPONSE, "term": proposed, "granted": granted}
+
+    def _yields(self, mine: LogPosition, theirs: LogPosition, asker: str) -> bool:
+        """Whether a node in a round of its own gives it up for `asker`'s: the asker's log is
+        newer (it would refuse this node's round by the vote rule: waiting out this round only
+        delays the one that can win, and a leader cut off for under a second then came back
+        and won, after the others' leases had lapsed without commits), or the logs are equal
+        and the asker has the lower id."""
+        return not mine.at_least(theirs) or (theirs == mine and asker < self.self_id)
 
     # --- the node's own elections -----------------------------------------------------------
 

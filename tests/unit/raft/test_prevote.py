@@ -270,3 +270,21 @@ def test_a_node_that_won_its_round_says_no_until_it_campaigned() -> None:
     assert n2.on_response("n3", n3.answer(request, 10.2, False, LOG, "n2"), 10.2)
     late = node("n1").start_round(10.201, 3, LOG)
     assert not n2.answer(late, 10.201, False, LOG, "n1")["granted"]
+
+
+def test_a_node_in_its_own_round_yields_to_an_asker_with_a_newer_log() -> None:
+    """The leader (n3) is cut off just after it sent n2 an entry that n1 has not got. n1 asks
+    first and n2 refuses (older log); n2's round must not then wait for n1's to end, or the
+    cluster stays leaderless past the nodes' leases (the returning leader won instead)."""
+    n1, n2 = node("n1"), node("n2")
+    n1.heard_leader(10.0)
+    n2.heard_leader(10.0)
+    behind, ahead = LogPosition(4, 20), LogPosition(4, 21)
+    assert not ask(n1, {"n2": n2}, now=10.2, log=behind, logs={"n2": ahead})
+    assert n1.round is not None
+    request = n2.start_round(10.25, 3, ahead)
+    assert n1.answer(request, 10.25, False, behind, "n2")["granted"]
+    assert n1.round is None  # n1 gave its round up
+    # With equal logs a round of its own still refuses the higher id (split votes).
+    n1.start_round(10.3, 3, ahead)
+    assert not n1.answer(n2.start_round(10.3, 3, ahead), 10.3, False, ahead, "n2")["granted"]
