@@ -91,14 +91,20 @@ class LabCluster:
         return f"{self.lab.nodes[node_id].api_url}{path}"
 
     def request(
-        self, method: str, node_id: str, path: str, body: Any = None, timeout: float = 3.0
+        self,
+        method: str,
+        node_id: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 3.0,
+        connect: float = 1.0,
     ) -> requests.Response:
         return requests.request(
             method,
             self.url(node_id, path),
             json=body,
             headers=self.headers,
-            timeout=(1.0, timeout),
+            timeout=(connect, timeout),
         )
 
     def get(self, node_id: str, path: str, timeout: float = 3.0) -> requests.Response:

@@ -49,7 +49,10 @@ def test_idle_crowds_and_slowloris_never_lock_a_client_out(cluster: LabCluster) 
         while not stop.is_set():
             started = time.monotonic()
             try:
-                response = cluster.request("GET", target, "/v1/status", timeout=5.0)
+                # A SYN lost while 2,000 others fill the accept queue is sent again after 1,
+                # 3 and 7 s: a client that waits for those is not locked out (seen once, on
+                # a loaded machine, with the harness's usual 1 s connect timeout).
+                response = cluster.request("GET", target, "/v1/status", timeout=5.0, connect=8.0)
                 if response.status_code == 200:
                     answered.append(time.monotonic() - started)
                 else:
