@@ -197,7 +197,8 @@ class ApiClient:
         """The service, and the answering node's view of its backends' health (if it checks)."""
         data = self._request("GET", f"/v1/services/{service_path(service_id)}")
         answer = _parse(ServiceWithHealth, data)
-        return Service(spec=answer.spec, address=answer.address), answer.health
+        service = Service(spec=answer.spec, address=answer.address, backend_ids=answer.backend_ids)
+        return service, answer.health
 
     def allocations(self) -> list[Allocation]:
         return _parse(_ALLOCATIONS, self._request("GET", "/v1/allocations"))

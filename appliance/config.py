@@ -26,7 +26,7 @@ from pydantic import (
 
 from announce.bfd import BIRD
 from announce.interfaces import InterfaceError, interface_networks
-from appliance.dataplane.render import Firewall
+from appliance.dataplane.firewall import Firewall
 from appliance.documents import DocumentError, decode, load_yaml
 from appliance.model import AnnounceMode, IPAddress, Name, Pool, ServiceSpec, field_errors
 from appliance.secretfile import SecretError, read_secret

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from appliance.dataplane.render import Forward
+from appliance.dataplane.forwards import Forward
 from appliance.lease_book import LEASED_WITHIN, LeaseBook, LocalBook, lease_covers
 from appliance.metrics import Metrics
 from appliance.model import Assignment, Backend, ChangeReason, IPAddress, LeaseRenewal, Pool

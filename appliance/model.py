@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
@@ -199,10 +200,18 @@ class TrafficPolicy(StrEnum):
 
 
 class Affinity(StrEnum):
-    """How a VIP spreads connections: per connection, or sticky per client address."""
+    """How a VIP spreads new connections over its backends.
 
-    NONE = "none"
+    `consistent`: by a hash of the client's address and port through a table every node builds
+    the same way (appliance/dataplane/consistent.py), so a connection keeps its backend when
+    the VIP moves to another node; `random`: per connection, at random; `source`: by the
+    client's address alone (every connection of a client on one backend). `none` is the old
+    name of `random`, kept for stored services and older clients."""
+
+    CONSISTENT = "consistent"
+    RANDOM = "random"
     SOURCE = "source"
+    NONE = "none"
 
 
 class HealthCheckType(StrEnum):
@@ -284,6 +293,57 @@ class BgpAttributes(_Frozen):
     med: int | None = Field(strict=True, default=None, ge=0, le=4294967295)
 
 
+class SourceAddress(StrEnum):
+    """The source address backends see on a VIP's connections."""
+
+    VIP = "vip"  # moves with the VIP: a connection survives a failover
+    NODE = "node"  # the forwarding node's own (masquerade)
+
+
+class Balancing(_Frozen):
+    """How the VIPs of a pool spread connections and which source address backends see. Part
+    of the replicated pool, so every node builds the same tables: a change re-hashes the new
+    connections of the pool's VIPs (established ones stay where they are)."""
+
+    table_size: int = Field(
+        strict=True,
+        default=4093,
+        description="Slots of a port's consistent-hashing table: a prime from 251 to 65521. "
+        "At 4093, removing one backend of up to 12 moves at most ~2% of the flows beyond its "
+        "own; keep it above 400 x the most backends a port has",
+    )
+    seed: int = Field(
+        strict=True,
+        default=0x72616C62,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="The seed of the kernel's flow hash (jhash): explicit, so every node agrees",
+    )
+    source: SourceAddress | None = Field(
+        default=None,
+        description="vip: backends see the VIP as the source, so a connection survives a "
+        "failover; node: the forwarding node's own address. Default: vip for l2 pools, node "
+        "for bgp pools (replies to the VIP would reach whichever node the router's ECMP picks)",
+    )
+
+    @field_validator("table_size")
+    @classmethod
+    def _prime_size(cls, value: int) -> int:
+        if not (MIN_TABLE_SIZE <= value <= MAX_TABLE_SIZE and is_prime(value)):
+            raise ValueError(
+                f"table_size {value} must be a prime from {MIN_TABLE_SIZE} to {MAX_TABLE_SIZE}"
+            )
+        return value
+
+
+MIN_TABLE_SIZE = 251
+MAX_TABLE_SIZE = 65521  # the largest prime below 2**16
+
+
+def is_prime(n: int) -> bool:
+    return n > 1 and all(n % i for i in range(2, math.isqrt(n) + 1))
+
+
 class Pool(_Frozen):
     """A named set of addresses the appliance hands out as VIPs."""
 
@@ -306,6 +366,13 @@ class Pool(_Frozen):
     bgp: BgpAttributes | None = Field(
         default=None, description="Route attributes when announced by BGP"
     )
+    balancing: Balancing = Field(default_factory=Balancing)
+
+    def source(self) -> SourceAddress:
+        """The source address backends see on this pool's VIPs' connections."""
+        if self.balancing.source is not None:
+            return self.balancing.source
+        return SourceAddress.VIP if self.announce == AnnounceMode.L2 else SourceAddress.NODE
 
     @field_validator("addresses")
     @classmethod
@@ -482,7 +549,7 @@ class ServiceSpec(_Frozen):
     traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
     health_check_node_port: PortNumber | None = None
     health_check: HealthCheck = Field(default_factory=HealthCheck)
-    affinity: Affinity = Affinity.NONE
+    affinity: Affinity = Affinity.CONSISTENT
     nodes: list[Name] | None = Field(
         default=None, description="Appliance nodes allowed to own the VIP (default: any)"
     )
@@ -565,10 +632,35 @@ class Allocation(_Frozen):
 
 
 class Service(_Frozen):
-    """A service as stored: its spec and the address it was given."""
+    """A service as stored: its spec, the address it was given and its backends' ids."""
 
     spec: ServiceSpec
     address: VipIP
+    backend_ids: list[list[int]] = Field(
+        default_factory=list,
+        description="The id of each backend, per port, in the order of `spec.ports` and their "
+        "backends: a backend keeps its id while it stays, a new one takes the lowest free id. "
+        "Consistent hashing builds its tables from ids, so ports with the same ids share one. "
+        "Empty (stored before ids existed): the backends' positions.",
+    )
+
+    @model_validator(mode="after")
+    def _ids_match_backends(self) -> Service:
+        if not self.backend_ids:
+            return self
+        shape = [len(p.backends) for p in self.spec.ports]
+        if [len(ids) for ids in self.backend_ids] != shape:
+            raise ValueError(f"backend_ids {self.backend_ids} do not match the ports' backends")
+        for ids in self.backend_ids:
+            if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+                raise ValueError(f"backend_ids {ids} are not distinct non-negative ids")
+        return self
+
+    def ids_of(self, index: int) -> list[int]:
+        """The ids of port `index`'s backends."""
+        if self.backend_ids:
+            return self.backend_ids[index]
+        return list(range(len(self.spec.ports[index].backends)))
 
 
 class MemberReport(_Frozen):

@@ -34,8 +34,16 @@ import ipaddress
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 
-from appliance.dataplane.render import Forward, forwards
-from appliance.model import Assignment, Backend, IPAddress, Pool, Service, address_text
+from appliance.dataplane.forwards import Forward, Policy, forwards
+from appliance.model import (
+    Assignment,
+    Backend,
+    IPAddress,
+    Pool,
+    Service,
+    SourceAddress,
+    address_text,
+)
 from appliance.routing import serves
 from raft.ownership import lease_deadline
 from raft.state import StateView
@@ -157,7 +165,9 @@ class Reconciler:
             else:
                 self.releasing.discard(vip)
             if self.forwarding:
-                self._rules(vip, address, services, holds or announces, healthy, now, before, after)
+                serving = holds or announces
+                policy = _policy(view, services)
+                self._rules(vip, address, services, serving, healthy, policy, now, before, after)
         # (`grace_end`, not `until`: reusing that name made the step's lease end the grace's
         # end, so a withdrawn routed VIP stretched the layer-2 VIPs' answering past the lease.)
         for vip, grace_end in list(self.draining.items()):
@@ -212,6 +222,7 @@ class Reconciler:
         services: list[Service],
         serving: bool,
         healthy: Healthy | None,
+        policy: Policy,
         now: float,
         before: dict[IPAddress, tuple[Forward, ...]],
         after: dict[IPAddress, tuple[Forward, ...]],
@@ -222,7 +233,7 @@ class Reconciler:
         if not serving and vip in self.draining:
             return  # withdrawn from the routers: forwarding goes on for the grace
         self.draining.pop(vip, None)
-        rules = tuple(forwards(services, [address], healthy)) if serving else ()
+        rules = tuple(forwards(services, [address], healthy, lambda _: policy)) if serving else ()
         if rules == self.rules.get(vip, ()):
             return
         if rules:
@@ -264,3 +275,14 @@ class Reconciler:
         if len(self.acked) > 4 * len(self.releasing) + 64:  # forget acknowledgements done
             self.acked = {k: t for k, t in self.acked.items() if k[0] in self.releasing}
         return out
+
+
+def _policy(view: StateView, services: list[Service]) -> Policy:
+    """The balancing of a VIP's pool (every service on one address is in one pool)."""
+    allocation = view.allocations.get(services[0].spec.id) if services else None
+    pool = view.pools.get(allocation.pool) if allocation is not None else None
+    if pool is None:
+        return Policy()
+    balancing = pool.balancing
+    snat = pool.source() == SourceAddress.VIP
+    return Policy(size=balancing.table_size, seed=balancing.seed, snat=snat)

@@ -299,7 +299,7 @@ def translate(
             "ip_family": family,
             "ports": ports,
             "traffic_policy": "local" if local else "cluster",
-            "affinity": "source" if spec.get("sessionAffinity") == "ClientIP" else "none",
+            "affinity": "source" if spec.get("sessionAffinity") == "ClientIP" else "consistent",
         }
         if family in requested:
             body["vip"] = requested[family]

@@ -35,7 +35,7 @@ from appliance.model import (
     Service,
     address_text,
 )
-from raft import ipam, ownership
+from raft import backend_ids, ipam, ownership
 from raft.changelog import ChangeLog, Changes, LogReader
 from raft.commands import (
     Allocate,
@@ -226,11 +226,15 @@ class ClusterState:
                 self._set_allocation(allocation)
                 # Built from validated parts: validating (and dumping) them again here cost
                 # more than all the rest of the apply, on the thread that sends heartbeats.
-                service = Service.model_construct(spec=spec, address=allocation.address)
+                ids = backend_ids.assign(spec, self.services.get(spec.id))
+                service = Service.model_construct(
+                    spec=spec, address=allocation.address, backend_ids=ids
+                )
                 self.services = self.services.set(spec.id, service)
                 self.log.note("services", spec.id)
                 # The submitter rebuilds the whole service from its spec (appliance.api).
-                return {"service": {"id": spec.id, "address": address_text(allocation.address)}}
+                address = address_text(allocation.address)
+                return {"service": {"id": spec.id, "address": address, "backend_ids": ids}}
             case DeleteService(id=service_id, missing_ok=missing_ok):
                 if service_id not in self.services:
                     if missing_ok:

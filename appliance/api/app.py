@@ -402,7 +402,8 @@ async def _body_named(request: web.Request, key: str, url_param: str) -> Any:
 def _stored(spec: ServiceSpec, result: dict[str, Any]) -> dict[str, Any]:
     """The service as stored: the spec sent and the address Raft answered (the apply returns
     only the address, to keep the Raft thread's work small)."""
-    return Service(spec=spec, address=result["address"]).model_dump(mode="json")
+    ids = result.get("backend_ids") or []
+    return Service(spec=spec, address=result["address"], backend_ids=ids).model_dump(mode="json")
 
 
 def _check_pools(ctx: ApiContext, pools: list[Pool], prefix: str) -> None:
@@ -440,7 +441,9 @@ async def get_service(request: web.Request) -> web.Response:
     health = None
     if ctx.backend_health is not None:
         health = ServiceHealth(node=ctx.cluster.node_id, backends=ctx.backend_health(service_id))
-    body = ServiceWithHealth(spec=service.spec, address=service.address, health=health)
+    body = ServiceWithHealth(
+        spec=service.spec, address=service.address, backend_ids=service.backend_ids, health=health
+    )
     return web.json_response(
         text=body.model_dump_json(exclude={"health"} if health is None else None)
     )

@@ -14,20 +14,16 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from appliance.backoff import Backoff
+from appliance.dataplane.firewall import Firewall
+from appliance.dataplane.forwards import Forward, ForwardMap
+from appliance.dataplane.hashing import uses_of
 from appliance.dataplane.libnft import LibNft, LibNftError
-from appliance.dataplane.render import (
-    TABLE,
-    Firewall,
-    Forward,
-    ForwardMap,
-    removal,
-    render,
-    render_delta,
-)
+from appliance.dataplane.render import TABLE, removal, render, render_delta
 from appliance.model import IPAddress
 
 log = logging.getLogger("raftlb.dataplane")
@@ -72,6 +68,10 @@ def set_forwarding_sysctls(root: Path = Path("/proc/sys")) -> list[str]:
                 f"may fail; set it with sysctl -w {name}={value}"
             )
     return problems
+
+
+def _chains(forwards: Iterable[Forward]) -> Counter[str]:
+    return uses_of(c for c in (f.chain() for f in forwards) if c is not None)
 
 
 class NftError(Exception):
@@ -150,6 +150,9 @@ class DataPlane:
         self.observe = observe
         self.clock = clock
         self.current: dict[IPAddress, tuple[Forward, ...]] = {}  # what the kernel has
+        # How many VIP ports use each hash chain and lookup table, in `current`: a delta
+        # creates and deletes them by these counts, without looking at every VIP.
+        self.uses: Counter[str] = Counter()
         self.loaded = False  # False: the kernel's table is unknown, the next change loads all
         self.loads = 0
         self.deltas = 0
@@ -170,10 +173,13 @@ class DataPlane:
             else:
                 desired.pop(vip, None)
         if self.loaded:
-            text = render_delta(self.current, changes, self.applier.table)
+            text = render_delta(self.current, changes, self.applier.table, self.uses)
             if not text:
                 return True
-            return self._apply("delta", text, desired)
+            uses = self.uses.copy()
+            uses.subtract(_chains(f for vip in changes for f in self.current.get(vip, ())))
+            uses.update(_chains(f for vip in changes for f in desired.get(vip, ())))
+            return self._apply("delta", text, desired, +uses)
         if self.clock() < self._retry_at:
             self.current = desired  # loaded whole once the backoff is over
             return False
@@ -188,9 +194,15 @@ class DataPlane:
     def _load(self, desired: dict[IPAddress, tuple[Forward, ...]]) -> bool:
         items = [f for forwards in desired.values() for f in forwards]
         text = render(items, self.applier.table, self.firewall)
-        return self._apply("full", text, desired)
+        return self._apply("full", text, desired, _chains(items))
 
-    def _apply(self, kind: str, text: str, desired: dict[IPAddress, tuple[Forward, ...]]) -> bool:
+    def _apply(
+        self,
+        kind: str,
+        text: str,
+        desired: dict[IPAddress, tuple[Forward, ...]],
+        uses: Counter[str],
+    ) -> bool:
         started = self.clock()
         try:
             self.applier.apply(text)
@@ -225,6 +237,7 @@ class DataPlane:
         if self.last_error is not None:
             log.info("data plane: rules loaded again after %d error(s)", self.errors)
         self.current, self.loaded, self.last_error, self._failures = desired, True, None, 0
+        self.uses = uses
         return True
 
     def status(self) -> dict[str, object]:

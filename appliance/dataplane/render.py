@@ -24,12 +24,14 @@ Map and set elements go in commands of at most `CHUNK` elements (kube-proxy's kn
 
 from __future__ import annotations
 
-import ipaddress
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
-from appliance.model import Affinity, Backend, IPAddress, Service, address_text
+from appliance.dataplane import hashing
+from appliance.dataplane.firewall import Firewall, firewall_lines
+from appliance.dataplane.forwards import Forward, ForwardMap, Target
+from appliance.model import IPAddress, address_text
 
 TABLE = "raftlb"
 COMMENT = "managed by the raftlb agent: changes made by hand are undone"
@@ -47,74 +49,6 @@ MAP_ABOVE = 16
 # chain is a netfilter hook registered at a full load, slow where RCU is (an emulated VM took
 # 13.7 s to load 16 empty shards): 4 is the balance.
 SHARDS = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    address: IPAddress
-    port: int
-    weight: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """One VIP port and the backends its new connections go to (empty: reject)."""
-
-    vip: IPAddress
-    protocol: str  # "tcp" or "udp"
-    port: int
-    targets: tuple[Target, ...]
-    affinity: bool = False
-    service: str = ""
-
-
-Healthy = Callable[[str, Backend], bool]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True, slots=True)
-class Firewall:
-    """The appliance's own ports: Raft only from the peers, the API only from the peers and
-    `api_clients` (None: from anywhere). Loopback is always allowed."""
-
-    raft_port: int
-    api_port: int
-    peers: tuple[IPAddress, ...]
-    api_clients: tuple[Network, ...] | None = None
-
-
-def forwards(
-    services: Iterable[Service], held: Iterable[IPAddress], healthy: Healthy | None = None
-) -> list[Forward]:
-    """The forwards of the services whose VIP this node holds, in a stable order.
-
-    Backends of the other address family than the VIP are left out (NAT cannot cross
-    families), as are those `healthy(service_id, backend)` rejects.
-    """
-    held_set = set(held)
-    out = []
-    for service in services:
-        if service.address not in held_set:
-            continue
-        spec = service.spec
-        for port in spec.ports:
-            targets = tuple(
-                Target(b.address, b.port, b.weight)
-                for b in port.backends
-                if b.address.version == service.address.version
-                and (healthy is None or healthy(spec.id, b))
-            )
-            out.append(
-                Forward(
-                    vip=service.address,
-                    protocol=str(port.protocol),
-                    port=port.port,
-                    targets=targets,
-                    affinity=spec.affinity == Affinity.SOURCE,
-                    service=spec.id,
-                )
-            )
-    return sorted(out, key=lambda f: (f.vip.version, int(f.vip), f.protocol, f.port))
 
 
 def _family(address: IPAddress) -> str:
@@ -191,6 +125,15 @@ def _vips(address: IPAddress) -> str:
     return "vips4" if address.version == 4 else "vips6"
 
 
+def _dnat_marked(forward: Forward) -> list[str]:
+    """DNAT to the backend whose id the hash chain left in the packet mark (hashing.py)."""
+    family = _family(forward.vip)
+    if len(forward.targets) > MAP_ABOVE:
+        entries = (f"{t.id} : {address_text(t.address)} . {t.port}" for t in forward.targets)
+        return [f"dnat {family} to meta mark map {{ {', '.join(entries)} }}"]
+    return [f"meta mark {t.id} dnat {family} to {_to(t)}" for t in forward.targets]
+
+
 def _rules(forward: Forward) -> list[str]:
     """The rules of a VIP port's chain."""
     comment = f'comment "{_quote(forward.service)}"'
@@ -198,9 +141,24 @@ def _rules(forward: Forward) -> list[str]:
         # Not DNATed, so rejected in forward; counted here, and named in `nft list`.
         return [f'counter comment "{_quote(forward.service)}: no healthy backend"']
     proto = f"meta l4proto {forward.protocol}"
+    if forward.chain() is not None:
+        return [f"{proto} {rule} {comment}" for rule in _dnat_marked(forward)]
     if len(forward.targets) > MAP_ABOVE:
         return [f"{proto} {_dnat_map(forward)} {comment}"]
     return [f"{proto} {rule} {comment}" for rule in _dnat_rules(forward)]
+
+
+def _hashed(address: IPAddress) -> str:
+    return "hashed4" if address.version == 4 else "hashed6"
+
+
+def _snat(address: IPAddress) -> str:
+    return "snat4" if address.version == 4 else "snat6"
+
+
+def _chains(items: Iterable[Forward]) -> dict[str, hashing.Chain]:
+    """The hash chains the forwards use, by name."""
+    return {c.name: c for c in (f.chain() for f in items) if c is not None}
 
 
 def _order(forward: Forward) -> tuple[int, int, str, int]:
@@ -211,36 +169,6 @@ def _chunks(command: str, items: Sequence[str]) -> list[str]:
     return [
         f"{command} {{ {', '.join(items[i : i + CHUNK])} }}" for i in range(0, len(items), CHUNK)
     ]
-
-
-def _firewall(fw: Firewall) -> list[str]:
-    peers4 = [str(p) for p in fw.peers if p.version == 4]
-    peers6 = [str(p) for p in fw.peers if p.version == 6]
-    lines = [
-        "\tchain input {",
-        "\t\ttype filter hook input priority filter; policy accept;",
-        '\t\tiif "lo" accept',
-    ]
-    for port, extra in ((fw.raft_port, None), (fw.api_port, fw.api_clients)):
-        if port == fw.api_port and extra is None:
-            continue  # the API is open to every client
-        allowed4 = peers4 + [str(n) for n in extra or () if n.version == 4]
-        allowed6 = peers6 + [str(n) for n in extra or () if n.version == 6]
-        if allowed4:
-            lines.append(f"\t\ttcp dport {port} ip saddr {{ {', '.join(allowed4)} }} accept")
-        if allowed6:
-            lines.append(f"\t\ttcp dport {port} ip6 saddr {{ {', '.join(allowed6)} }} accept")
-        what = "raft: peers only" if port == fw.raft_port else "api: peers and api.allow"
-        lines.append(f'\t\ttcp dport {port} reject with tcp reset comment "{what}"')
-        if port == fw.raft_port:
-            # The lease heartbeats (appliance/heartbeats.py): authenticated, but nobody
-            # else's business.
-            if peers4:
-                lines.append(f"\t\tudp dport {port} ip saddr {{ {', '.join(peers4)} }} accept")
-            if peers6:
-                lines.append(f"\t\tudp dport {port} ip6 saddr {{ {', '.join(peers6)} }} accept")
-            lines.append(f'\t\tudp dport {port} drop comment "lease heartbeats: peers only"')
-    return [*lines, "\t}"]
 
 
 def shard_table(vip: IPAddress, table: str = TABLE) -> str:
@@ -265,36 +193,77 @@ def _replace(table: str, body: list[str]) -> list[str]:
     ]
 
 
+def _main(firewall: Firewall | None) -> list[str]:
+    return [
+        "\tset vips4 {",
+        "\t\ttype ipv4_addr",
+        "\t}",
+        "\tset vips6 {",
+        "\t\ttype ipv6_addr",
+        "\t}",
+        # The VIPs whose backends see the VIP as the source (Forward.snat).
+        "\tset snat4 {",
+        "\t\ttype ipv4_addr",
+        "\t}",
+        "\tset snat6 {",
+        "\t\ttype ipv6_addr",
+        "\t}",
+        "\tmap hashed4 {",
+        "\t\ttype ipv4_addr . inet_proto . inet_service : verdict",
+        "\t}",
+        "\tmap hashed6 {",
+        "\t\ttype ipv6_addr . inet_proto . inet_service : verdict",
+        "\t}",
+        # Consistent ports: the backend id into the packet mark, before the shards' DNAT.
+        "\tchain hash {",
+        "\t\ttype filter hook prerouting priority dstnat - 10; policy accept;",
+        "\t\tct state new ip daddr . meta l4proto . th dport vmap @hashed4",
+        "\t\tct state new ip6 daddr . meta l4proto . th dport vmap @hashed6",
+        "\t}",
+        "\tchain forward {",
+        "\t\ttype filter hook forward priority filter; policy accept;",
+        # A backend's segment to a VIP-sourced connection this node never saw (the VIP just
+        # moved here): dropped, not reset, so the connection lives until the client's next
+        # segment is picked up and sent to the same backend.
+        "\t\tip daddr @snat4 tcp flags & syn == 0 drop",
+        "\t\tip6 daddr @snat6 tcp flags & syn == 0 drop",
+        "\t\tip daddr @vips4 meta l4proto tcp reject with tcp reset",
+        "\t\tip daddr @vips4 reject",
+        "\t\tip6 daddr @vips6 meta l4proto tcp reject with tcp reset",
+        "\t\tip6 daddr @vips6 reject",
+        "\t}",
+        *(firewall_lines(firewall) if firewall is not None else []),
+        "\tchain postrouting {",
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+        # No port flags: the client's source port is kept whenever that tuple is free, so a
+        # new owner's translation of a picked-up connection is the old owner's.
+        "\t\tct status dnat ct original ip daddr @snat4 snat ip to ct original ip daddr",
+        "\t\tct status dnat ct original ip6 daddr @snat6 snat ip6 to ct original ip6 daddr",
+        "\t\tct status dnat ct original ip daddr @vips4 masquerade",
+        "\t\tct status dnat ct original ip6 daddr @vips6 masquerade",
+        "\t}",
+    ]
+
+
+def _lookups(chains: Iterable[hashing.Chain]) -> dict[str, tuple[hashing.Members, int]]:
+    """The lookup tables the chains read: name -> (members, size)."""
+    return {name: (m, c.hashing.size) for c in chains for name, m in c.tables()}
+
+
 def render(
     forward_list: Iterable[Forward], table: str = TABLE, firewall: Firewall | None = None
 ) -> str:
     """Every table as one `nft -f` file that replaces any previous version atomically."""
     items = sorted(forward_list, key=_order)
     vips = sorted({f.vip for f in items}, key=lambda a: (a.version, int(a)))
-    lines = _replace(
-        table,
-        [
-            "\tset vips4 {",
-            "\t\ttype ipv4_addr",
-            "\t}",
-            "\tset vips6 {",
-            "\t\ttype ipv6_addr",
-            "\t}",
-            "\tchain forward {",
-            "\t\ttype filter hook forward priority filter; policy accept;",
-            "\t\tip daddr @vips4 meta l4proto tcp reject with tcp reset",
-            "\t\tip daddr @vips4 reject",
-            "\t\tip6 daddr @vips6 meta l4proto tcp reject with tcp reset",
-            "\t\tip6 daddr @vips6 reject",
-            "\t}",
-            *(_firewall(firewall) if firewall is not None else []),
-            "\tchain postrouting {",
-            "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-            "\t\tct status dnat ct original ip daddr @vips4 masquerade",
-            "\t\tct status dnat ct original ip6 daddr @vips6 masquerade",
-            "\t}",
-        ],
-    )
+    chains = _chains(items)
+    lookups = _lookups(chains.values())
+    body = _main(firewall)
+    for name in sorted(lookups):
+        body += hashing.table_lines(name)
+    for name, chain in sorted(chains.items()):
+        body += [f"\tchain {name} {{", *(f"\t\t{r}" for r in chain.rules()), "\t}"]
+    lines = _replace(table, body)
     by_shard: dict[str, list[Forward]] = {name: [] for name in tables(table)[1:]}
     for f in items:
         by_shard[shard_table(f.vip, table)].append(f)
@@ -315,9 +284,21 @@ def render(
         for f in members:
             body += [f"\tchain {chain_name(f)} {{", *(f"\t\t{r}" for r in _rules(f)), "\t}"]
         lines += _replace(shard, body)
+    for name, (ids, size) in sorted(lookups.items()):
+        lines += _chunks(f"add element inet {table} {name}", hashing.table_elements(ids, size))
     for family in (4, 6):
-        addresses = [address_text(v) for v in vips if v.version == family]
-        lines += _chunks(f"add element inet {table} vips{family}", addresses)
+        of_family = [v for v in vips if v.version == family]
+        lines += _chunks(
+            f"add element inet {table} vips{family}", [address_text(v) for v in of_family]
+        )
+        snat = sorted({f.vip for f in items if f.snat and f.vip.version == family}, key=int)
+        lines += _chunks(f"add element inet {table} snat{family}", [address_text(v) for v in snat])
+        hashed = [
+            f"{_key(f)} : goto {c.name}"
+            for f in items
+            if f.vip.version == family and (c := f.chain()) is not None
+        ]
+        lines += _chunks(f"add element inet {table} hashed{family}", hashed)
     for shard, forwards_of_shard in by_shard.items():
         for family in (4, 6):
             entries = [
@@ -329,51 +310,132 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-ForwardMap = Mapping[IPAddress, tuple[Forward, ...]]
+def _snat_of(forwards: Iterable[Forward]) -> bool:
+    return any(f.snat for f in forwards)
 
 
-def render_delta(current: ForwardMap, changes: ForwardMap, table: str = TABLE) -> str:
+class _Delta:
+    """The commands of one delta transaction, gathered VIP by VIP (see `render_delta`)."""
+
+    def __init__(self, table: str, uses: hashing.Uses) -> None:
+        self.table = table
+        self.before = Counter(uses)
+        self.counts = Counter(uses)
+        self.adds_chain: list[str] = []
+        self.rules: list[str] = []
+        self.adds_elem: dict[tuple[str, str], list[str]] = {}
+        self.dels_elem: dict[tuple[str, str], list[str]] = {}
+        self.dels_chain: list[str] = []
+        self.new_chains: dict[str, hashing.Chain] = {}
+        self.old_chains: dict[str, hashing.Chain] = {}
+
+    def add(self, where: str, kind: str, item: str) -> None:
+        self.adds_elem.setdefault((where, kind), []).append(item)
+
+    def delete(self, where: str, kind: str, item: str) -> None:
+        self.dels_elem.setdefault((where, kind), []).append(item)
+
+    def vip(
+        self,
+        vip: IPAddress,
+        old: dict[tuple[str, int], Forward],
+        new: dict[tuple[str, int], Forward],
+    ) -> None:
+        table, text = self.table, address_text(vip)
+        if new and not old:
+            self.add(table, _vips(vip), text)
+        elif old and not new:
+            self.delete(table, _vips(vip), text)
+        was, snat = _snat_of(old.values()), _snat_of(new.values())
+        if was != snat:
+            (self.add if snat else self.delete)(table, _snat(vip), text)
+        for key in sorted(new.keys() | old.keys()):
+            before, after = old.get(key), new.get(key)
+            if before != after:
+                self.hashed(vip, before, after)
+                self.port(vip, before, after)
+
+    def hashed(self, vip: IPAddress, before: Forward | None, after: Forward | None) -> None:
+        """The port's `hashed` element, when its hash chain changes."""
+        chain_before = before.chain() if before is not None else None
+        chain_after = after.chain() if after is not None else None
+        if chain_before == chain_after:
+            return
+        if before is not None and chain_before is not None:
+            self.old_chains[chain_before.name] = chain_before
+            self.counts.subtract(hashing.uses_of([chain_before]))
+            self.delete(self.table, _hashed(vip), _key(before))
+        if after is not None and chain_after is not None:
+            self.new_chains[chain_after.name] = chain_after
+            self.counts.update(hashing.uses_of([chain_after]))
+            self.add(self.table, _hashed(vip), f"{_key(after)} : goto {chain_after.name}")
+
+    def port(self, vip: IPAddress, before: Forward | None, after: Forward | None) -> None:
+        """The port's chain in its shard, and its `fwd` element."""
+        shard = shard_table(vip, self.table)
+        if after is None:
+            assert before is not None
+            self.delete(shard, _map(vip), _key(before))
+            self.dels_chain.append(f"delete chain inet {shard} {chain_name(before)}")
+            return
+        name = chain_name(after)
+        if before is None:
+            self.adds_chain.append(f"add chain inet {shard} {name}")
+            self.add(shard, _map(vip), f"{_key(after)} : goto {name}")
+        else:
+            self.rules.append(f"flush chain inet {shard} {name}")
+        self.rules += [f"add rule inet {shard} {name} {rule}" for rule in _rules(after)]
+
+    def _born(self, name: str) -> bool:
+        return self.counts[name] > 0 and self.before[name] <= 0
+
+    def _gone(self, name: str) -> bool:
+        return self.counts[name] <= 0 and self.before[name] > 0
+
+    def text(self) -> str:
+        table = self.table
+        born = {n: c for n, c in self.new_chains.items() if self._born(n)}
+        dead = [n for n in self.old_chains if self._gone(n)]
+        lookups = {n: v for n, v in _lookups(born.values()).items() if self._born(n)}
+        gone = [n for n in _lookups(self.old_chains[n] for n in dead) if self._gone(n)]
+        lines: list[str] = []
+        for name, (members, size) in sorted(lookups.items()):
+            lines.append(f"add map inet {table} {name} {{ typeof numgen inc mod 2 : meta mark; }}")
+            elements = hashing.table_elements(members, size)
+            lines += _chunks(f"add element inet {table} {name}", elements)
+        for name, chain in sorted(born.items()):
+            lines.append(f"add chain inet {table} {name}")
+            lines += [f"add rule inet {table} {name} {rule}" for rule in chain.rules()]
+        lines += [*self.adds_chain, *self.rules]
+        # Deletes first: a port whose hash chain changed has its `hashed` element replaced.
+        for (name, kind), items in sorted(self.dels_elem.items()):
+            lines += _chunks(f"delete element inet {name} {kind}", items)
+        for (name, kind), items in sorted(self.adds_elem.items()):
+            lines += _chunks(f"add element inet {name} {kind}", items)
+        lines += self.dels_chain
+        lines += [f"delete chain inet {table} {name}" for name in sorted(dead)]
+        lines += [f"delete map inet {table} {name}" for name in sorted(gone)]
+        return "\n".join(lines) + "\n" if lines else ""
+
+
+def render_delta(
+    current: ForwardMap,
+    changes: ForwardMap,
+    table: str = TABLE,
+    uses: hashing.Uses | None = None,
+) -> str:
     """The `nft -f` transaction that takes the tables from `current` to `current` updated by
     `changes` (each VIP given there forwards exactly its forwards; none: it is dropped). Empty
-    when nothing differs. Only the chains and elements of the changed VIPs are named."""
-    adds_chain: list[str] = []
-    rules: list[str] = []
-    adds_elem: dict[tuple[str, str], list[str]] = {}
-    dels_elem: dict[tuple[str, str], list[str]] = {}
-    dels_chain: list[str] = []
+    when nothing differs. Only the chains and elements of the changed VIPs are named, and the
+    hash chains and lookup tables that come into use or fall out of it (`uses`: how many VIP
+    ports of `current` use each, `hashing.uses_of`; without it, none is ever deleted)."""
+    delta = _Delta(table, uses or {})
     for vip in sorted(changes, key=lambda a: (a.version, int(a))):
         old = {(f.protocol, f.port): f for f in current.get(vip, ())}
         new = {(f.protocol, f.port): f for f in changes[vip]}
-        if old == new:
-            continue
-        shard = shard_table(vip, table)
-        if new and not old:
-            adds_elem.setdefault((table, _vips(vip)), []).append(address_text(vip))
-        elif old and not new:
-            dels_elem.setdefault((table, _vips(vip)), []).append(address_text(vip))
-        for key in sorted(new.keys() | old.keys()):
-            before, after = old.get(key), new.get(key)
-            if before == after:
-                continue
-            if after is None:
-                assert before is not None
-                dels_elem.setdefault((shard, _map(vip)), []).append(_key(before))
-                dels_chain.append(f"delete chain inet {shard} {chain_name(before)}")
-                continue
-            name = chain_name(after)
-            if before is None:
-                adds_chain.append(f"add chain inet {shard} {name}")
-                adds_elem.setdefault((shard, _map(vip)), []).append(f"{_key(after)} : goto {name}")
-            else:
-                rules.append(f"flush chain inet {shard} {name}")
-            rules += [f"add rule inet {shard} {name} {rule}" for rule in _rules(after)]
-    lines = [*adds_chain, *rules]
-    for (name, kind), items in sorted(adds_elem.items()):
-        lines += _chunks(f"add element inet {name} {kind}", items)
-    for (name, kind), items in sorted(dels_elem.items()):
-        lines += _chunks(f"delete element inet {name} {kind}", items)
-    lines += dels_chain
-    return "\n".join(lines) + "\n" if lines else ""
+        if old != new:
+            delta.vip(vip, old, new)
+    return delta.text()
 
 
 def removal(table: str = TABLE) -> str:

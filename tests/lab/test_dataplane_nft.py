@@ -13,17 +13,11 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import netns as pyroute2_netns
 
+from appliance.dataplane.firewall import Firewall
+from appliance.dataplane.forwards import Forward, Target, forwards
+from appliance.dataplane.hashing import Hashing
 from appliance.dataplane.nft import DataPlane, NftApplier, NftError
-from appliance.dataplane.render import (
-    SHARDS,
-    Firewall,
-    Forward,
-    Target,
-    chain_name,
-    forwards,
-    render,
-    shard_table,
-)
+from appliance.dataplane.render import SHARDS, chain_name, render, shard_table
 from appliance.lab.netns import NsThread
 from appliance.model import Service, ServiceSpec
 
@@ -170,19 +164,29 @@ def test_random_deltas_end_where_a_full_load_of_the_same_state_does(ns: NsThread
                 continue
             host = "198.51.100." if vip.version == 4 else "2001:db8:2::"
             ports = rnd.sample([80, 443, 8080], rnd.randint(1, 3))
-            changes[vip] = tuple(
-                Forward(
-                    vip,
-                    rnd.choice(["tcp", "udp"]),
-                    port,
-                    tuple(
-                        Target(ip(f"{host}{b}"), 30000 + port) for b in range(rnd.randint(0, 20))
-                    ),
-                    affinity=rnd.random() < 0.3,
-                    service=f"s/{port}",
+            snat = rnd.random() < 0.5
+            forwards = []
+            for port in ports:
+                count = rnd.randint(0, 20)
+                # Consistent ports over few id sets (so tables are shared, then freed), some
+                # backends down (their chains read a second table).
+                hashed = rnd.random() < 0.5
+                up = [b for b in range(count) if not hashed or rnd.random() < 0.8]
+                forwards.append(
+                    Forward(
+                        vip,
+                        rnd.choice(["tcp", "udp"]),
+                        port,
+                        tuple(Target(ip(f"{host}{b + 1}"), 30000 + port, 1, b) for b in up),
+                        affinity=not hashed and rnd.random() < 0.3,
+                        service=f"s/{port}",
+                        hashing=Hashing(tuple((b, 1) for b in range(count)), 251)
+                        if hashed and count
+                        else None,
+                        snat=snat,
+                    )
                 )
-                for port in ports
-            )
+            changes[vip] = tuple(forwards)
         assert ns.run(plane.update, changes)
         for vip, wanted in changes.items():
             if wanted:
@@ -190,6 +194,7 @@ def test_random_deltas_end_where_a_full_load_of_the_same_state_does(ns: NsThread
             else:
                 desired.pop(vip, None)
     assert plane.loads == 1 and plane.deltas > 0
+    assert any(name.startswith("t-") for name in plane.uses)  # shared tables were in use
     after_deltas = _canonical(listed(ns))
     ns.run(ns.run(NftApplier).apply, render([f for fs in desired.values() for f in fs]))
     assert after_deltas == _canonical(listed(ns))

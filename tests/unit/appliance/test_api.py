@@ -97,7 +97,14 @@ async def test_the_right_token_is_accepted(api: TestClient[Any, Any]) -> None:
 
 async def test_pool_put_get_list_delete(api: TestClient[Any, Any]) -> None:
     put = await call(api, "PUT", "/v1/pools/web", POOL)
-    assert put == {**POOL, "announce": "l2", "avoid_buggy_ips": False, "bgp": None}
+    balancing = {"table_size": 4093, "seed": 0x72616C62, "source": None}
+    assert put == {
+        **POOL,
+        "announce": "l2",
+        "avoid_buggy_ips": False,
+        "bgp": None,
+        "balancing": balancing,
+    }
     assert await call(api, "GET", "/v1/pools/web") == put
     assert await call(api, "GET", "/v1/pools") == [put]
     assert await call(api, "DELETE", "/v1/pools/web") == {"deleted": "web"}

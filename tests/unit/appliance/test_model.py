@@ -162,6 +162,26 @@ def test_pool_rejects_overlapping_blocks(addresses: list[str], bad: str) -> None
         ({"name": "p", "addresses": ["192.0.2.1"], "announce": "ospf"}, "announce", "ospf"),
         ({"name": "p", "addresses": ["192.0.2.1"], "extra": 1}, "extra", 1),
         ({"addresses": ["192.0.2.1"]}, "name", None),
+        (
+            {"name": "p", "addresses": ["192.0.2.1"], "balancing": {"table_size": 4096}},
+            "balancing.table_size",
+            4096,
+        ),
+        (
+            {"name": "p", "addresses": ["192.0.2.1"], "balancing": {"table_size": 65537}},
+            "balancing.table_size",
+            65537,
+        ),
+        (
+            {"name": "p", "addresses": ["192.0.2.1"], "balancing": {"seed": -1}},
+            "balancing.seed",
+            -1,
+        ),
+        (
+            {"name": "p", "addresses": ["192.0.2.1"], "balancing": {"source": "client"}},
+            "balancing.source",
+            "client",
+        ),
     ],
 )
 def test_pool_rejects_bad_input_naming_field_and_value(
@@ -787,3 +807,14 @@ def test_what_stays_accepted() -> None:
         service(sharing_key="prod/web-1", ports=[{"port": 80, "name": "http"}])
     )
     assert spec.sharing_key == "prod/web-1"
+
+
+def test_a_pools_source_address_defaults_by_how_it_announces() -> None:
+    l2 = Pool(name="p", addresses=["192.0.2.1"])
+    bgp = Pool(name="p", addresses=["192.0.2.1"], announce="bgp")
+    assert l2.source() == "vip" and bgp.source() == "node"
+    pinned = Pool.model_validate(
+        {"name": "p", "addresses": ["192.0.2.1"], "balancing": {"source": "node"}}
+    )
+    assert pinned.source() == "node"
+    assert ServiceSpec.model_validate(service()).affinity == "consistent"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from appliance.dataplane.render import Forward
+from appliance.dataplane.forwards import Forward
 from appliance.lease_book import LEASED_WITHIN, BookView, LocalBook
 from appliance.leases import OwnershipLoops
 from appliance.metrics import Metrics
