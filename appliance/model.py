@@ -31,6 +31,7 @@ from pydantic import (
     PlainValidator,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -382,6 +383,19 @@ class Pool(_Frozen):
         for (prev, prev_text), (cur, cur_text) in itertools.pairwise(ordered):
             if prev[0].version == cur[0].version and int(cur[0]) <= int(prev[1]):
                 raise ValueError(f"{prev_text!r} and {cur_text!r} overlap")
+        return value
+
+    @field_validator("balancing")
+    @classmethod
+    def _source_fits_announce(cls, value: Balancing, info: ValidationInfo) -> Balancing:
+        if value.source == SourceAddress.VIP and info.data.get("announce") == AnnounceMode.BGP:
+            # Measured (raftlb lab bench continuity --mode bgp --source vip): no connection
+            # even opens, the SYN-ACKs reaching nodes that never saw the SYN.
+            raise ValueError(
+                "source vip needs announce l2: in a bgp pool the backends' replies to a VIP go "
+                "to whichever node the router's ECMP picks, which has no record of the "
+                "connection; use source node"
+            )
         return value
 
     # Parsed once per pool value (the model is frozen): allocation asks a pool about addresses

@@ -475,6 +475,59 @@ def bench_dataplane(
         _fail(str(exc))
 
 
+CONTINUITY_EVENTS = ["kill", "link", "freeze", "drain", "node-remove", "node-add"]
+CONTINUITY_EVENTS += ["backend-remove", "backend-add"]
+
+
+@bench_group.command("continuity")
+@click.option("--connections", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--udp", default=20, show_default=True, type=click.IntRange(0, 1000))
+@click.option(
+    "--event",
+    "events",
+    type=click.Choice(CONTINUITY_EVENTS),
+    multiple=True,
+    help="Only these events (default: all of the mode, in this order).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["l2", "bgp"]),
+    default="l2",
+    show_default=True,
+    help="bgp: behind a router (BIRD) whose ECMP group loses and regains a node.",
+)
+@click.option(
+    "--source",
+    type=click.Choice(["vip", "node"]),
+    help="The pool's balancing.source (default: vip for l2, node for bgp).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_BASE
+def bench_continuity(
+    connections: int,
+    udp: int,
+    events: tuple[str, ...],
+    mode: str,
+    source: str | None,
+    as_json: bool,
+    base: Path | None,
+) -> None:
+    """Established TCP connections and UDP flows through a VIP while its owner is killed, cut
+    off, frozen, drained (bgp: a node leaves and joins the router's ECMP group), and a backend
+    removed and added: how many survive, the longest stall, and the share of flows a backend
+    change moves."""
+    from appliance.lab.bench_continuity import BGP_EVENTS, EVENTS, main_continuity
+
+    default = BGP_EVENTS if mode == "bgp" else EVENTS
+    try:
+        text = main_continuity(
+            _base(base), connections, udp, events or default, as_json, _progress, mode, source
+        )
+        click.echo(text)
+    except LabError as exc:
+        _fail(str(exc))
+
+
 @bench_group.command("scale")
 @click.option("--services", default=5000, show_default=True, type=click.IntRange(10, 20000))
 @click.option("--backends", default=10, show_default=True, type=click.IntRange(1, 100))

@@ -182,6 +182,16 @@ def test_pool_rejects_overlapping_blocks(addresses: list[str], bad: str) -> None
             "balancing.source",
             "client",
         ),
+        (
+            {
+                "name": "p",
+                "addresses": ["192.0.2.1"],
+                "announce": "bgp",
+                "balancing": {"source": "vip"},
+            },
+            "balancing",
+            None,
+        ),
     ],
 )
 def test_pool_rejects_bad_input_naming_field_and_value(
