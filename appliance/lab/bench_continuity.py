@@ -16,8 +16,9 @@ import ipaddress
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from appliance.lab import LabError, topology
 from appliance.lab.bench_bgp import wait_hops
@@ -26,6 +27,7 @@ from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.netns import NsThread
 from appliance.lab.settle import settle
 
+T = TypeVar("T")
 EVENTS = ("kill", "link", "freeze", "drain", "backend-remove", "backend-add")
 BGP_EVENTS = ("node-remove", "node-add", "backend-remove", "backend-add")
 BACKENDS = 5
@@ -68,26 +70,38 @@ def slots(lab: NetLab, node: str, vip: str, port: int) -> dict[int, str] | None:
     return {slot: by_id.get(i, f"id {i}") for slot, i in ids.items()}
 
 
+def table_of(lab: NetLab, node: str, vip: str, backends: int) -> dict[int, str]:
+    """The node's table for the VIP's TCP port once it spreads over `backends` backends (the
+    node applies a change a moment after the API answered)."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = slots(lab, node, vip, topology.BACKEND_TCP_PORT)
+        if found is not None and len(set(found.values())) == backends:
+            return found
+        if time.monotonic() > deadline:
+            raise LabError(f"{node}'s table for {vip} does not spread over {backends} backends")
+        time.sleep(0.1)
+
+
 def moved_share(before: dict[int, str] | None, after: dict[int, str] | None) -> float | None:
     if not before or not after:
         return None
     return sum(1 for s, b in before.items() if after.get(s) != b) / len(before)
 
 
-def _event(lab: NetLab, vip: str, event: str, leader: str, owner: str) -> tuple[Any, Any]:
-    """Start the event; the undo to run after the window."""
+def _event(lab: NetLab, event: str, leader: str, owner: str) -> Any:
+    """Start the event; the undo to run after the window (None: nothing to undo)."""
     if event in ("kill", "link", "freeze"):
         lab.crash(owner, event)
-        return (lambda: lab.recover(owner, event)), None
+        return lambda: lab.recover(owner, event)
     if event == "drain":
         if lab.api(leader, "POST", f"/v1/nodes/{owner}/drain") is None:
             raise LabError(f"drain of {owner} failed")
-        return (lambda: lab.api(leader, "POST", f"/v1/nodes/{owner}/undrain")), None
+        return lambda: lab.api(leader, "POST", f"/v1/nodes/{owner}/undrain")
     count = BACKENDS - 1 if event == "backend-remove" else BACKENDS
-    before = slots(lab, owner, vip, topology.BACKEND_TCP_PORT)
     if lab.api(leader, "PUT", f"/v1/services/{SERVICE}", _body(lab, count)) is None:
         raise LabError(f"could not change the backends of {SERVICE}")
-    return None, before
+    return None
 
 
 def _open(holder: NsThread, vip: str, connections: int, udp: int) -> Flows:
@@ -115,6 +129,26 @@ def _ecmp_event(lab: NetLab, vip: str, event: str, leader: str, victim: str) -> 
     return None
 
 
+def _drive(
+    lab: NetLab, vip: str, connections: int, udp: int, act: Callable[[], T]
+) -> tuple[Flows, float, float, T]:
+    """Open the flows, run them for BEFORE + AFTER s, and call `act` from here BEFORE s in:
+    the flows, the event's time, the end's, and what `act` returned."""
+    holder = lab.in_ns("client")
+    try:
+        flows = _open(holder, vip, connections, udp)
+        driving = holder.submit(flows.run, BEFORE + AFTER)
+        time.sleep(BEFORE)
+        at = time.monotonic()
+        acted = act()
+        driving.result(timeout=BEFORE + AFTER + 30)
+        end = time.monotonic()
+        holder.run(flows.close)
+    finally:
+        holder.close()
+    return flows, at, end, acted
+
+
 def run_event(lab: NetLab, vip: str, event: str, connections: int, udp: int) -> dict[str, Any]:
     if event in ("node-remove", "node-add"):
         return _run_ecmp(lab, vip, event, connections, udp)
@@ -124,23 +158,17 @@ def run_event(lab: NetLab, vip: str, event: str, connections: int, udp: int) -> 
     else:
         settled = settle(lab, [vip])
         leader, owner = settled.leader, settled.owners[vip]
-    holder = lab.in_ns("client")
-    try:
-        flows = _open(holder, vip, connections, udp)
-        # The flows run on while the event is set off from here.
-        driving = holder.submit(flows.run, BEFORE + AFTER)
-        time.sleep(BEFORE)
-        at = time.monotonic()
-        undo, table_before = _event(lab, vip, event, leader, owner)
-        driving.result(timeout=BEFORE + AFTER + 30)
-        end = time.monotonic()
-        holder.run(flows.close)
-    finally:
-        holder.close()
+    # Read before the flows start: parsing a listing of thousands of slots holds the GIL
+    # the flows' driver needs (a 70 ms stall of every flow that was the bench's own).
+    table_before = None
+    if event.startswith("backend-"):
+        table_before = table_of(lab, owner, vip, BACKENDS - (event == "backend-add"))
+    flows, at, end, undo = _drive(
+        lab, vip, connections, udp, lambda: _event(lab, event, leader, owner)
+    )
     table_after = None
     if table_before is not None:
-        time.sleep(0.5)
-        table_after = slots(lab, owner, vip, topology.BACKEND_TCP_PORT)
+        table_after = table_of(lab, owner, vip, BACKENDS - (event == "backend-remove"))
     if undo is not None:
         undo()  # the crashed owner comes back (after AFTER s), the drained one is undrained
     tcp = verdict([f for f in flows.flows if f.kind == "tcp"], at, end)
@@ -165,18 +193,9 @@ def _run_ecmp(lab: NetLab, vip: str, event: str, connections: int, udp: int) -> 
         wait_hops(lab, vip, [n for n in nodes if n != victim])
     else:
         wait_hops(lab, vip, nodes)
-    holder = lab.in_ns("client")
-    try:
-        flows = _open(holder, vip, connections, udp)
-        driving = holder.submit(flows.run, BEFORE + AFTER)
-        time.sleep(BEFORE)
-        at = time.monotonic()
-        _ecmp_event(lab, vip, event, leader, victim)
-        driving.result(timeout=BEFORE + AFTER + 30)
-        end = time.monotonic()
-        holder.run(flows.close)
-    finally:
-        holder.close()
+    flows, at, end, _ = _drive(
+        lab, vip, connections, udp, lambda: _ecmp_event(lab, vip, event, leader, victim)
+    )
     if event == "node-remove":
         lab.api(leader, "POST", f"/v1/nodes/{victim}/undrain")
         wait_hops(lab, vip, nodes)
