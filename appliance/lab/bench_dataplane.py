@@ -10,17 +10,16 @@ the ratios VIP/direct and VIP/HAProxy.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from appliance.lab import LabError, topology
+from appliance.lab.apt import apt_install
 from appliance.lab.netlab import NetLab, Progress
 
 NGINX_PORT = 8088
@@ -33,18 +32,11 @@ def ensure_packages(progress: Progress) -> None:
     missing = [pkg for tool, pkg in PACKAGES.items() if shutil.which(tool) is None]
     if not missing:
         return
-    progress(f"installing {', '.join(missing)} (apt-get) for the data plane benchmark")
-    result = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", *missing],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
+    error = apt_install(missing, "for the data plane benchmark", progress)
     still = [pkg for tool, pkg in PACKAGES.items() if shutil.which(tool) is None]
-    if result.returncode != 0 or still:
+    if error is not None or still:
         raise LabError(
-            f"could not install {', '.join(still or missing)}: {result.stderr.strip()[-400:]}; "
+            f"could not install {', '.join(still or missing)}: {error}; "
             "install them with apt-get and retry"
         )
 

@@ -15,10 +15,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 from appliance.lab import LabError, procs
+from appliance.lab.apt import apt_install
 from appliance.lab.netlab import NetLab, Progress
 from appliance.lab.topology import BACKEND_HTTP_PORT
 
@@ -30,20 +30,12 @@ def ensure_installed(progress: Progress) -> str:
     found = shutil.which("keepalived")
     if found:
         return found
-    progress("installing keepalived (apt-get install keepalived) for the comparison")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "keepalived"]
-    result = subprocess.run(install, capture_output=True, text=True, check=False, env=env)
-    if result.returncode != 0 and "Unable to locate package" in result.stderr:
-        # A fresh machine's package lists may be empty or old: read them, then try again.
-        progress("apt-get update (the package lists do not have keepalived)")
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False, env=env)
-        result = subprocess.run(install, capture_output=True, text=True, check=False, env=env)
+    error = apt_install(["keepalived"], "for the comparison", progress)
     found = shutil.which("keepalived")
-    if result.returncode != 0 or not found:
+    if error is not None or not found:
         raise LabError(
             "keepalived is not installed and apt-get could not install it: "
-            f"{result.stderr.strip()[-500:]}; install it (apt-get install keepalived) and retry"
+            f"{error}; install it (apt-get install keepalived) and retry"
         )
     return found
 
