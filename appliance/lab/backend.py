@@ -10,7 +10,8 @@ which is how the lab tells which node carried the traffic.
   connection, so it shows the path traffic takes now, not when a connection was opened. A client
   that sends `Connection: keep-alive` explicitly (benchmark tools, HTTP/1.0 keep-alive) gets
   `Connection: keep-alive` and its requests, pipelined or not, are answered in order.
-- TCP: each line is answered with "NAME PEER LINE\\n".
+- TCP: each line is answered with "NAME PEER LINE\\n"; the line `WHO` with "NAME PEER
+  conn=N port=P\\n", N counting the connections this backend accepted and P the peer's port.
 - UDP: each datagram is answered with "NAME PEER DATA".
 
 Binding "::" turns IPV6_V6ONLY off, so IPv4 clients are served too; their IPv4-mapped addresses
@@ -80,6 +81,7 @@ class Backend:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.tcp_connections = 0  # accepted by the TCP echo so far
 
     async def handle_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_of(writer)
@@ -151,13 +153,19 @@ class Backend:
 
     async def handle_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         prefix = f"{self.name} {_peer_of(writer)} ".encode()
+        self.tcp_connections += 1
+        peer = writer.get_extra_info("peername")
+        # `WHO` is answered with this connection's number and the peer's port: a test of a
+        # failover tells the same connection (and 4-tuple) from a new one by them.
+        who = f"conn={self.tcp_connections} port={peer[1] if peer else '?'}".encode()
         try:
             while True:
                 async with asyncio.timeout(IDLE_TIMEOUT):
                     line = await _read_line(reader)
                 if not line:
                     return
-                writer.write(prefix + line.rstrip(b"\r\n") + b"\n")
+                text = line.rstrip(b"\r\n")
+                writer.write(prefix + (who if text == b"WHO" else text) + b"\n")
                 await writer.drain()
         except (OSError, TimeoutError, _BadRequestError):
             return
@@ -179,6 +187,7 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes:
 class _UdpEcho(asyncio.DatagramProtocol):
     def __init__(self, name: str) -> None:
         self.name = name
+        self.tcp_connections = 0  # accepted by the TCP echo so far
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -51,6 +51,18 @@ def echo(sock: socket.socket, text: str) -> tuple[str, str]:
     return name, peer
 
 
+def who_is(sock: socket.socket) -> str:
+    """The backend's name for the connection: its number there and the port it sees."""
+    sock.sendall(b"WHO\n")
+    answer = b""
+    while not answer.endswith(b"\n"):
+        chunk = sock.recv(200)
+        assert chunk, f"the connection was closed; had {answer!r}"
+        answer += chunk
+    name, _, what = answer.decode().strip().split(" ", 2)
+    return f"{name} {what}"
+
+
 def datagram(sock: socket.socket, text: str) -> str:
     sock.send(text.encode())
     name, _, data = sock.recv(500).decode().split(" ", 2)
@@ -75,6 +87,7 @@ def test_connections_keep_their_backend_through_a_failover(lab: NetLab, how: str
         for _ in range(CONNECTIONS):
             conns.append(holder.run(socket.create_connection, (vip, topology.BACKEND_TCP_PORT), 5))
         before = [echo(c, f"before {i}") for i, c in enumerate(conns)]
+        who = [who_is(c) for c in conns]
         # Backends see the VIP, not the node: the address a new owner can translate to alike.
         assert {peer for _, peer in before} == {vip}
         assert len({name for name, _ in before}) > 1  # spread over backends
@@ -95,6 +108,9 @@ def test_connections_keep_their_backend_through_a_failover(lab: NetLab, how: str
             # The same backend answers on the same connection: a backend that lost it would
             # have reset it, and a new connection would need a new handshake.
             assert echo(conn, f"after {i}") == before[i], (i, new_owner)
+            # ... and it is one connection to the backend, with the client's port kept: the
+            # backend's count of accepted connections did not move for it.
+            assert who_is(conn) == who[i], (i, new_owner)
         assert datagram(udp, "after") == udp_backend
         udp.close()
     finally:

@@ -192,6 +192,20 @@ def test_tcp_echo_sets_nodelay_and_answers_line_by_line(backend: RunningBackend)
             assert sock.recv(100) == b"b1 127.0.0.1 " + word + b"\n"
 
 
+def test_tcp_echo_tells_one_connection_from_another_by_who(backend: RunningBackend) -> None:
+    with socket.create_connection(("127.0.0.1", backend.tcp), timeout=5) as first:
+        first.sendall(b"WHO\n")
+        one = first.recv(100)
+        first.sendall(b"WHO\n")
+        assert first.recv(100) == one  # the same connection: the same answer
+        with socket.create_connection(("127.0.0.1", backend.tcp), timeout=5) as second:
+            second.sendall(b"WHO\n")
+            two = second.recv(100)
+            port = second.getsockname()[1]
+    serial = int(one.split(b"conn=")[1].split()[0])
+    assert two == f"b1 127.0.0.1 conn={serial + 1} port={port}\n".encode()
+
+
 def test_udp_echo(backend: RunningBackend) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)
