@@ -32,6 +32,7 @@ class Flow:
     answers: list[tuple[float, str, str]] = field(default_factory=list)
     broke: float | None = None
     why: str = ""
+    port: int = 0  # the client's source port
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Flows:
             self._add(sock, Flow("udp"))
 
     def _add(self, sock: socket.socket, flow: Flow) -> None:
+        flow.port = sock.getsockname()[1]
         self.flows.append(flow)
         self._state[sock.fileno()] = {"sock": sock, "flow": flow, "sent": None, "buf": b"", "n": 0}
         self.selector.register(sock, selectors.EVENT_READ, sock.fileno())

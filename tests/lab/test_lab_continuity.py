@@ -22,18 +22,19 @@ pytestmark = pytest.mark.timeout(240)
 CONNECTIONS = 12
 
 
-def echo_service(lab: NetLab) -> str:
+def echo_service(lab: NetLab, family: str = "ipv4") -> str:
     leader = lab.wait_leader()
-    pool = {"addresses": [topology.L2_VIPS4], "default": True}
+    pool = {"addresses": [topology.L2_VIPS4, topology.L2_VIPS6], "default": True}
     assert lab.api(leader, "PUT", "/v1/pools/lan", pool) is not None
-    backends = [str(h.ipv4) for h in lab.plan.of_kind("backend")]
+    backends = [str(getattr(h, family)) for h in lab.plan.of_kind("backend")]
     tcp = [{"address": b, "port": topology.BACKEND_TCP_PORT} for b in backends]
     udp = [{"address": b, "port": topology.BACKEND_UDP_PORT} for b in backends]
     ports = [
         {"port": topology.BACKEND_TCP_PORT, "backends": tcp},
         {"port": topology.BACKEND_UDP_PORT, "protocol": "udp", "backends": udp},
     ]
-    answer = lab.api(leader, "PUT", "/v1/services/t/c/echo", {"ports": ports})
+    body = {"ports": ports, "ip_family": family}
+    answer = lab.api(leader, "PUT", "/v1/services/t/c/echo", body)
     assert answer is not None
     return str(answer["address"])
 
@@ -75,9 +76,11 @@ def lab(make_lab: MakeLab) -> Iterator[NetLab]:
     yield make_lab()
 
 
-@pytest.mark.parametrize("how", ["kill", "drain"])
-def test_connections_keep_their_backend_through_a_failover(lab: NetLab, how: str) -> None:
-    vip = echo_service(lab)
+@pytest.mark.parametrize(("how", "family"), [("kill", "ipv4"), ("drain", "ipv4"), ("kill", "ipv6")])
+def test_connections_keep_their_backend_through_a_failover(
+    lab: NetLab, how: str, family: str
+) -> None:
+    vip = echo_service(lab, family)
     nodes = lab.node_names()
     settled = settle(lab, [vip])
     owner = settled.owners[vip]
@@ -91,7 +94,8 @@ def test_connections_keep_their_backend_through_a_failover(lab: NetLab, how: str
         # Backends see the VIP, not the node: the address a new owner can translate to alike.
         assert {peer for _, peer in before} == {vip}
         assert len({name for name, _ in before}) > 1  # spread over backends
-        udp = holder.run(socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+        inet = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
+        udp = holder.run(socket.socket, inet, socket.SOCK_DGRAM)
         udp.settimeout(5)
         udp.connect((vip, topology.BACKEND_UDP_PORT))
         udp_backend = datagram(udp, "before")
