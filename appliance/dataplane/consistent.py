@@ -56,7 +56,8 @@ def check_size(size: int) -> None:
         )
 
 
-@functools.lru_cache(maxsize=1024)  # ~33 KB each at 4093 slots
+# Bounded for the largest size too: 128 x 524 KB at 65,521 slots (33 KB each at 4,093).
+@functools.lru_cache(maxsize=128)
 def _scores(member: int, size: int) -> array[int]:
     """A 64-bit score per slot for one backend id (big-endian on every architecture)."""
     scores = array("Q")
@@ -79,7 +80,7 @@ def _quotas(members: tuple[tuple[int, int], ...], size: int) -> list[int]:
     return quotas
 
 
-@functools.lru_cache(maxsize=256)  # a table of 4093 slots: ~33 KB
+@functools.lru_cache(maxsize=64)  # a table: ~33 KB at 4,093 slots, ~0.5 MB at 65,521
 def _build(members: tuple[tuple[int, int], ...], size: int) -> tuple[int, ...]:
     pairs: list[int] = []
     for k, (member, _) in enumerate(members):
