@@ -1,5 +1,4 @@
-"""Test order for the whole suite: the fast checks first, the appliance image last; and a
-SIGTERM that still cleans up.
+"""Test order for the whole suite: the fast checks first, the appliance image last.
 
 pytest collects folders alphabetically, which put the image build and VM boots (the slowest
 part, minutes) before the unit tests: a broken unit test was then reported last.
@@ -7,9 +6,7 @@ part, minutes) before the unit tests: a broken unit test was then reported last.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
-from types import FrameType
 
 import pytest
 
@@ -26,14 +23,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return ORDER.get(folder, len(ORDER))
 
     items.sort(key=rank)  # stable: each folder keeps its own order
-
-
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # A run stopped with SIGTERM (`timeout`, a CI runner) died without its fixtures' teardown:
-    # three emulated VMs and their namespace outlived it. As an interrupt, pytest unwinds the
-    # test and tears every fixture down (namespaces, agents, VMs) before it exits.
-    signal.signal(signal.SIGTERM, _interrupted)
