@@ -330,10 +330,7 @@ class Balancing(_Frozen):
     @field_validator("table_size")
     @classmethod
     def _prime_size(cls, value: int) -> int:
-        if not (MIN_TABLE_SIZE <= value <= MAX_TABLE_SIZE and is_prime(value)):
-            raise ValueError(
-                f"table_size {value} must be a prime from {MIN_TABLE_SIZE} to {MAX_TABLE_SIZE}"
-            )
+        check_table_size(value)
         return value
 
 
@@ -343,6 +340,14 @@ MAX_TABLE_SIZE = 65521  # the largest prime below 2**16
 
 def is_prime(n: int) -> bool:
     return n > 1 and all(n % i for i in range(2, math.isqrt(n) + 1))
+
+
+def check_table_size(size: int) -> None:
+    """A consistent-hashing table's size must be a prime in range (ValueError otherwise)."""
+    if not (MIN_TABLE_SIZE <= size <= MAX_TABLE_SIZE and is_prime(size)):
+        raise ValueError(
+            f"table size {size} must be a prime from {MIN_TABLE_SIZE} to {MAX_TABLE_SIZE}"
+        )
 
 
 class Pool(_Frozen):

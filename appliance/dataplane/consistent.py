@@ -43,17 +43,10 @@ import sys
 from array import array
 from collections.abc import Iterable
 
-from appliance.model import MAX_TABLE_SIZE, MIN_TABLE_SIZE, is_prime
+from appliance.model import check_table_size
 
 DEFAULT_SIZE = 4093
 _DOMAIN = b"raftlb consistent v1"  # part of the wire format: golden-tested, never changed
-
-
-def check_size(size: int) -> None:
-    if not (MIN_TABLE_SIZE <= size <= MAX_TABLE_SIZE and is_prime(size)):
-        raise ValueError(
-            f"table size {size} must be a prime between {MIN_TABLE_SIZE} and {MAX_TABLE_SIZE}"
-        )
 
 
 # Bounded for the largest size too: 128 x 524 KB at 65,521 slots (33 KB each at 4,093).
@@ -105,7 +98,7 @@ def _build(members: tuple[tuple[int, int], ...], size: int) -> tuple[int, ...]:
 def table(members: Iterable[tuple[int, int]], size: int = DEFAULT_SIZE) -> tuple[int, ...]:
     """The lookup table: slot -> backend id, for backends given as (id, weight) pairs (ids
     distinct, 0..65535; weights >= 1, only their ratios count). Empty without backends."""
-    check_size(size)
+    check_table_size(size)
     ordered = tuple(sorted(members))
     if not ordered:
         return ()
